@@ -1,0 +1,33 @@
+# make test: create .venv if missing, install idforge with pinned test deps, run the whole suite.
+# make demo: same install, then build the tiny kit and run the demo jobs into outputs/.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.idforge-installed
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned: 2.13.0 is a local CPU wheel here; unpinned it would pull CUDA.
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	# Test-only reference implementation for face-analysis parity (its deps would clobber opencv-headless).
+	$(PIP) install --quiet --no-deps insightface==2.1
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/idforge demo --out outputs
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
