@@ -1,0 +1,1 @@
+"""Model store, presets, single-file loading and the tiny model kit."""
