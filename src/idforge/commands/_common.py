@@ -1,0 +1,118 @@
+"""Arguments every generation command shares, and turning them into parameter objects."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from tqdm.auto import tqdm
+
+from idforge.engine.params import SCHEDULERS, GenerationParams, LoraSpec
+from idforge.engine.session import Engine, ModelChoice
+
+
+def add_generation_arguments(
+    parser: argparse.ArgumentParser, *, steps: int = 30, guidance: float = 5.0
+) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--prompt", required=True, help="what the image shows")
+    group.add_argument("--negative-prompt", default="", help="what to keep out of the image")
+    group.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
+    group.add_argument(
+        "--guidance", type=float, default=guidance, help=f"CFG scale (default {guidance}; <=1 disables CFG)"
+    )
+    group.add_argument("--scheduler", default="euler", choices=SCHEDULERS, help="sampler (default euler)")
+    group.add_argument("--seed", type=int, default=None, help="random when not given; image i uses seed+i")
+    group.add_argument("--width", type=int, default=None)
+    group.add_argument("--height", type=int, default=None)
+    group.add_argument("--num-images", type=int, default=1)
+    group.add_argument(
+        "--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="extra LoRA, e.g. LCM-LoRA"
+    )
+    group.add_argument("-o", "--output", required=True, help="output PNG (several images: NAME_0.png ...)")
+    group.add_argument("--json", action="store_true", help="print the full recipe as JSON")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+    models = parser.add_argument_group("models and device")
+    models.add_argument("--base", default=None, help="diffusers folder, single-file checkpoint or hub id")
+    models.add_argument("--face-models", default=None, help="insightface pack folder or name")
+    models.add_argument(
+        "--models", action="append", default=[], metavar="DIR", help="tiny-kit or ComfyUI models folder"
+    )
+    models.add_argument("--offline", action="store_true", default=None, help="never download")
+    models.add_argument("--device", default="auto")
+    models.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    models.add_argument(
+        "--cpu-offload", action="store_true", help="keep models on the CPU until used (small GPUs)"
+    )
+    models.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (small GPUs)")
+
+
+def parse_lora(text: str) -> LoraSpec:
+    """PATH or PATH:STRENGTH (a trailing number after the last colon is the strength)."""
+    path, strength = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            path, strength = head, float(tail)
+        except ValueError:
+            path = text
+    return LoraSpec(path=path, strength=strength)
+
+
+def generation_params(args: argparse.Namespace) -> GenerationParams:
+    return GenerationParams(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        guidance=args.guidance,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        num_images=args.num_images,
+        device=args.device,
+        dtype=args.dtype,
+        cpu_offload=args.cpu_offload,
+        vae_tiling=args.vae_tiling,
+        loras=[parse_lora(text) for text in args.lora],
+    )
+
+
+def make_engine(args: argparse.Namespace, **choices: str | None) -> Engine:
+    models = ModelChoice(
+        base=args.base,
+        face_models=args.face_models,
+        models_dirs=list(args.models),
+        offline=args.offline,
+        **choices,
+    )
+    return Engine(models, device=args.device, dtype=args.dtype)
+
+
+def progress_bar(
+    args: argparse.Namespace, description: str
+) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A tqdm bar over denoising steps (stderr), and its closer."""
+    if args.quiet:
+        return (lambda step, total: None), (lambda: None)
+    bar = tqdm(desc=description, unit="step", file=sys.stderr)
+
+    def update(step: int, total: int) -> None:
+        bar.total = total
+        bar.n = step
+        bar.refresh()
+
+    return update, bar.close
+
+
+def report(args: argparse.Namespace, result, written) -> None:
+    for warning in result.warnings:
+        print(f"idforge: warning: {warning}", file=sys.stderr)
+    if args.json:
+        payload = result.recipe | {"files": [str(p) for p in written], "seeds": result.seeds}
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        for path, seed in zip(written, result.seeds, strict=True):
+            print(f"{path}  seed={seed}")

@@ -1,0 +1,1 @@
+"""The generation engine: one denoising loop over diffusers components serves every method."""

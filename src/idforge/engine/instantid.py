@@ -1,0 +1,307 @@
+"""InstantID: face embedding -> Resampler tokens into the UNet's IP cross-attention, plus IdentityNet on keypoints.
+
+Flow, top to bottom (SPEC.md section 2):
+1. analyse every reference face (largest by default), combine their raw embeddings (average | norm average | concat);
+2. project cond and uncond embeddings (zeros, or `noise * U[0,1)` seeded from the embedding) through the Resampler;
+3. keypoints from the pose image's face, or a ready keypoint image, or the reference face; draw them at output size;
+4. denoise with IP attention (ip_weight) and IdentityNet (cn_strength, face tokens as context), both gated by
+   start_at/end_at on the noise schedule and restricted by the mask (and the face box with "enhance face region").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from idforge import __version__
+from idforge.engine.base import decode_latents, encode_text, pil_to_control_tensor
+from idforge.engine.hashing import model_hash
+from idforge.engine.loop import ControlUnit, DenoiseJob, denoise, timestep_window
+from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
+from idforge.engine.result import GenerationResult
+from idforge.engine.schedulers import make_scheduler
+from idforge.engine.seeds import image_seeds, initial_noise, make_generators, resolve_seed
+from idforge.engine.session import Engine
+from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
+from idforge.errors import ModelFormatError, NoFaceError, ParameterError
+from idforge.imageio import load_image, load_mask
+
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class InstantIDRequest:
+    """One InstantID call: reference faces, optional pose/keypoints and mask, and all parameters."""
+
+    faces: Sequence[ImageSource]
+    generation: GenerationParams = field(default_factory=GenerationParams)
+    instantid: InstantIDParams = field(default_factory=InstantIDParams)
+    pose: ImageSource | None = None  # a photo whose face gives the keypoints
+    kps_image: ImageSource | None = None  # an already drawn keypoint image
+    mask: ImageSource | None = None
+    pose_fallback: bool = False  # use the reference keypoints when the pose image has no face
+    base: str | None = None
+    instantid_model: str | None = None
+    face_models: str | None = None
+
+
+@dataclass
+class PreparedInstantID:
+    """What the face path produced, before denoising (also used by Insta Depth)."""
+
+    cond_tokens: torch.Tensor  # (1, T, C)
+    uncond_tokens: torch.Tensor  # (1, T, C)
+    kps_image: Image.Image  # at output size
+    width: int
+    height: int
+    face_box: np.ndarray | None  # in output coordinates (for "enhance face region")
+    faces_info: list[dict[str, Any]]
+    warnings: list[str]
+
+
+def _name(source: ImageSource, fallback: str) -> str:
+    return str(source) if isinstance(source, str | Path) else fallback
+
+
+def _load(source: ImageSource, fallback_name: str) -> tuple[Image.Image, str]:
+    name = _name(source, fallback_name)
+    return load_image(source, name=name), name
+
+
+def instantid_paths(engine: Engine, spec: str | None) -> tuple[Path, Path]:
+    """(IdentityNet, ip-adapter file) from an InstantX/InstantID-style folder or the store's roles."""
+    spec = spec if spec is not None else engine.models.instantid
+    resolved = engine.store.resolve("instantid", spec)
+    extra = getattr(resolved, "extra", None) or {}
+    if extra.get("identitynet") and extra.get("ip_adapter"):
+        return Path(extra["identitynet"]), Path(extra["ip_adapter"])
+    folder = Path(resolved.path)
+    if folder.is_dir():
+        controlnet = folder / "ControlNetModel"
+        for name in ("ip-adapter.bin", "ip-adapter.safetensors"):
+            if (folder / name).is_file() and controlnet.is_dir():
+                return controlnet, folder / name
+    raise ModelFormatError(
+        f"InstantID model {folder}: expected a folder with ControlNetModel/ and ip-adapter.bin (the InstantX/InstantID layout)"
+    )
+
+
+def prepare_instantid(
+    engine: Engine, request: InstantIDRequest, projection: torch.nn.Module
+) -> PreparedInstantID:
+    """Face analysis, embedding combination, projection and the keypoint image."""
+    params = request.instantid
+    analyzer = engine.face_analyzer(request.face_models)
+    warnings: list[str] = []
+    if not request.faces:
+        raise ParameterError("face", "at least one reference face image is needed")
+
+    reference_faces = []
+    faces_info = []
+    for index, source in enumerate(request.faces):
+        image, name = _load(source, f"face image {index}")
+        face = engine.analyze_face(analyzer, image, name=name, pick=params.pick, det_size=params.det_size)
+        reference_faces.append((image, face))
+        faces_info.append({"image": name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)})
+
+    from idforge.identity.embeds import combine_instantid, instantid_uncond_embedding
+
+    embeddings = [np.asarray(face.embedding, dtype=np.float32) for _, face in reference_faces]
+    combined = combine_instantid(embeddings, params.combine_embeds)  # (1, n, 512)
+    uncond = torch.stack([instantid_uncond_embedding(e, params.noise) for e in combined[0]]).unsqueeze(0)
+
+    device = engine.device
+    with torch.no_grad():
+        cond_tokens = projection(combined.to(device))
+        uncond_tokens = projection(uncond.to(device=device, dtype=combined.dtype))
+
+    # Keypoints: pose photo > ready keypoint image > first reference face.
+    from idforge.faces.draw import draw_kps
+
+    kps_source_size: tuple[int, int]
+    ready_kps: Image.Image | None = None
+    face_box = None
+    if request.kps_image is not None:
+        ready_kps, _ = _load(request.kps_image, "keypoint image")
+        kps_source_size = ready_kps.size
+        kps = None
+    elif request.pose is not None:
+        pose_image, pose_name = _load(request.pose, "pose image")
+        kps_source_size = pose_image.size
+        try:
+            pose_face = engine.analyze_face(
+                analyzer, pose_image, name=pose_name, pick="largest", det_size=params.det_size
+            )
+            kps, face_box = pose_face.kps, pose_face.bbox
+        except NoFaceError as exc:
+            if not request.pose_fallback:
+                raise NoFaceError(
+                    pose_name,
+                    exc.sizes_tried,
+                    "pass pose_fallback (CLI: --pose-fallback) to use the reference keypoints",
+                ) from None
+            image, face = reference_faces[0]
+            kps_source_size = image.size
+            kps, face_box = face.kps, face.bbox
+            warnings.append(f"{pose_name}: no face found; using the keypoints of the reference face instead")
+    else:
+        image, face = reference_faces[0]
+        kps_source_size = image.size
+        kps, face_box = face.kps, face.bbox
+
+    gen = request.generation
+    if gen.width is not None and gen.height is not None:
+        width, height = gen.width, gen.height
+    elif gen.width is not None or gen.height is not None:
+        raise ParameterError(
+            "width/height", "give both width and height, or neither (size from the keypoint image)"
+        )
+    else:
+        width, height = instantid_size(*kps_source_size)
+
+    if ready_kps is not None:
+        kps_image = ready_kps.convert("RGB").resize((width, height), Image.BICUBIC)
+    else:
+        kps_image = draw_kps((width, height), scale_kps(kps, kps_source_size, (width, height)))
+        face_box = scale_box(face_box, kps_source_size, (width, height))
+    return PreparedInstantID(
+        cond_tokens, uncond_tokens, kps_image, width, height, face_box, faces_info, warnings
+    )
+
+
+def latent_mask(
+    mask: np.ndarray | None, batch: int, latent_hw: tuple[int, int], device: torch.device
+) -> torch.Tensor | None:
+    """(B, 1, h, w) mask at latent resolution from an (H, W) float mask."""
+    if mask is None:
+        return None
+    tensor = torch.from_numpy(mask).float()[None, None]
+    tensor = torch.nn.functional.interpolate(tensor, size=latent_hw, mode="bilinear", align_corners=False)
+    return tensor.repeat(batch, 1, 1, 1).to(device)
+
+
+def generate_instantid(
+    engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
+) -> GenerationResult:
+    """Run InstantID end to end and return images with their recipe."""
+    started = time.perf_counter()
+    gen, params = request.generation, request.instantid
+    base = engine.base_model(request.base)
+    if base.family != "sdxl":
+        raise ModelFormatError(f"InstantID needs an SDXL base model; {base.source} is {base.family}")
+    identitynet_path, adapter_path = instantid_paths(engine, request.instantid_model)
+    adapter = engine.adapter(adapter_path)
+    from idforge.identity.checkpoint import check_compatible, check_expected_kind
+
+    check_expected_kind(str(adapter_path), adapter.kind, "instantid")
+    check_compatible(adapter, base.unet, base_name=base.source)
+    identitynet = engine.controlnet(identitynet_path, base, "IdentityNet")
+    projection = engine.projection(adapter_path)
+
+    prepared = prepare_instantid(engine, request, projection)
+    width, height = prepared.width, prepared.height
+    batch = gen.num_images
+    seed = resolve_seed(gen.seed)
+    seeds = image_seeds(seed, batch)
+    scale = base.vae_scale_factor
+    latent_hw = (height // scale, width // scale)
+
+    mask = load_mask(request.mask, (width, height)) if request.mask is not None else None
+    control_mask = mask
+    if params.enhance_face_region and prepared.face_box is not None:
+        region = box_mask(prepared.face_box, width, height)
+        control_mask = region if control_mask is None else control_mask * region
+
+    dtype = base.unet.dtype
+    text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
+    window = timestep_window(params.start_at, params.end_at)
+    kps_tensor = pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype)
+    cond_tokens = prepared.cond_tokens.to(dtype).repeat(batch, 1, 1)
+    uncond_tokens = prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1)
+    controls = [
+        ControlUnit(
+            name="identitynet",
+            model=identitynet,
+            image=kps_tensor,
+            strength=params.cn_strength,
+            window=window,
+            face_tokens=(uncond_tokens, cond_tokens),
+            mask=latent_mask(control_mask, batch, latent_hw, engine.device),
+        )
+    ]
+
+    scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
+    scheduler.set_timesteps(gen.steps, device=engine.device)
+    channels = base.unet.config.in_channels
+    latents = initial_noise(seeds, (channels, *latent_hw), dtype, engine.device) * scheduler.init_noise_sigma
+
+    from idforge.identity.attention import IdentityAttention
+
+    attention = IdentityAttention(base.unet)
+    attention.add_adapter("instantid", adapter)
+    attention.set_adapter_inputs(
+        "instantid",
+        cond_tokens=cond_tokens,
+        uncond_tokens=uncond_tokens,
+        weight=params.ip_weight,
+        weight_type="linear",
+        embeds_scaling="V only",
+        start_at=params.start_at,
+        end_at=params.end_at,
+        mask=None if mask is None else torch.from_numpy(mask),
+    )
+    attention.set_cfg(gen.do_cfg)
+    job = DenoiseJob(
+        latents=latents,
+        text=text,
+        scheduler=scheduler,
+        timesteps=scheduler.timesteps,
+        guidance=gen.guidance,
+        controls=controls,
+        generators=make_generators(seeds),
+        on_timestep=attention.set_timestep,
+        on_step=progress,
+    )
+    try:
+        with engine.loras(base, gen.loras):
+            latents = denoise(base.unet, job)
+    finally:
+        attention.remove()
+    images = decode_latents(base, latents)
+
+    recipe = {
+        "method": "instantid",
+        "idforge_version": __version__,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "params": params_to_dict(gen, params) | {"seed": seed},
+        "models": {
+            "base": {"source": base.source, "sha256": model_hash(base.source)},
+            "identitynet": {"source": str(identitynet_path), "sha256": model_hash(identitynet_path)},
+            "ip_adapter": {"source": str(adapter_path), "sha256": model_hash(adapter_path)},
+            "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
+        },
+        "inputs": {
+            "faces": prepared.faces_info,
+            "pose": _name(request.pose, "<image>") if request.pose is not None else None,
+            "kps_image": _name(request.kps_image, "<image>") if request.kps_image is not None else None,
+            "mask": _name(request.mask, "<image>") if request.mask is not None else None,
+        },
+        "timings": {"total_s": round(time.perf_counter() - started, 3)},
+    }
+    return GenerationResult(
+        images=images,
+        seeds=seeds,
+        recipe=recipe,
+        extras={"kps_image": prepared.kps_image},
+        warnings=prepared.warnings,
+    )

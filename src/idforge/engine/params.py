@@ -1,0 +1,128 @@
+"""Parameter objects for every generation method, validated on construction.
+
+Ranges and defaults come from the reference nodes (seed 000: Apply InstantID Advanced, seed 001: IPAdapter FaceID
+Batch) and from SPEC.md. Validation happens here, before any model is loaded, so a bad request fails fast and costs
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from idforge.errors import ParameterError, check_choice, check_range
+
+SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+INSTANTID_COMBINE = ("average", "norm average", "concat")
+FACE_PICKS = ("largest", "score")
+
+MAX_SEED = 999_999_999_999_999
+MAX_SIDE = 4096
+
+
+def _normalise_combine(name: str) -> str:
+    """Accept the CLI spelling ("norm-average") for the node's ("norm average")."""
+    return name.replace("-", " ").replace("_", " ").strip()
+
+
+def check_pick(pick: str | int) -> str | int:
+    """A face choice: 'largest', 'score' or a non-negative index (left to right)."""
+    if isinstance(pick, int) or (isinstance(pick, str) and pick.isdigit()):
+        index = int(pick)
+        if index < 0:
+            raise ParameterError("pick", f"face index {index} must be >= 0")
+        return index
+    return check_choice("pick", pick, FACE_PICKS)
+
+
+@dataclass
+class LoraSpec:
+    """An extra LoRA (e.g. LCM-LoRA) applied to the UNet for this generation."""
+
+    path: str
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_range("lora strength", self.strength, -5.0, 5.0)
+
+
+@dataclass
+class GenerationParams:
+    """What every method shares: prompt, sampler, size, seed, device."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 30
+    guidance: float = 5.0
+    scheduler: str = "euler"
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    cpu_offload: bool = False
+    vae_tiling: bool = False
+    loras: list[LoraSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise ParameterError("prompt", "must be a string")
+        check_range("steps", self.steps, 1, 200)
+        check_range("guidance", self.guidance, 0.0, 30.0)
+        self.scheduler = check_choice("scheduler", self.scheduler.lower().replace("-", "_"), SCHEDULERS)
+        if self.seed is not None:
+            check_range("seed", self.seed, 0, MAX_SEED)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            check_range(name, value, 64, MAX_SIDE)
+            if value % 8:
+                raise ParameterError(name, f"{value} must be a multiple of 8")
+        check_range("num_images", self.num_images, 1, 64)
+        self.dtype = check_choice("dtype", self.dtype, DTYPES)
+        self.loras = [lora if isinstance(lora, LoraSpec) else LoraSpec(**lora) for lora in self.loras]
+
+    @property
+    def do_cfg(self) -> bool:
+        """Classifier-free guidance is skipped at guidance <= 1 (as diffusers does): half the UNet work."""
+        return self.guidance > 1.0
+
+
+@dataclass
+class InstantIDParams:
+    """Every control of ComfyUI's "Apply InstantID Advanced" (seed 000) plus the official demo's extras."""
+
+    ip_weight: float = 0.8
+    cn_strength: float = 0.8
+    start_at: float = 0.0
+    end_at: float = 1.0
+    noise: float = 0.0
+    combine_embeds: str = "average"
+    enhance_face_region: bool = False
+    pick: str | int = "largest"
+    det_size: int = 640
+
+    def __post_init__(self) -> None:
+        check_range("ip_weight", self.ip_weight, 0.0, 3.0)
+        check_range("cn_strength", self.cn_strength, 0.0, 10.0)
+        check_range("start_at", self.start_at, 0.0, 1.0)
+        check_range("end_at", self.end_at, 0.0, 1.0)
+        if self.end_at < self.start_at:
+            raise ParameterError("end_at", f"{self.end_at} is before start_at {self.start_at}")
+        check_range("noise", self.noise, 0.0, 1.0)
+        self.combine_embeds = check_choice(
+            "combine_embeds", _normalise_combine(self.combine_embeds), INSTANTID_COMBINE
+        )
+        self.pick = check_pick(self.pick)
+        check_range("det_size", self.det_size, 64, 2048)
+
+
+def params_to_dict(*objects: Any) -> dict[str, Any]:
+    """Flatten parameter objects into one JSON-able dict for metadata."""
+    merged: dict[str, Any] = {}
+    for obj in objects:
+        merged.update(asdict(obj))
+    return merged
