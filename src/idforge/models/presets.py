@@ -1,0 +1,323 @@
+"""Named published models: where the hub keeps them, which files a job needs, and what ComfyUI users call them.
+
+A preset is what `idforge models fetch NAME` downloads and what the store looks for, by file or folder name,
+in a ComfyUI-style models folder. Licences are summarised from the model cards: check the card before use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from idforge.errors import ModelNotFoundError
+
+ROLES = (
+    "base",
+    "instantid",
+    "identitynet",
+    "ipadapter",
+    "lora",
+    "clip_vision",
+    "controlnet",
+    "depth_estimator",
+    "face_pack",
+)
+
+# ComfyUI folders (under models/) that hold each role; the first is where `fetch --models` puts a download.
+COMFY_FOLDERS: dict[str, tuple[str, ...]] = {
+    "base": ("checkpoints", "diffusers"),
+    "instantid": ("instantid",),
+    "identitynet": ("controlnet", "instantid"),
+    "ipadapter": ("ipadapter", "instantid"),
+    "lora": ("loras",),
+    "clip_vision": ("clip_vision",),
+    "controlnet": ("controlnet",),
+    "depth_estimator": ("depth",),
+    "face_pack": ("insightface/models",),
+}
+
+INSIGHTFACE_NOTE = (
+    "insightface model packs are for non-commercial research use only (insightface licence); they are not on a "
+    "hub repository we can name reliably: get {name}.zip from the insightface project's model zoo (GitHub releases "
+    "of deepinsight/insightface) or the copy your ComfyUI InstantID/IPAdapter install guide points to"
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One published model.
+
+    `files` are repo-relative paths (exact names, no globs) that together make the model; `subfolder` is the
+    part of the repo that is the model itself (a diffusers/transformers folder), "" for the repo root, and None
+    when the model is a single file (`files[0]`). `comfy_names` are the file or folder names users keep it under
+    in the role's ComfyUI folders.
+    """
+
+    name: str
+    role: str
+    repo_id: str | None
+    files: tuple[str, ...]
+    subfolder: str | None
+    comfy_names: tuple[str, ...]
+    licence: str
+    family: str | None = None
+    description: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def is_file(self) -> bool:
+        return self.subfolder is None
+
+
+def _diffusers_pipeline_files(with_text_encoder_2: bool) -> tuple[str, ...]:
+    files = [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+    encoders = ["text_encoder", "text_encoder_2"] if with_text_encoder_2 else ["text_encoder"]
+    tokenizers = ["tokenizer", "tokenizer_2"] if with_text_encoder_2 else ["tokenizer"]
+    for enc in encoders:
+        files += [f"{enc}/config.json", f"{enc}/model.safetensors"]
+    for tok in tokenizers:
+        files += [
+            f"{tok}/{n}"
+            for n in ("merges.txt", "vocab.json", "special_tokens_map.json", "tokenizer_config.json")
+        ]
+    return tuple(files)
+
+
+FACEID_LICENCE = "non-commercial research only (h94/IP-Adapter-FaceID card; uses insightface embeddings)"
+
+_FACEID = (
+    # (preset suffix, file stem, family, has a LoRA)
+    ("sdxl", "ip-adapter-faceid_sdxl", "sdxl", True),
+    ("plusv2-sdxl", "ip-adapter-faceid-plusv2_sdxl", "sdxl", True),
+    ("portrait-sdxl", "ip-adapter-faceid-portrait_sdxl", "sdxl", False),
+    ("portrait-sdxl-unnorm", "ip-adapter-faceid-portrait_sdxl_unnorm", "sdxl", False),
+    ("sd15", "ip-adapter-faceid_sd15", "sd15", True),
+    ("plus-sd15", "ip-adapter-faceid-plus_sd15", "sd15", True),
+    ("plusv2-sd15", "ip-adapter-faceid-plusv2_sd15", "sd15", True),
+    ("portrait-v11-sd15", "ip-adapter-faceid-portrait-v11_sd15", "sd15", False),
+)
+
+
+def _build() -> dict[str, Preset]:
+    presets = [
+        Preset(
+            "sdxl-base",
+            "base",
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            _diffusers_pipeline_files(True),
+            "",
+            (
+                "sd_xl_base_1.0.safetensors",
+                "sd_xl_base_1.0_0.9vae.safetensors",
+                "stable-diffusion-xl-base-1.0",
+            ),
+            "CreativeML Open RAIL++-M",
+            family="sdxl",
+            description="Stable Diffusion XL base 1.0 (InstantID, FaceID SDXL)",
+            aliases=("sdxl",),
+        ),
+        Preset(
+            "sd15",
+            "base",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            _diffusers_pipeline_files(False),
+            "",
+            (
+                "v1-5-pruned-emaonly.safetensors",
+                "v1-5-pruned-emaonly-fp16.safetensors",
+                "v1-5-pruned.safetensors",
+                "stable-diffusion-v1-5",
+            ),
+            "CreativeML Open RAIL-M",
+            family="sd15",
+            description="Stable Diffusion 1.5 (FaceID SD1.5 variants)",
+            aliases=("sd1.5", "stable-diffusion-v1-5"),
+        ),
+        Preset(
+            "instantid",
+            "instantid",
+            "InstantX/InstantID",
+            (
+                "ControlNetModel/config.json",
+                "ControlNetModel/diffusion_pytorch_model.safetensors",
+                "ip-adapter.bin",
+            ),
+            "",
+            ("InstantX-InstantID", "InstantID"),
+            "Apache-2.0 (model card); needs antelopev2, which is non-commercial",
+            family="sdxl",
+            description="InstantID: IdentityNet (ControlNetModel/) + ip-adapter.bin",
+        ),
+        Preset(
+            "identitynet",
+            "identitynet",
+            "InstantX/InstantID",
+            ("ControlNetModel/config.json", "ControlNetModel/diffusion_pytorch_model.safetensors"),
+            "ControlNetModel",
+            (
+                "instantid-controlnet.safetensors",
+                "InstantID-ControlNet.safetensors",
+                "instantid_controlnet.safetensors",
+                "ControlNetModel",
+            ),
+            "Apache-2.0 (InstantX/InstantID card)",
+            family="sdxl",
+            description="InstantID IdentityNet, an SDXL ControlNet driven by face keypoints",
+        ),
+        Preset(
+            "instantid-ipadapter",
+            "ipadapter",
+            "InstantX/InstantID",
+            ("ip-adapter.bin",),
+            None,
+            ("ip-adapter.bin", "ip-adapter.safetensors", "ip-adapter_instant_id_sdxl.bin"),
+            "Apache-2.0 (InstantX/InstantID card)",
+            family="sdxl",
+            description="InstantID face Resampler + IP cross-attention weights",
+        ),
+        Preset(
+            "clip-vit-h",
+            "clip_vision",
+            "h94/IP-Adapter",
+            ("models/image_encoder/config.json", "models/image_encoder/model.safetensors"),
+            "models/image_encoder",
+            (
+                "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+                "clip-vit-h-14-laion2b-s32b-b79k.safetensors",
+                "CLIP-ViT-H-14-laion2B-s32B-b79K",
+                "image_encoder",
+            ),
+            "MIT (laion/CLIP-ViT-H-14-laion2B-s32B-b79K)",
+            description="OpenCLIP ViT-H/14 image encoder (FaceID Plus / PlusV2); also laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+            aliases=("laion/CLIP-ViT-H-14-laion2B-s32B-b79K",),
+        ),
+        Preset(
+            "depth-anything-v2-small",
+            "depth_estimator",
+            "depth-anything/Depth-Anything-V2-Small-hf",
+            ("config.json", "model.safetensors", "preprocessor_config.json"),
+            "",
+            ("Depth-Anything-V2-Small-hf", "depth-anything-v2-small"),
+            "Apache-2.0",
+            description="Depth Anything V2 Small (transformers AutoModelForDepthEstimation)",
+        ),
+        Preset(
+            "dpt-hybrid-midas",
+            "depth_estimator",
+            "Intel/dpt-hybrid-midas",
+            ("config.json", "model.safetensors", "preprocessor_config.json"),
+            "",
+            ("dpt-hybrid-midas",),
+            "Apache-2.0",
+            description="DPT hybrid MiDaS depth estimator",
+        ),
+        Preset(
+            "antelopev2",
+            "face_pack",
+            None,
+            ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
+            "",
+            ("antelopev2",),
+            "non-commercial research only (insightface)",
+            description="insightface pack used by InstantID",
+        ),
+        Preset(
+            "buffalo_l",
+            "face_pack",
+            None,
+            ("det_10g.onnx", "w600k_r50.onnx"),
+            "",
+            ("buffalo_l",),
+            "non-commercial research only (insightface)",
+            description="insightface pack used by IP-Adapter FaceID",
+        ),
+    ]
+    for suffix, name, size in (
+        ("", "controlnet-depth-sdxl-1.0", "full"),
+        ("-small", "controlnet-depth-sdxl-1.0-small", "small"),
+        ("-mid", "controlnet-depth-sdxl-1.0-mid", "mid"),
+    ):
+        presets.append(
+            Preset(
+                f"controlnet-depth-sdxl{suffix}",
+                "controlnet",
+                f"diffusers/{name}",
+                ("config.json", "diffusion_pytorch_model.safetensors"),
+                "",
+                (name, f"{name}.safetensors", f"diffusers_{name.replace('-', '_')}.safetensors"),
+                "OpenRAIL++ (diffusers model card)",
+                family="sdxl",
+                description=f"SDXL depth ControlNet ({size})",
+            )
+        )
+    for suffix, stem, family, has_lora in _FACEID:
+        presets.append(
+            Preset(
+                f"faceid-{suffix}",
+                "ipadapter",
+                "h94/IP-Adapter-FaceID",
+                (f"{stem}.bin",),
+                None,
+                (f"{stem}.bin", f"{stem}.safetensors"),
+                FACEID_LICENCE,
+                family=family,
+                description=f"IP-Adapter FaceID ({stem})",
+                aliases=(stem,),
+            )
+        )
+        if has_lora:
+            presets.append(
+                Preset(
+                    f"faceid-{suffix}-lora",
+                    "lora",
+                    "h94/IP-Adapter-FaceID",
+                    (f"{stem}_lora.safetensors",),
+                    None,
+                    (f"{stem}_lora.safetensors",),
+                    FACEID_LICENCE,
+                    family=family,
+                    description=f"LoRA that goes with {stem}.bin",
+                    aliases=(f"{stem}_lora",),
+                )
+            )
+    return {p.name: p for p in presets}
+
+
+PRESETS: dict[str, Preset] = _build()
+
+# What a role resolves to when the caller names nothing.
+DEFAULTS: dict[str, str] = {
+    "base": "sdxl-base",
+    "instantid": "instantid",
+    "identitynet": "identitynet",
+    "clip_vision": "clip-vit-h",
+    "controlnet": "controlnet-depth-sdxl",
+    "depth_estimator": "depth-anything-v2-small",
+    "face_pack": "antelopev2",
+}
+
+
+def find_preset(name: str) -> Preset | None:
+    """The preset called `name` (or by one of its aliases, or its file name), case-insensitively."""
+    key = name.strip().lower()
+    for preset in PRESETS.values():
+        names = (preset.name, *preset.aliases, *preset.comfy_names)
+        if key in (n.lower() for n in names):
+            return preset
+    return None
+
+
+def get_preset(name: str) -> Preset:
+    """Like find_preset, but a missing name is an error that lists the known ones."""
+    preset = find_preset(name)
+    if preset is None:
+        raise ModelNotFoundError(
+            name, ["idforge presets"], hint=f"known presets: {', '.join(sorted(PRESETS))}"
+        )
+    return preset
