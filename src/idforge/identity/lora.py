@@ -89,9 +89,10 @@ def merge_lora_parts(
     modules = dict(unet.named_modules())
     originals: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for name, module_parts in parts.items():
+        # every delta first, so a malformed part fails before any weight has changed
+        totals = {name: sum(p.delta(modules[name].weight.shape) for p in ps) for name, ps in parts.items()}
+        for name, total in totals.items():
             weight = modules[name].weight
-            total = sum(p.delta(weight.shape) for p in module_parts)
             originals[name] = weight.detach().clone()
             merged = weight.float() + strength * total.to(weight.device)
             weight.data.copy_(merged.to(weight.dtype))
