@@ -268,3 +268,24 @@ def test_bad_lora_files(tmp_path):
     with pytest.raises(ModelFormatError, match="unreadable LoRA file"):
         apply_lora_file(unet, tmp_path / "e.safetensors", 1.0)
     _assert_bit_exact(unet, before)
+
+
+def test_kit_kohya_faceid_lora_reads_back_like_embedded():
+    """Cross-check with the kit's independent LDM naming (models.kit.single_files.faceid_lora_to_kohya)."""
+    single_files = pytest.importorskip("idforge.models.kit.single_files")
+    unet = copy.deepcopy(tiny_sdxl_unet())
+    before = _snapshot(unet)
+    lora_sd = faceid_lora_sd(unet, seed=9)
+    kohya = single_files.faceid_lora_to_kohya(lora_sd, dict(unet.config), list(unet.state_dict()))
+    handle = apply_lora_state_dict(unet, kohya, 0.6)
+    from_kohya = _snapshot(unet)
+    handle.remove()
+    embedded: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in lora_sd.items():
+        n, rest = key.split(".", 1)
+        embedded.setdefault(int(n), {})[rest] = value
+    handle = apply_faceid_lora(unet, embedded, 0.6)
+    for key, value in _snapshot(unet).items():
+        assert torch.equal(value, from_kohya[key]), key
+    handle.remove()
+    _assert_bit_exact(unet, before)
