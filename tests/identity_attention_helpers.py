@@ -113,3 +113,16 @@ def capture_cross_inputs(unet: UNet2DConditionModel, layers: list[AttentionLayer
         for handle in handles:
             handle.remove()
     return captured
+
+
+def single_thread():
+    """Generator for a module-scoped fixture: one torch thread while the module runs, then restore.
+
+    On the 2 shared cores here, tiny UNet forwards run ~20x faster with one thread than with the default.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -9,6 +9,7 @@ from identity_attention_helpers import (
     capture_cross_inputs,
     cross_dim,
     random_ip_layers,
+    single_thread,
     tiny_sd15_unet,
     tiny_sdxl_unet,
     tokens,
@@ -143,6 +144,11 @@ def test_unknown_layout_formula_types_work_style_types_refuse() -> None:
 
 
 # ---- the layer map ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from single_thread()
 
 
 @pytest.fixture(scope="module")
