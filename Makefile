@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e '.[test]'
 	# Test-only reference implementation for face-analysis parity (its deps would clobber opencv-headless).
 	$(PIP) install --quiet --no-deps insightface==2.1
+	# Test-only reference: tencent's IP-Adapter code (Resampler, MLPProjModel); its deps pin an old diffusers.
+	$(PIP) install --quiet --no-deps ip-adapter==0.1.0
 	touch $(STAMP)
 
 test: $(STAMP)
