@@ -127,12 +127,18 @@ def _default_cache() -> Path:
 def sidecar_config(path: Path) -> Path | None:
     """A diffusers folder or original .yaml that describes this file's architecture, if one is next to it.
 
-    Looked for: `<stem>/model_index.json` beside the file, `<stem>.yaml` beside it, and a `kit.json` in a parent
+    Looked for: `<stem>/model_index.json` beside the file, `../diffusers/<stem>/` (ComfyUI's diffusers folder),
+    `<stem>.yaml` beside it, and a `kit.json` in a parent
     folder whose "parts" map `single_file_configs.<file name>` (or the stem) to a diffusers folder.
     """
     folder = path.with_suffix("")
     if (folder / "model_index.json").is_file():
         return folder
+    comfy_diffusers = (
+        path.parent.parent / "diffusers" / path.stem
+    )  # ComfyUI: models/checkpoints + models/diffusers
+    if (comfy_diffusers / "model_index.json").is_file():
+        return comfy_diffusers
     yaml = path.with_suffix(".yaml")
     if yaml.is_file():
         return yaml

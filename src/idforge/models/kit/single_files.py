@@ -8,6 +8,7 @@ it must run after the SDXL, SD1.5 and FaceID parts.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -44,9 +45,10 @@ def faceid_lora_to_kohya(
     with_attention = ldm_keys.up_blocks_with_attention(param_names)
     out: dict[str, torch.Tensor] = {}
     for key, value in ip_adapter.items():
-        index, part, direction, _ = key.split(".")
-        if part not in _LORA_PARTS:
-            continue
+        m = re.match(r"(\d+)\.(to_q_lora|to_k_lora|to_v_lora|to_out_lora)\.(down|up)\.weight$", key)
+        if m is None:
+            continue  # the IP weights themselves (N.to_k_ip / N.to_v_ip)
+        index, part, direction = m[1], m[2], m[3]
         module = ldm_keys.unet_name_to_ldm(
             modules[int(index)], unet_config["layers_per_block"], with_attention
         )
