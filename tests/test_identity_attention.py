@@ -26,7 +26,7 @@ from idforge.identity.attention import (
     is_active,
     timestep_window,
 )
-from idforge.identity.masks import mask_for_tokens, mask_grid
+from idforge.identity.masks import mask_for_feature_map, mask_for_tokens, mask_grid
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -449,3 +449,54 @@ def test_input_checks(sdxl_unet) -> None:
         ida.set_adapter_inputs("face", good, good, weight_type="nope")
     with pytest.raises(ParameterError, match="not registered"):
         ida.set_adapter_inputs("other", good, good)
+
+
+def test_processor_traces_without_graph_breaks(sdxl_unet) -> None:
+    """torch.compile(fullgraph=True) must capture the processor whole: plain tensor code, no batch loops."""
+    ida = _controller(sdxl_unet)
+    ida.set_latent_size((16, 16))
+    ida.set_adapter_inputs(
+        "face",
+        tokens(2, 4, 128, 1),
+        tokens(2, 4, 128, 2),
+        weight_type="composition precise",
+        scaling="K+mean(V) w/ C penalty",
+        mask=torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(0)),
+    )
+    with ida:
+        captured = capture_cross_inputs(sdxl_unet, ida.layers, unet_call_inputs(sdxl_unet, batch=4))
+        layer = ida.cross_layers[4]
+        attn = sdxl_unet.get_submodule(layer.module_path)
+        hidden, text = captured[layer.index]
+        compiled = torch.compile(attn, fullgraph=True, backend="eager")
+        with torch.no_grad():
+            torch.testing.assert_close(
+                compiled(hidden, encoder_hidden_states=text), attn(hidden, encoder_hidden_states=text)
+            )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_matches_cpu(dtype: torch.dtype) -> None:
+    unet = tiny_sdxl_unet()
+    ida = _controller(unet)
+    ida.set_latent_size((16, 16))
+    ida.set_adapter_inputs("face", tokens(2, 4, 128, 1), tokens(2, 4, 128, 2), mask=torch.ones(2, 16, 16))
+    call = unet_call_inputs(unet, batch=4)
+    with ida:
+        cpu = _run(unet, call)
+        unet.to("cuda", dtype)
+        gpu_call = {k: (v.to("cuda", dtype) if torch.is_tensor(v) else v) for k, v in call.items()}
+        gpu_call["added_cond_kwargs"] = {k: v.to("cuda", dtype) for k, v in call["added_cond_kwargs"].items()}
+        gpu = _run(unet, gpu_call)
+    assert gpu.device.type == "cuda" and gpu.dtype == dtype
+    torch.testing.assert_close(gpu.float().cpu(), cpu, atol=0.1, rtol=0.05)
+
+
+def test_mask_for_feature_map_matches_the_token_rule() -> None:
+    mask = torch.rand(2, 32, 24, generator=torch.Generator().manual_seed(3))
+    tokens_view = mask_for_tokens(mask, (16, 12), 48)  # grid 8 x 6
+    feature = mask_for_feature_map(mask, (16, 12), (8, 6))
+    assert feature.shape == (2, 1, 8, 6)
+    assert torch.equal(feature.reshape(2, 48, 1), tokens_view)
+    assert mask_for_feature_map(mask[0], (5, 7), (3, 4)).shape == (1, 1, 3, 4)  # rule would say 2 x 6

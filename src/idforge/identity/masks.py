@@ -48,3 +48,19 @@ def mask_for_tokens(mask: torch.Tensor, latent_hw: tuple[int, int], num_tokens: 
     resized = F.interpolate(batched.unsqueeze(1).to(dtype), size=(height, width), mode="bilinear")
     tokens = resized.reshape(resized.shape[0], num_tokens, 1)
     return tokens if mask.ndim == 3 else tokens[0]
+
+
+def mask_for_feature_map(
+    mask: torch.Tensor, latent_hw: tuple[int, int], feature_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Resize `mask` (H, W) or (B, H, W) to a (B, 1, h, w) multiplier for a feature map such as a ControlNet
+    residual, with the same grid rule as the IP attention (so both see the same mask at each resolution).
+
+    Where the rule's grid is not the feature map's own shape (odd aspect ratios), resize to the feature map.
+    """
+    h, w = int(feature_hw[0]), int(feature_hw[1])
+    batched = mask if mask.ndim == 3 else mask.unsqueeze(0)
+    if mask_grid(latent_hw, h * w) == (h, w):
+        return mask_for_tokens(batched, latent_hw, h * w).reshape(batched.shape[0], 1, h, w)
+    dtype = batched.dtype if batched.is_floating_point() else torch.float32
+    return F.interpolate(batched.unsqueeze(1).to(dtype), size=(h, w), mode="bilinear")
