@@ -5,7 +5,9 @@
 
 Detector rule (what tests may assert). On the detector canvas (the image resized by `s = det/max(w, h)`):
 - a pixel is *bright* when the mean of its channels is >= 208 (fully) and *dark* at <= 176 (the ramp between
-  is linear); pixels outside the image count as dark;
+  is linear); the zero canvas around a letterboxed image is dark, but pixels outside the canvas count as
+  bright, so a square touching the canvas edge (the top or left image edge, or any edge of an image with the
+  detector's aspect ratio) is never found: that is the case the 25% padding retry of `get_face` is for;
 - an anchor (x*stride, y*stride) fires when the pixel under it is bright enough: score = sigmoid(6 * (m - 0.5))
   with m = (mean channel value - 127.5) / 128, so pure white (255) scores 0.9515 and 210 scores 0.7046;
 - it predicts the box (x0, y0, x1, y1) of the bright run through it: x0 = first column of the run, x1 = one past
@@ -86,7 +88,7 @@ class _Graph:
 def _run_edges(g: _Graph, dark_pad: str, axis: int, stride: int, reach: int) -> tuple[str, str]:
     """(before, after): distances from each anchor to the first dark pixel before / after it along `axis`.
 
-    `dark_pad` is the darkness map (1 - brightness) padded by one dark pixel on every side. Results are clamped
+    `dark_pad` is the darkness map (1 - brightness) padded by one pixel on every side. Results are clamped
     to `reach`; `reach` means "no edge within reach".
     """
     kernel = [1, reach + 1] if axis == 3 else [reach + 1, 1]
@@ -189,7 +191,8 @@ def build_detector(
         ],
     )
     dark = g.op("Sub", [g.const(1.0), bright])
-    dark_pad = g.op("Pad", [dark, g.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64), g.const(1.0)])
+    # Outside the canvas is "not dark": runs reaching it never end, so they are out of reach.
+    dark_pad = g.op("Pad", [dark, g.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64), g.const(0.0)])
 
     score_outs, box_outs, kps_outs = [], [], []
     for stride in strides:
