@@ -119,6 +119,15 @@ def _readme_sweep(kit_dir: Path, seed: int) -> None:
             write_readme(folder, f"Folder `{rel}` of the idforge tiny model kit.", seed)
 
 
+def _normalise_modes(kit_dir: Path) -> None:
+    """safetensors writes files readable by their owner only; a kit is meant to be shared (containers, CI)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in kit_dir.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def build_kit(
     out: Path, seed: int = DEFAULT_SEED, force: bool = False, parts: Sequence[KitPart] | None = None
 ) -> KitResult:
@@ -139,6 +148,7 @@ def build_kit(
             written = part(staging, seed)
             roles.update(written or {})
         _readme_sweep(staging, seed)
+        _normalise_modes(staging)
         manifest = {"format": MANIFEST_FORMAT, "seed": seed, "idforge_version": __version__, "parts": roles}
         write_json(staging / MANIFEST_NAME, manifest)
         if out.exists():

@@ -39,5 +39,13 @@ def save_diffusers(model: Any, folder: Path) -> None:
 
 
 def save_transformers(model: Any, folder: Path) -> None:
-    """config.json + model.safetensors."""
-    model.save_pretrained(str(folder))
+    """config.json + model.safetensors (without transformers' per-save progress bar)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(folder))
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

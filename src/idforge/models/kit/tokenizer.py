@@ -19,7 +19,7 @@ BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 END_OF_WORD = "</w>"
 MODEL_MAX_LENGTH = 77
-NUM_MERGES = 320
+NUM_MERGES = 1000  # enough to merge every corpus word into one token
 
 # Words the merges are learned from: common prompt vocabulary. Order and repeats set the merge order.
 CORPUS = """
