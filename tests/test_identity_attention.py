@@ -447,6 +447,10 @@ def test_input_checks(sdxl_unet) -> None:
         ida.set_adapter_inputs("face", good, good, start_at=0.7, end_at=0.2)
     with pytest.raises(ParameterError, match="weight_type"):
         ida.set_adapter_inputs("face", good, good, weight_type="nope")
+    with pytest.raises(ParameterError, match="float values"):
+        ida.set_adapter_inputs("face", good, good, mask=torch.full((8, 8), 255, dtype=torch.uint8))
+    ida.set_adapter_inputs("face", good, good, mask=torch.ones(8, 8, dtype=torch.bool))
+    assert ida.adapter_inputs("face").mask.dtype == torch.float32
     with pytest.raises(ParameterError, match="not registered"):
         ida.set_adapter_inputs("other", good, good)
 

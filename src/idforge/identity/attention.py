@@ -304,10 +304,15 @@ class IdentityAttention:
         check_range("end_at", end_at, 0.0, 1.0)
         if start_at > end_at:
             raise ParameterError("start_at", f"{start_at} is after end_at {end_at}")
-        if mask is not None and mask.ndim not in (2, 3):
-            raise ParameterError(
-                "mask", f"expected a (H, W) or (B, H, W) tensor, got shape {tuple(mask.shape)}"
-            )
+        if mask is not None:
+            if mask.ndim not in (2, 3):
+                raise ParameterError(
+                    "mask", f"expected a (H, W) or (B, H, W) tensor, got shape {tuple(mask.shape)}"
+                )
+            if mask.dtype == torch.bool:
+                mask = mask.float()
+            elif not mask.is_floating_point():
+                raise ParameterError("mask", f"expected float values in [0, 1], got {mask.dtype}")
         if layer_weights is None:
             weights = weight_type_layers(weight_type, weight, self.cross_layers)
         else:
