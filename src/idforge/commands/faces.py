@@ -10,7 +10,12 @@ from idforge.errors import ParameterError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("faces", help="detect and describe the faces in an image")
+    parser = subparsers.add_parser(
+        "faces",
+        help="detect and describe the faces in an image",
+        description="Detect faces with an insightface model pack (antelopev2, buffalo_l or a folder). "
+        "Note: the published insightface packs are licensed for non-commercial research use only.",
+    )
     parser.add_argument("image", help="image file")
     parser.add_argument(
         "--face-models", default=None, metavar="PATH|NAME", help="pack folder, or antelopev2 / buffalo_l"

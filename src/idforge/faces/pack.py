@@ -3,6 +3,9 @@
 A pack needs one SCRFD detector (6, 9, 10 or 15 outputs) and one ArcFace recogniser (N x 3 x 112 x 112 input,
 512-wide output). Landmark and attribute models in the same folder are ignored. When several files fit a role
 the first in sorted file-name order wins, as in insightface.
+
+Licence: the published insightface packs (antelopev2, buffalo_l) are for non-commercial research use only;
+the tiny packs of `kitpacks.py` are our own and carry no such restriction.
 """
 
 from __future__ import annotations
