@@ -161,3 +161,26 @@ def test_mxnet_style_recogniser_parity(tmp_path):
     mine = ours.embed_crop(crop)
     cosine = float(mine @ theirs / (np.linalg.norm(mine) * np.linalg.norm(theirs)))
     assert cosine >= MIN_COSINE
+
+
+def _env_paths(variable: str) -> list[str]:
+    import os
+
+    return [p for p in os.environ.get(variable, "").split(os.pathsep) if p.strip()]
+
+
+@pytest.mark.skipif(
+    not (_env_paths("IDFORGE_PARITY_FACE_PACKS") and _env_paths("IDFORGE_PARITY_FACE_IMAGES")),
+    reason="set IDFORGE_PARITY_FACE_PACKS and IDFORGE_PARITY_FACE_IMAGES (os.pathsep lists) to check real packs",
+)
+@pytest.mark.parametrize("det_size", [640, 320])
+def test_real_pack_parity(det_size):
+    """Opt-in: the published packs (e.g. ~/.insightface/models/antelopev2) on real photos, same tolerances."""
+    from idforge.imageio import load_image, pil_to_bgr
+
+    for pack in _env_paths("IDFORGE_PARITY_FACE_PACKS"):
+        ours = FaceAnalyzer(pack)
+        reference = _reference(pack, det_size)
+        for image_path in _env_paths("IDFORGE_PARITY_FACE_IMAGES"):
+            image = load_image(image_path)
+            _compare(ours.analyze(image, det_size=det_size), reference.get(pil_to_bgr(image)))
