@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from idforge import __version__
-from idforge.errors import IdforgeError, ModelFormatError, ParameterError
+from idforge.errors import ModelFormatError, ParameterError
 
 from .clip_vision import write_clip_vision
 from .common import README_NAME, write_json, write_readme
@@ -36,7 +36,7 @@ MANIFEST_NAME = "kit.json"
 MANIFEST_FORMAT = 1
 DEFAULT_SEED = 0
 
-KitPart = Callable[[Path, int], "Mapping[str, str] | None"]
+KitPart = Callable[[Path, int], Mapping[str, str] | None]
 
 PARTS: list[KitPart] = [
     write_sdxl,
@@ -172,7 +172,6 @@ __all__ = [
     "DEFAULT_SEED",
     "MANIFEST_NAME",
     "PARTS",
-    "IdforgeError",
     "KitPart",
     "KitResult",
     "build_kit",
