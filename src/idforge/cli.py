@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IdforgeError as exc:
         print(f"idforge: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `idforge faces --json | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("idforge: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from tqdm.auto import tqdm
 
 from idforge.engine.params import SCHEDULERS, GenerationParams, LoraSpec
-from idforge.engine.session import Engine, ModelChoice
 
 
 def add_generation_arguments(
@@ -80,7 +79,10 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
     )
 
 
-def make_engine(args: argparse.Namespace, **choices: str | None) -> Engine:
+def make_engine(args: argparse.Namespace, **choices: str | None):
+    """An engine with the models named on the command line (imported here: `idforge --help` stays fast)."""
+    from idforge.engine.session import Engine, ModelChoice
+
     models = ModelChoice(
         base=args.base,
         face_models=args.face_models,

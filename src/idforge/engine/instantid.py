@@ -23,7 +23,7 @@ from PIL import Image
 from idforge import __version__
 from idforge.engine.base import decode_latents, encode_text, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
-from idforge.engine.loop import ControlUnit, DenoiseJob, denoise, timestep_window
+from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.schedulers import make_scheduler
@@ -31,6 +31,7 @@ from idforge.engine.seeds import image_seeds, initial_noise, make_generators, re
 from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
 from idforge.errors import ModelFormatError, NoFaceError, ParameterError
+from idforge.identity.attention import timestep_window
 from idforge.imageio import load_image, load_mask
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
@@ -77,21 +78,14 @@ def _load(source: ImageSource, fallback_name: str) -> tuple[Image.Image, str]:
 
 
 def instantid_paths(engine: Engine, spec: str | None) -> tuple[Path, Path]:
-    """(IdentityNet, ip-adapter file) from an InstantX/InstantID-style folder or the store's roles."""
-    spec = spec if spec is not None else engine.models.instantid
-    resolved = engine.store.resolve("instantid", spec)
-    extra = getattr(resolved, "extra", None) or {}
-    if extra.get("identitynet") and extra.get("ip_adapter"):
-        return Path(extra["identitynet"]), Path(extra["ip_adapter"])
-    folder = Path(resolved.path)
-    if folder.is_dir():
-        controlnet = folder / "ControlNetModel"
-        for name in ("ip-adapter.bin", "ip-adapter.safetensors"):
-            if (folder / name).is_file() and controlnet.is_dir():
-                return controlnet, folder / name
-    raise ModelFormatError(
-        f"InstantID model {folder}: expected a folder with ControlNetModel/ and ip-adapter.bin (the InstantX/InstantID layout)"
-    )
+    """(IdentityNet, ip-adapter file): an InstantX/InstantID folder, or ComfyUI's two parts kept apart."""
+    resolved = engine.store.resolve("instantid", spec if spec is not None else engine.models.instantid)
+    parts = resolved.parts or {}
+    if "identitynet" not in parts or "ipadapter" not in parts:
+        raise ModelFormatError(
+            f"InstantID model {resolved.path}: expected ControlNetModel/ and ip-adapter.bin (the InstantX/InstantID layout)"
+        )
+    return Path(parts["identitynet"]), Path(parts["ipadapter"])
 
 
 def prepare_instantid(
@@ -246,19 +240,20 @@ def generate_instantid(
     from idforge.identity.attention import IdentityAttention
 
     attention = IdentityAttention(base.unet)
-    attention.add_adapter("instantid", adapter)
+    attention.add_adapter("instantid", adapter.ip_layers)
     attention.set_adapter_inputs(
         "instantid",
         cond_tokens=cond_tokens,
         uncond_tokens=uncond_tokens,
         weight=params.ip_weight,
         weight_type="linear",
-        embeds_scaling="V only",
+        scaling="V only",
         start_at=params.start_at,
         end_at=params.end_at,
         mask=None if mask is None else torch.from_numpy(mask),
     )
     attention.set_cfg(gen.do_cfg)
+    attention.set_latent_size(latent_hw)
     job = DenoiseJob(
         latents=latents,
         text=text,
@@ -270,11 +265,8 @@ def generate_instantid(
         on_timestep=attention.set_timestep,
         on_step=progress,
     )
-    try:
-        with engine.loras(base, gen.loras):
-            latents = denoise(base.unet, job)
-    finally:
-        attention.remove()
+    with attention, engine.loras(base, gen.loras):
+        latents = denoise(base.unet, job)
     images = decode_latents(base, latents)
 
     recipe = {
@@ -304,4 +296,5 @@ def generate_instantid(
         recipe=recipe,
         extras={"kps_image": prepared.kps_image},
         warnings=prepared.warnings,
+        latents=latents.detach().float().cpu(),
     )

@@ -17,22 +17,7 @@ import torch.nn.functional as F
 from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-
-def timestep_window(start_at: float, end_at: float, max_timestep: int = 999) -> tuple[float, float]:
-    """Percent of the schedule -> (t_start, t_end) in model timesteps, as ComfyUI defines it (SPEC section 2).
-
-    p maps to t = (1 - p) * 999; p <= 0 is always started and p >= 1 never ends, so the edges are widened to
-    +-inf to stay exact whatever timesteps a scheduler produces.
-    """
-    t_start = float("inf") if start_at <= 0.0 else (1.0 - start_at) * max_timestep
-    t_end = float("-inf") if end_at >= 1.0 else (1.0 - end_at) * max_timestep
-    return t_start, t_end
-
-
-def in_window(timestep: float, window: tuple[float, float]) -> bool:
-    """Active at timestep t when t_end <= t <= t_start."""
-    t_start, t_end = window
-    return t_end <= float(timestep) <= t_start
+from idforge.identity.attention import is_active
 
 
 @dataclass
@@ -99,7 +84,7 @@ def run_controls(
     down_total: list[torch.Tensor] | None = None
     mid_total: torch.Tensor | None = None
     for unit in controls:
-        if unit.strength == 0.0 or not in_window(float(timestep), unit.window):
+        if unit.strength == 0.0 or not is_active(float(timestep), unit.window):
             continue
         if unit.face_tokens is not None:
             context = _cfg_batch(unit.face_tokens[0], unit.face_tokens[1], do_cfg)

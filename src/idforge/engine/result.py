@@ -23,6 +23,7 @@ class GenerationResult:
     recipe: dict[str, Any]
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. kps_image, depth_map, face_images
     warnings: list[str] = field(default_factory=list)
+    latents: Any = None  # final latents (CPU tensor) before VAE decoding: for parity checks and re-decoding
 
     def image_recipe(self, index: int) -> dict[str, Any]:
         """The recipe of image `index` alone: its own seed and num_images = 1 regenerate it."""

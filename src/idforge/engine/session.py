@@ -110,8 +110,11 @@ class Engine:
 
     # -- loaders -------------------------------------------------------------------------------------------------
     def base_model(self, spec: str | None = None, *, family: str = "sdxl") -> BaseModel:
-        role = "base" if family == "sdxl" else "base_sd15"
-        path = self.resolve(role, spec if spec is not None else self.models.base)
+        spec = spec if spec is not None else self.models.base
+        if spec is None:
+            path = Path(self.store.default("base", "sdxl-base" if family == "sdxl" else "sd15").path)
+        else:
+            path = self.resolve("base", spec)
         return self._cached("base", str(path), lambda: load_base_model(path, self.dtype, self.device))
 
     def controlnet(self, path: Path, base: BaseModel, name: str):

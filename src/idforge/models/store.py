@@ -87,6 +87,11 @@ class ModelStore:
     def face_pack(self, spec: str | Path | None = None) -> ResolvedModel:
         return self.resolve("face_pack", spec)
 
+    def default(self, role: str, preset_name: str, *, local_only: bool = False) -> ResolvedModel:
+        """The model a job uses when the user named none: the preset's files where users keep them, else the one
+        model of that family in the models folders (a tiny kit, a ComfyUI folder), else the hub."""
+        return self._preset(role, PRESETS[preset_name], local_only, pick_single=True)
+
     # ---- resolution ---------------------------------------------------------------------------------------
     def resolve(
         self, role: str, spec: str | Path | None = None, *, local_only: bool = False
@@ -256,6 +261,7 @@ class ModelStore:
                 ):
                     continue
                 found.append(entry)
+        found = _prefer_folders_over_twins(found)
         if len(found) == 1:
             return ResolvedModel(role, found[0], "comfyui", None, None)
         if len(found) > 1:
@@ -436,6 +442,17 @@ def _find_face_pack(name: str, models_dirs: Sequence[Path], *, explicit: bool) -
         [str(f) for f, _ in places],
         hint=f"unpack the {name} pack so that {where}/*.onnx exist; " + INSIGHTFACE_NOTE.format(name=name),
     )
+
+
+def _prefer_folders_over_twins(found: list[Path]) -> list[Path]:
+    """One model kept twice, as a diffusers folder and as a single file of the same name (the tiny kit does
+    this, and so do users who convert), counts once: the folder, which loads without conversion."""
+    folder_names = {entry.name.lower() for entry in found if entry.is_dir()}
+    return [
+        entry
+        for entry in found
+        if entry.is_dir() or entry.name[: -len(entry.suffix) or None].lower() not in folder_names
+    ]
 
 
 def resolve_face_pack(

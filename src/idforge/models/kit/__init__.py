@@ -31,6 +31,7 @@ from .faces import write_face_packs
 from .instantid import write_instantid_ip_adapter
 from .sd15 import write_sd15
 from .sdxl import write_sdxl
+from .single_files import write_single_files
 
 MANIFEST_NAME = "kit.json"
 MANIFEST_FORMAT = 1
@@ -48,6 +49,7 @@ PARTS: list[KitPart] = [
     write_clip_vision,
     write_depth,
     write_face_packs,
+    write_single_files,
 ]
 
 
