@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import ControlNetModel
 from PIL import Image
 
 from idforge import __version__
-from idforge.engine.base import decode_latents, encode_text, pil_to_control_tensor
+from idforge.engine.base import BaseModel, decode_latents, encode_text, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
 from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
@@ -182,16 +183,48 @@ def latent_mask(
     return tensor.repeat(batch, 1, 1, 1).to(device)
 
 
-def generate_instantid(
-    engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
-) -> GenerationResult:
-    """Run InstantID end to end and return images with their recipe."""
-    started = time.perf_counter()
-    gen, params = request.generation, request.instantid
-    base = engine.base_model(request.base)
+@dataclass
+class InstantIDModels:
+    """The models an InstantID generation needs, loaded (and cached) by the engine."""
+
+    base: BaseModel
+    identitynet: ControlNetModel
+    identitynet_path: Path
+    adapter: Any  # AdapterCheckpoint
+    adapter_path: Path
+    projection: torch.nn.Module
+
+
+@dataclass
+class ExtraControl:
+    """A ControlNet beside IdentityNet (depth, pose, canny): text as its context, its own strength and window."""
+
+    name: str
+    model: ControlNetModel
+    image: Image.Image  # at output size
+    strength: float
+    start_at: float = 0.0
+    end_at: float = 1.0
+
+
+@dataclass
+class IdentityRun:
+    """What the denoise-and-decode part returns to the method that builds the recipe."""
+
+    images: list[Image.Image]
+    seed: int
+    seeds: list[int]
+    latents: torch.Tensor
+
+
+def load_instantid_models(
+    engine: Engine, base_spec: str | None, instantid_spec: str | None
+) -> InstantIDModels:
+    """Base, IdentityNet, ip-adapter checkpoint and its projection; refuses a non-SDXL base or a wrong adapter."""
+    base = engine.base_model(base_spec)
     if base.family != "sdxl":
         raise ModelFormatError(f"InstantID needs an SDXL base model; {base.source} is {base.family}")
-    identitynet_path, adapter_path = instantid_paths(engine, request.instantid_model)
+    identitynet_path, adapter_path = instantid_paths(engine, instantid_spec)
     adapter = engine.adapter(adapter_path)
     from idforge.identity.checkpoint import check_compatible, check_expected_kind
 
@@ -199,8 +232,21 @@ def generate_instantid(
     check_compatible(adapter, base.unet, base_name=base.source)
     identitynet = engine.controlnet(identitynet_path, base, "IdentityNet")
     projection = engine.projection(adapter_path)
+    return InstantIDModels(base, identitynet, identitynet_path, adapter, adapter_path, projection)
 
-    prepared = prepare_instantid(engine, request, projection)
+
+def run_identity_generation(
+    engine: Engine,
+    models: InstantIDModels,
+    prepared: PreparedInstantID,
+    gen: GenerationParams,
+    params: InstantIDParams,
+    mask_source: ImageSource | None = None,
+    extra_controls: Sequence[ExtraControl] = (),
+    progress: ProgressCallback | None = None,
+) -> IdentityRun:
+    """Denoise with IP attention + IdentityNet (+ any extra ControlNets, residuals summed) and decode."""
+    base = models.base
     width, height = prepared.width, prepared.height
     batch = gen.num_images
     seed = resolve_seed(gen.seed)
@@ -208,7 +254,7 @@ def generate_instantid(
     scale = base.vae_scale_factor
     latent_hw = (height // scale, width // scale)
 
-    mask = load_mask(request.mask, (width, height)) if request.mask is not None else None
+    mask = load_mask(mask_source, (width, height)) if mask_source is not None else None
     control_mask = mask
     if params.enhance_face_region and prepared.face_box is not None:
         region = box_mask(prepared.face_box, width, height)
@@ -223,7 +269,7 @@ def generate_instantid(
     controls = [
         ControlUnit(
             name="identitynet",
-            model=identitynet,
+            model=models.identitynet,
             image=kps_tensor,
             strength=params.cn_strength,
             window=window,
@@ -231,6 +277,16 @@ def generate_instantid(
             mask=latent_mask(control_mask, batch, latent_hw, engine.device),
         )
     ]
+    for extra in extra_controls:
+        controls.append(
+            ControlUnit(
+                name=extra.name,
+                model=extra.model,
+                image=pil_to_control_tensor([extra.image] * batch, width, height).to(engine.device, dtype),
+                strength=extra.strength,
+                window=timestep_window(extra.start_at, extra.end_at),
+            )
+        )
 
     scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
     scheduler.set_timesteps(gen.steps, device=engine.device)
@@ -240,7 +296,7 @@ def generate_instantid(
     from idforge.identity.attention import IdentityAttention
 
     attention = IdentityAttention(base.unet)
-    attention.add_adapter("instantid", adapter.ip_layers)
+    attention.add_adapter("instantid", models.adapter.ip_layers)
     attention.set_adapter_inputs(
         "instantid",
         cond_tokens=cond_tokens,
@@ -268,18 +324,35 @@ def generate_instantid(
     with attention, engine.loras(base, gen.loras):
         latents = denoise(base.unet, job)
     images = decode_latents(base, latents)
+    return IdentityRun(images, seed, seeds, latents.detach().float().cpu())
 
-    recipe = {
-        "method": "instantid",
+
+def instantid_recipe(
+    engine: Engine,
+    request: InstantIDRequest,
+    models: InstantIDModels,
+    prepared: PreparedInstantID,
+    run: IdentityRun,
+    started: float,
+    method: str = "instantid",
+) -> dict[str, Any]:
+    """The recipe of an InstantID generation (other methods built on it extend this dict)."""
+    gen, params = request.generation, request.instantid
+    base = models.base
+    return {
+        "method": method,
         "idforge_version": __version__,
-        "seed": seed,
-        "width": width,
-        "height": height,
-        "params": params_to_dict(gen, params) | {"seed": seed},
+        "seed": run.seed,
+        "width": prepared.width,
+        "height": prepared.height,
+        "params": params_to_dict(gen, params) | {"seed": run.seed},
         "models": {
             "base": {"source": base.source, "sha256": model_hash(base.source)},
-            "identitynet": {"source": str(identitynet_path), "sha256": model_hash(identitynet_path)},
-            "ip_adapter": {"source": str(adapter_path), "sha256": model_hash(adapter_path)},
+            "identitynet": {
+                "source": str(models.identitynet_path),
+                "sha256": model_hash(models.identitynet_path),
+            },
+            "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
             "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
         },
         "inputs": {
@@ -290,11 +363,23 @@ def generate_instantid(
         },
         "timings": {"total_s": round(time.perf_counter() - started, 3)},
     }
+
+
+def generate_instantid(
+    engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
+) -> GenerationResult:
+    """Run InstantID end to end and return images with their recipe."""
+    started = time.perf_counter()
+    models = load_instantid_models(engine, request.base, request.instantid_model)
+    prepared = prepare_instantid(engine, request, models.projection)
+    run = run_identity_generation(
+        engine, models, prepared, request.generation, request.instantid, request.mask, progress=progress
+    )
     return GenerationResult(
-        images=images,
-        seeds=seeds,
-        recipe=recipe,
+        images=run.images,
+        seeds=run.seeds,
+        recipe=instantid_recipe(engine, request, models, prepared, run, started),
         extras={"kps_image": prepared.kps_image},
         warnings=prepared.warnings,
-        latents=latents.detach().float().cpu(),
+        latents=run.latents,
     )
