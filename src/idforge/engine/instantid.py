@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,41 @@ class PreparedInstantID:
     warnings: list[str]
 
 
-def _name(source: ImageSource, fallback: str) -> str:
+@dataclass(frozen=True)
+class NamedImage:
+    """A decoded input image and the name error messages use for it (its path, or its role)."""
+
+    image: Image.Image
+    name: str
+
+
+def _name(source: ImageSource | NamedImage, fallback: str) -> str:
+    if isinstance(source, NamedImage):
+        return source.name
     return str(source) if isinstance(source, str | Path) else fallback
 
 
-def _load(source: ImageSource, fallback_name: str) -> tuple[Image.Image, str]:
+def _load(source: ImageSource | NamedImage, fallback_name: str) -> tuple[Image.Image, str]:
+    if isinstance(source, NamedImage):
+        return source.image, source.name
     name = _name(source, fallback_name)
     return load_image(source, name=name), name
+
+
+def load_request_images(request: InstantIDRequest) -> InstantIDRequest:
+    """A copy of the request with every image decoded and checked: bad input fails before any model loads."""
+    if not request.faces:
+        raise ParameterError("face", "at least one reference face image is needed")
+    faces = [NamedImage(*_load(source, f"face image {i}")) for i, source in enumerate(request.faces)]
+    pose = NamedImage(*_load(request.pose, "pose image")) if request.pose is not None else None
+    kps_image = (
+        NamedImage(*_load(request.kps_image, "keypoint image")) if request.kps_image is not None else None
+    )
+    if request.mask is not None:
+        load_mask(
+            request.mask, (8, 8), name=_name(request.mask, "mask")
+        )  # readable? (alpha matters: keep source)
+    return replace(request, faces=faces, pose=pose, kps_image=kps_image)
 
 
 def instantid_paths(engine: Engine, spec: str | None) -> tuple[Path, Path]:
@@ -370,6 +398,7 @@ def generate_instantid(
 ) -> GenerationResult:
     """Run InstantID end to end and return images with their recipe."""
     started = time.perf_counter()
+    request = load_request_images(request)
     models = load_instantid_models(engine, request.base, request.instantid_model)
     prepared = prepare_instantid(engine, request, models.projection)
     run = run_identity_generation(

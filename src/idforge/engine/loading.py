@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 from diffusers import ControlNetModel, DiffusionPipeline
 
 from idforge.engine.base import BaseModel, base_family
 from idforge.errors import ModelFormatError
+
+# Loading from local disk takes seconds; per-component bars from diffusers/transformers are noise on the CLI.
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
 
 
 def load_base_model(
