@@ -17,6 +17,12 @@ diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()
 
 
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers renamed `torch_dtype` to `dtype` in 0.42; use whichever the installed version takes."""
+    major, minor = (int(part) for part in diffusers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
+
+
 def load_base_model(
     path: str | Path, dtype: torch.dtype, device: torch.device, source: str | None = None
 ) -> BaseModel:
@@ -27,7 +33,7 @@ def load_base_model(
             raise ModelFormatError(
                 f"base model {path}: folder has no model_index.json (not a diffusers pipeline folder)"
             )
-        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(path, **dtype_kwarg(dtype), local_files_only=True)
     else:
         from idforge.models.singlefile import load_single_file_pipeline
 
@@ -44,7 +50,7 @@ def load_controlnet(
     """A ControlNet from a diffusers folder or a lone safetensors file (ComfyUI's habit)."""
     path = Path(path)
     if path.is_dir():
-        model = ControlNetModel.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        model = ControlNetModel.from_pretrained(path, **dtype_kwarg(dtype), local_files_only=True)
     else:
         from idforge.models.singlefile import load_controlnet_file
 
