@@ -1,0 +1,606 @@
+"""IP-Adapter FaceID (seed 001, IPAdapterFaceID / IPAAdapterFaceIDBatch) on the shared engine loop.
+
+Flow, top to bottom (SPEC.md section 3):
+1. resolve the adapter and read its kind from the checkpoint (faceid, plus, plusv2, portrait, portrait-unnorm);
+   the base follows the adapter's family unless named, and a base the adapter does not fit is refused before any
+   generation; find the LoRA (embedded keys, `--lora`, or `<adapter>_lora.safetensors`) and, for plus models, the
+   CLIP vision encoder;
+2. analyse every reference face (highest score by default, buffalo_l), take the normed embedding (raw for
+   portrait-unnorm) and the aligned crop (`face_image`), and CLIP features of the crop for plus models;
+3. combine (concat | add | subtract | average | norm average) and project cond and uncond (zeros; CLIP uncond
+   from `image_negative` or black), or in batch mode project each reference alone: reference i conditions
+   output i only, through per-sample IP tokens;
+4. merge the LoRA (restored exactly afterwards) and denoise with the FaceID IP attention (weight, weight type,
+   embeds scaling, start/end, attn mask), optionally next to InstantID (its own IP adapter and IdentityNet).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from idforge import __version__
+from idforge.engine.base import BaseModel, decode_latents, encode_text, pil_to_control_tensor
+from idforge.engine.hashing import model_hash
+from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
+from idforge.engine.params import GenerationParams, check_pick, params_to_dict
+from idforge.engine.result import GenerationResult
+from idforge.engine.schedulers import make_scheduler
+from idforge.engine.seeds import image_seeds, initial_noise, make_generators, resolve_seed
+from idforge.engine.session import Engine
+from idforge.errors import (
+    InputImageError,
+    ModelFormatError,
+    ModelNotFoundError,
+    NoFaceError,
+    ParameterError,
+    check_choice,
+    check_range,
+)
+from idforge.identity.attention import SCALING_MODES, timestep_window
+from idforge.identity.embeds import FACEID_COMBINE_MODES
+from idforge.identity.weight_types import WEIGHT_TYPES
+from idforge.imageio import load_image, load_mask
+
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
+ProgressCallback = Callable[[int, int], None]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+DEFAULT_SIZE = {"sdxl": 1024, "sd15": 512}
+# Used when the caller names no adapter: the plusv2 model of the base's family (ComfyUI's usual FaceID choice).
+DEFAULT_ADAPTER = {"sdxl": "faceid-plusv2-sdxl", "sd15": "faceid-plusv2-sd15"}
+LORA_KINDS = ("faceid", "faceid-plus", "faceid-plusv2")
+
+
+def _normalise(name: str) -> str:
+    return name.replace("-", " ").replace("_", " ").strip()
+
+
+def _normalise_scaling(name: str) -> str:
+    """Accept CLI spellings ('v-only', 'k+v-w/-c-penalty') for the node's names."""
+    folded = {mode.lower().replace(" ", ""): mode for mode in SCALING_MODES}
+    key = name.lower().replace(" ", "").replace("-", "").replace("_", "")
+    return folded.get(key, name)
+
+
+@dataclass
+class FaceIDParams:
+    """Every control of ComfyUI's IPAdapter FaceID (Batch) node (seed 001) plus our batch/face options."""
+
+    weight: float = 1.0
+    weight_faceidv2: float = 1.0
+    weight_type: str = "linear"
+    combine_embeds: str = "concat"
+    start_at: float = 0.0
+    end_at: float = 1.0
+    embeds_scaling: str = "V only"
+    lora_strength: float = 0.6
+    batch: bool = False  # unfold: reference i conditions output i (the Batch node)
+    skip_missing: bool = False  # batch: drop a reference with no face instead of failing
+    pick: str | int = "score"  # FaceID's reference takes the highest-scoring face
+    det_size: int = 640
+
+    def __post_init__(self) -> None:
+        check_range("weight", self.weight, -1.0, 3.0)
+        check_range("weight_faceidv2", self.weight_faceidv2, -1.0, 5.0)
+        self.weight_type = check_choice("weight_type", self.weight_type.strip(), WEIGHT_TYPES)
+        self.combine_embeds = check_choice(
+            "combine_embeds", _normalise(self.combine_embeds), FACEID_COMBINE_MODES
+        )
+        check_range("start_at", self.start_at, 0.0, 1.0)
+        check_range("end_at", self.end_at, 0.0, 1.0)
+        if self.end_at < self.start_at:
+            raise ParameterError("end_at", f"{self.end_at} is before start_at {self.start_at}")
+        self.embeds_scaling = check_choice(
+            "embeds_scaling", _normalise_scaling(self.embeds_scaling), SCALING_MODES
+        )
+        check_range("lora_strength", self.lora_strength, -4.0, 4.0)
+        self.pick = check_pick(self.pick)
+        check_range("det_size", self.det_size, 64, 2048)
+
+
+def _default_generation() -> GenerationParams:
+    # h94/IP-Adapter-FaceID's examples: 30 steps, guidance 7.5 (SD1.5 and SDXL alike).
+    return GenerationParams(steps=30, guidance=7.5)
+
+
+@dataclass
+class FaceIDRequest:
+    """One FaceID call: reference faces (files, images or folders of images), parameters and models."""
+
+    faces: Sequence[ImageSource]
+    generation: GenerationParams = field(default_factory=_default_generation)
+    faceid: FaceIDParams = field(default_factory=FaceIDParams)
+    negative_image: ImageSource | None = None  # image_negative: CLIP uncond input (plus models)
+    attn_mask: ImageSource | None = None
+    adapter: str | None = None  # path, preset, file name or hub id
+    lora: str | None = None  # separate *_lora.safetensors (overrides embedded LoRA keys)
+    clip_vision: str | None = None
+    base: str | None = None
+    face_models: str | None = None  # default buffalo_l
+
+
+@dataclass
+class FaceIDModels:
+    base: BaseModel
+    adapter: Any  # AdapterCheckpoint
+    adapter_path: Path
+    projection: torch.nn.Module
+    lora_path: Path | None  # a LoRA file; None with embedded keys or no LoRA
+    lora_source: str | None  # "embedded", a path, or None (no LoRA)
+    clip: tuple[Any, Any] | None  # (CLIPVisionModelWithProjection, CLIPImageProcessor) for plus models
+    clip_path: Path | None
+    warnings: list[str]
+
+
+@dataclass
+class PreparedFaceID:
+    """Projected tokens: (1, T', C) shared by every output, or (B, T, C) one row per output in batch mode."""
+
+    cond_tokens: torch.Tensor
+    uncond_tokens: torch.Tensor
+    face_images: list[Image.Image]  # aligned crops, one per reference used
+    faces_info: list[dict[str, Any]]
+    batch_references: list[int] | None  # batch mode: reference index of each output
+    warnings: list[str]
+
+
+# ---- inputs ------------------------------------------------------------------------------------------------
+
+
+def expand_face_sources(faces: Sequence[ImageSource]) -> list[ImageSource]:
+    """Folders become their image files in name order; everything else stays as given."""
+    expanded: list[ImageSource] = []
+    for source in faces:
+        if isinstance(source, str | os.PathLike) and Path(source).is_dir():
+            files = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise InputImageError(str(source), "folder holds no images (.png, .jpg, .webp, ...)")
+            expanded.extend(files)
+        else:
+            expanded.append(source)
+    if not expanded:
+        raise ParameterError("face", "at least one reference face image is needed")
+    return expanded
+
+
+def _source_name(source: ImageSource, fallback: str) -> str:
+    return str(source) if isinstance(source, str | Path) else fallback
+
+
+# ---- models ------------------------------------------------------------------------------------------------
+
+
+def _family_guesses(ckpt) -> list[str]:
+    """Base families to try for an adapter: by its published width, else SDXL then SD1.5 (tiny kits)."""
+    if ckpt.cross_dim == 2048:
+        return ["sdxl"]
+    if ckpt.cross_dim == 768:
+        return ["sd15"]
+    return ["sdxl", "sd15"]
+
+
+def _pick_base(engine: Engine, spec: str | None, ckpt) -> BaseModel:
+    """The named base (checked), or the default base of the adapter's family."""
+    from idforge.identity.checkpoint import check_compatible
+
+    if spec is not None:
+        base = engine.base_model(spec)
+        check_compatible(ckpt, base.unet, base_name=base.source)
+        return base
+    first_error: ModelFormatError | None = None
+    for family in _family_guesses(ckpt):
+        base = engine.base_model(None, family=family)
+        try:
+            check_compatible(ckpt, base.unet, base_name=base.source)
+            return base
+        except ModelFormatError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
+
+
+def _find_lora_file(engine: Engine, adapter_path: Path) -> Path | None:
+    """`<adapter stem>_lora.safetensors` beside the adapter or in the models folders' loras/."""
+    name = f"{adapter_path.stem}_lora.safetensors"
+    beside = adapter_path.with_name(name)
+    if beside.is_file():
+        return beside
+    try:
+        return Path(engine.store.resolve("lora", name, local_only=True).path)
+    except (ModelNotFoundError, ParameterError):
+        return None
+
+
+def load_faceid_models(engine: Engine, request: FaceIDRequest) -> FaceIDModels:
+    """Adapter, base, projection, LoRA and CLIP vision; every mismatch is refused before generation."""
+    from idforge.identity.checkpoint import check_expected_kind
+
+    warnings: list[str] = []
+    base_spec = request.base if request.base is not None else engine.models.base
+    adapter_spec = request.adapter if request.adapter is not None else engine.models.faceid_adapter
+    if adapter_spec is None:
+        family = engine.base_model(base_spec).family if base_spec is not None else "sdxl"
+        adapter_path = Path(engine.store.default("ipadapter", DEFAULT_ADAPTER[family]).path)
+    else:
+        adapter_path = Path(engine.store.resolve("ipadapter", adapter_spec).path)
+    ckpt = engine.adapter(adapter_path)
+    check_expected_kind(str(adapter_path), ckpt.kind, "faceid")
+    base = _pick_base(engine, base_spec, ckpt)
+    projection = engine.projection(adapter_path)
+
+    lora_path: Path | None = None
+    lora_source: str | None = None
+    if request.lora is not None:
+        lora_path = Path(engine.store.resolve("lora", request.lora).path)
+        lora_source = str(lora_path)
+    elif ckpt.lora:
+        lora_source = "embedded"
+    elif ckpt.kind in LORA_KINDS:
+        lora_path = _find_lora_file(engine, adapter_path)
+        if lora_path is None:
+            warnings.append(
+                f"{adapter_path.name}: no LoRA (no embedded keys, no {adapter_path.stem}_lora.safetensors found); "
+                "likeness is usually weaker without it"
+            )
+        else:
+            lora_source = str(lora_path)
+
+    clip = clip_path = None
+    if ckpt.needs_clip:
+        spec = request.clip_vision if request.clip_vision is not None else engine.models.clip_vision
+        clip_path = Path(engine.store.resolve("clip_vision", spec).path)
+        from idforge.engine.faceid_clip import load_clip_vision
+
+        clip = engine._cached(
+            "clip_vision", str(clip_path), lambda: load_clip_vision(clip_path, engine.device, engine.dtype)
+        )
+        width = clip[0].config.hidden_size
+        if width != ckpt.clip_width:
+            raise ModelFormatError(
+                f"CLIP vision '{clip_path.name}' is {width} wide but adapter '{adapter_path.name}' expects "
+                f"{ckpt.clip_width} (ViT-H/14 for the published plus models)"
+            )
+    elif request.clip_vision is not None:
+        warnings.append(
+            f"{adapter_path.name} ({ckpt.kind}) uses no CLIP vision encoder; --clip-vision ignored"
+        )
+    return FaceIDModels(
+        base, ckpt, adapter_path, projection, lora_path, lora_source, clip, clip_path, warnings
+    )
+
+
+@contextmanager
+def faceid_lora(models: FaceIDModels, strength: float) -> Iterator[None]:
+    """Merge the FaceID LoRA into the UNet for one generation; the UNet is restored bit for bit afterwards."""
+    from idforge.identity.lora import apply_faceid_lora, apply_lora_file
+
+    handle = None
+    if models.lora_source is not None and strength != 0.0:
+        unet = models.base.unet
+        if models.lora_path is not None:
+            handle = apply_lora_file(unet, models.lora_path, strength)
+        else:
+            handle = apply_faceid_lora(unet, models.adapter.lora, strength, source=str(models.adapter_path))
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+# ---- faces -> tokens ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _project(
+    models: FaceIDModels, embeds: torch.Tensor, clip_embeds: torch.Tensor | None, v2_scale: float
+) -> torch.Tensor:
+    """(k, 512) embeddings (+ (k, 257, h) CLIP features) -> (k, T, C) tokens."""
+    projection = models.projection
+    device = next(projection.parameters()).device
+    embeds = embeds.to(device=device, dtype=torch.float32)
+    if models.adapter.kind in ("faceid-plus", "faceid-plusv2"):
+        return projection(embeds, clip_embeds.to(device=device, dtype=torch.float32), scale=v2_scale)
+    if models.adapter.kind == "faceid-portrait-unnorm":
+        return projection(embeds.unsqueeze(1))
+    return projection(embeds)
+
+
+def prepare_faceid(
+    engine: Engine, request: FaceIDRequest, models: FaceIDModels, num_images: int
+) -> PreparedFaceID:
+    """Face analysis, crops, CLIP features, combining (or batch unfolding) and projection."""
+    from idforge.identity.clip_face import clip_face_features, crop_size_for, face_crops
+    from idforge.identity.embeds import combine_faceid, concat_token_sets
+
+    params = request.faceid
+    ckpt = models.adapter
+    analyzer = engine.face_analyzer(request.face_models, default="buffalo_l")
+    warnings: list[str] = []
+    embeddings, crops, faces_info = [], [], []
+    crop_size = crop_size_for(ckpt.cross_dim)
+    for index, source in enumerate(expand_face_sources(request.faces)):
+        name = _source_name(source, f"face image {index}")
+        image = load_image(source, name=name)
+        try:
+            face = engine.analyze_face(analyzer, image, name=name, pick=params.pick, det_size=params.det_size)
+        except NoFaceError as exc:
+            if not params.skip_missing:
+                hint = "pass skip_missing (CLI: --skip-missing) to leave it out" if params.batch else ""
+                raise NoFaceError(name, exc.sizes_tried, hint) from None
+            warnings.append(f"{name}: no face found; left out")
+            continue
+        vector = face.embedding if ckpt.uses_raw_embedding else face.normed_embedding
+        embeddings.append(torch.from_numpy(np.asarray(vector, dtype=np.float32)))
+        crops.append(face_crops([np.asarray(image)], [face.kps], crop_size)[0])
+        faces_info.append({"image": name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)})
+    if not embeddings:
+        raise NoFaceError("face images", [params.det_size], "no reference image has a face")
+
+    clip_cond = clip_uncond = None
+    if models.clip is not None:
+        negative = None
+        if request.negative_image is not None:
+            negative = load_image(
+                request.negative_image, name=_source_name(request.negative_image, "negative image")
+            )
+        model, processor = models.clip
+        clip_cond, clip_uncond = clip_face_features(model, processor, crops, negative, size=crop_size)
+        clip_cond, clip_uncond = clip_cond.float(), clip_uncond.float()
+    elif request.negative_image is not None:
+        warnings.append(
+            f"{models.adapter_path.name} ({ckpt.kind}) has no CLIP input; the negative image is ignored"
+        )
+
+    stacked = torch.stack(embeddings)
+    scale = params.weight_faceidv2
+    if params.batch:
+        references = len(embeddings)
+        count = max(num_images, references)
+        if 1 < num_images < references:
+            raise ParameterError(
+                "num_images",
+                f"{num_images} outputs for {references} batch references (need at least one each)",
+            )
+        cond = _project(models, stacked, clip_cond, scale)
+        uncond = _project(models, torch.zeros_like(stacked), clip_uncond, scale)
+        order = [min(i, references - 1) for i in range(count)]
+        cond_tokens, uncond_tokens = cond[order], uncond[order]
+        batch_references = order
+    else:
+        combined = combine_faceid(stacked, params.combine_embeds)  # (k, 512)
+        clip_combined = clip_uncond_k = None
+        if clip_cond is not None:
+            clip_combined = combine_faceid(clip_cond, params.combine_embeds)
+            clip_uncond_k = clip_uncond[:1].expand(combined.shape[0], -1, -1)
+        cond_tokens = concat_token_sets(_project(models, combined, clip_combined, scale))
+        uncond_tokens = concat_token_sets(_project(models, torch.zeros_like(combined), clip_uncond_k, scale))
+        batch_references = None
+    face_images = [Image.fromarray(crop) for crop in crops]
+    return PreparedFaceID(cond_tokens, uncond_tokens, face_images, faces_info, batch_references, warnings)
+
+
+# ---- generation --------------------------------------------------------------------------------------------
+
+
+def _output_size(gen: GenerationParams, family: str) -> tuple[int, int]:
+    if gen.width is not None and gen.height is not None:
+        return gen.width, gen.height
+    if gen.width is not None or gen.height is not None:
+        raise ParameterError("width/height", "give both width and height, or neither")
+    side = DEFAULT_SIZE.get(family, 1024)
+    return side, side
+
+
+def generate_faceid(
+    engine: Engine,
+    request: FaceIDRequest,
+    progress: ProgressCallback | None = None,
+    *,
+    instantid: Any | None = None,
+) -> GenerationResult:
+    """Run FaceID end to end (optionally together with InstantID) and return images with their recipe.
+
+    `instantid` (an InstantIDRequest) adds InstantID to the same generation: its faces, parameters, pose,
+    mask and models; the prompt, sampler, size, seed and base come from `request` (a size not given there
+    follows InstantID's keypoint-image rule). Batch mode is not available combined.
+    """
+    started = time.perf_counter()
+    gen, params = request.generation, request.faceid
+    if instantid is not None and params.batch:
+        raise ParameterError("batch", "batch mode cannot be combined with InstantID (one identity per call)")
+    models = load_faceid_models(engine, request)
+    base = models.base
+
+    iid_models = iid_prepared = iid_request = None
+    if instantid is not None:
+        from idforge.engine.instantid import load_instantid_models, load_request_images, prepare_instantid
+
+        iid_request = replace(load_request_images(instantid), generation=gen, base=base.source)
+        iid_models = load_instantid_models(engine, base.source, iid_request.instantid_model)
+        iid_prepared = prepare_instantid(engine, iid_request, iid_models.projection)
+        width, height = iid_prepared.width, iid_prepared.height
+    else:
+        width, height = _output_size(gen, base.family)
+
+    prepared = prepare_faceid(engine, request, models, gen.num_images)
+    batch = len(prepared.batch_references) if prepared.batch_references is not None else gen.num_images
+    seed = resolve_seed(gen.seed)
+    seeds = image_seeds(seed, batch)
+    scale = base.vae_scale_factor
+    latent_hw = (height // scale, width // scale)
+    dtype = base.unet.dtype
+    device = engine.device
+
+    from idforge.identity.attention import IdentityAttention
+
+    attention = IdentityAttention(base.unet)
+    attention.add_adapter("faceid", models.adapter.ip_layers)
+    mask = load_mask(request.attn_mask, (width, height)) if request.attn_mask is not None else None
+    attention.set_adapter_inputs(
+        "faceid",
+        cond_tokens=prepared.cond_tokens.to(device=device, dtype=dtype),
+        uncond_tokens=prepared.uncond_tokens.to(device=device, dtype=dtype),
+        weight=params.weight,
+        weight_type=params.weight_type,
+        scaling=params.embeds_scaling,
+        start_at=params.start_at,
+        end_at=params.end_at,
+        mask=None if mask is None else torch.from_numpy(mask),
+    )
+    controls: list[ControlUnit] = []
+    if instantid is not None:
+        controls.append(
+            _attach_instantid(engine, attention, iid_request, iid_models, iid_prepared, batch, latent_hw)
+        )
+
+    text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
+    scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
+    scheduler.set_timesteps(gen.steps, device=device)
+    channels = base.unet.config.in_channels
+    latents = initial_noise(seeds, (channels, *latent_hw), dtype, device) * scheduler.init_noise_sigma
+    attention.set_cfg(gen.do_cfg)
+    attention.set_latent_size(latent_hw)
+    job = DenoiseJob(
+        latents=latents,
+        text=text,
+        scheduler=scheduler,
+        timesteps=scheduler.timesteps,
+        guidance=gen.guidance,
+        controls=controls,
+        generators=make_generators(seeds),
+        on_timestep=attention.set_timestep,
+        on_step=progress,
+    )
+    with ExitStack() as stack:
+        stack.enter_context(faceid_lora(models, params.lora_strength))
+        stack.enter_context(attention)
+        stack.enter_context(engine.loras(base, gen.loras))
+        latents = denoise(base.unet, job)
+    images = decode_latents(base, latents)
+
+    warnings = models.warnings + prepared.warnings
+    recipe = faceid_recipe(engine, request, models, prepared, seed, batch, width, height, started)
+    extras: dict[str, Any] = {"face_images": prepared.face_images}
+    if instantid is not None:
+        recipe["method"] = "instantid+faceid"
+        recipe["instantid"] = _instantid_part(engine, iid_request, iid_models, iid_prepared)
+        extras["kps_image"] = iid_prepared.kps_image
+        warnings += iid_prepared.warnings
+    return GenerationResult(
+        images=images,
+        seeds=seeds,
+        recipe=recipe,
+        extras=extras,
+        warnings=warnings,
+        latents=latents.detach().float().cpu(),
+    )
+
+
+def _attach_instantid(engine, attention, request, models, prepared, batch, latent_hw) -> ControlUnit:
+    """InstantID's IP adapter on the same attention controller, and IdentityNet as a ControlUnit."""
+    from idforge.engine.instantid import latent_mask
+    from idforge.engine.sizing import box_mask
+
+    params = request.instantid
+    width, height = prepared.width, prepared.height
+    dtype = models.base.unet.dtype
+    mask = load_mask(request.mask, (width, height)) if request.mask is not None else None
+    control_mask = mask
+    if params.enhance_face_region and prepared.face_box is not None:
+        region = box_mask(prepared.face_box, width, height)
+        control_mask = region if control_mask is None else control_mask * region
+    cond = prepared.cond_tokens.to(dtype).repeat(batch, 1, 1)
+    uncond = prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1)
+    attention.add_adapter("instantid", models.adapter.ip_layers)
+    attention.set_adapter_inputs(
+        "instantid",
+        cond_tokens=cond,
+        uncond_tokens=uncond,
+        weight=params.ip_weight,
+        start_at=params.start_at,
+        end_at=params.end_at,
+        mask=None if mask is None else torch.from_numpy(mask),
+    )
+    kps = pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype)
+    return ControlUnit(
+        name="identitynet",
+        model=models.identitynet,
+        image=kps,
+        strength=params.cn_strength,
+        window=timestep_window(params.start_at, params.end_at),
+        face_tokens=(uncond, cond),
+        mask=latent_mask(control_mask, batch, latent_hw, engine.device),
+    )
+
+
+def _instantid_part(engine, request, models, prepared) -> dict[str, Any]:
+    return {
+        "params": params_to_dict(request.instantid),
+        "models": {
+            "identitynet": {
+                "source": str(models.identitynet_path),
+                "sha256": model_hash(models.identitynet_path),
+            },
+            "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
+            "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
+        },
+        "inputs": {"faces": prepared.faces_info},
+    }
+
+
+def faceid_recipe(
+    engine: Engine,
+    request: FaceIDRequest,
+    models: FaceIDModels,
+    prepared: PreparedFaceID,
+    seed: int,
+    batch: int,
+    width: int,
+    height: int,
+    started: float,
+) -> dict[str, Any]:
+    """Everything needed to regenerate: parameters, seed, models with hashes, inputs, the batch layout."""
+    gen = request.generation
+    lora = None
+    if models.lora_source is not None:
+        lora = {"source": models.lora_source, "strength": request.faceid.lora_strength}
+        if models.lora_path is not None:
+            lora["sha256"] = model_hash(models.lora_path)
+    return {
+        "method": "faceid",
+        "idforge_version": __version__,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "params": params_to_dict(gen, request.faceid) | {"seed": seed, "num_images": batch},
+        "adapter_kind": models.adapter.kind,
+        "models": {
+            "base": {"source": models.base.source, "sha256": model_hash(models.base.source)},
+            "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
+            "lora": lora,
+            "clip_vision": None if models.clip_path is None else {"source": str(models.clip_path)},
+            "face_models": {
+                "source": str(engine.face_analyzer(request.face_models, default="buffalo_l").pack_dir)
+            },
+        },
+        "inputs": {
+            "faces": prepared.faces_info,
+            "batch_references": prepared.batch_references,
+            "negative_image": None
+            if request.negative_image is None
+            else _source_name(request.negative_image, "<image>"),
+            "attn_mask": None if request.attn_mask is None else _source_name(request.attn_mask, "<image>"),
+        },
+        "timings": {"total_s": round(time.perf_counter() - started, 3)},
+    }
