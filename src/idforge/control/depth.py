@@ -22,14 +22,16 @@ from idforge.errors import ModelFormatError
 def normalise_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, h, w) predicted depth -> (B, 3, H, W) in [0, 1] at `size` = (W, H): bicubic, then per-image min-max.
 
-    A flat depth (max == min) gives zeros rather than a division by zero.
+    A flat depth gives zeros rather than a division by zero; "flat" includes the rounding noise bicubic
+    resampling leaves on a constant (a span below 1e-5 of the magnitude), which min-max would blow up to 0..1.
     """
     width, height = size
     resized = F.interpolate(depth[:, None].float(), size=(height, width), mode="bicubic", align_corners=False)
     low = torch.amin(resized, dim=(1, 2, 3), keepdim=True)
     high = torch.amax(resized, dim=(1, 2, 3), keepdim=True)
     span = high - low
-    scaled = torch.where(span > 0, (resized - low) / torch.where(span > 0, span, 1.0), 0.0)
+    varied = span > 1e-5 * torch.maximum(low.abs(), high.abs())
+    scaled = torch.where(varied, (resized - low) / torch.where(varied, span, 1.0), 0.0)
     return scaled.repeat(1, 3, 1, 1)
 
 
