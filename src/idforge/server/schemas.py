@@ -1,0 +1,170 @@
+"""Request bodies of every endpoint, with the defaults and ranges of the seeds (shown in the OpenAPI docs).
+
+`InstaDepthBody` has exactly the fields of seed 002, plus optional idforge extensions marked as such (output
+size, returning the depth map). The other methods follow the same conventions (`num_inference_steps`,
+`guidance_scale`, `seed` with -1 = random, `base64`), with the parameters of their ComfyUI nodes.
+Unknown fields are refused (400 naming them): a misspelt parameter should not be silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from idforge.engine.params import MAX_SEED
+
+IMAGE_HELP = "base64 (optionally a data URL, data:image/...;base64,...) or an http(s) URL"
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., max_length=4000, description="Prompt to render")
+    negative_prompt: str | None = Field(
+        None, max_length=4000, description="Prompts to exclude, eg. 'bad anatomy, bad hands, missing fingers'"
+    )
+    num_inference_steps: int = Field(
+        10, ge=4, le=100, description="Number of denoising steps. Affects pricing."
+    )
+    guidance_scale: float = Field(3.0, ge=1, le=15, description="Scale for classifier-free guidance")
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="Seed for image generation; -1 = random")
+    base64: bool = Field(
+        True, description="true: JSON with the base64 JPEG; false: the image/jpeg bytes as the body"
+    )
+    width: int | None = Field(
+        None, ge=64, le=2048, multiple_of=8, description="(idforge extension) output width; with height"
+    )
+    height: int | None = Field(
+        None, ge=64, le=2048, multiple_of=8, description="(idforge extension) output height; with width"
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be empty")
+        return value
+
+
+class InstaDepthBody(_Common):
+    """Seed 002: Insta Depth (InstantID + depth ControlNet)."""
+
+    face_image: str = Field(..., description=f"Face Image: {IMAGE_HELP}")
+    pose_image: str = Field(..., description=f"Pose Image: {IMAGE_HELP}")
+    return_depth_map: bool = Field(
+        False, description="(idforge extension) with base64 true, also return the depth map as `depth_map`"
+    )
+
+
+class InstantIDBody(_Common):
+    """InstantID (seed 000, Apply InstantID Advanced)."""
+
+    num_inference_steps: int = Field(
+        30, ge=4, le=100, description="Number of denoising steps. Affects pricing."
+    )
+    guidance_scale: float = Field(5.0, ge=1, le=15, description="Scale for classifier-free guidance")
+    face_image: str = Field(..., description=f"Reference face: {IMAGE_HELP}")
+    extra_face_images: list[str] = Field(
+        default_factory=list, max_length=4, description="More references of the same person, combined"
+    )
+    pose_image: str | None = Field(None, description=f"Photo whose face gives the keypoints: {IMAGE_HELP}")
+    kps_image: str | None = Field(None, description=f"An already drawn keypoint image: {IMAGE_HELP}")
+    mask_image: str | None = Field(None, description=f"Restricts IP attention and IdentityNet: {IMAGE_HELP}")
+    pose_fallback: bool = Field(
+        False, description="use the reference keypoints when the pose image has no face"
+    )
+    ip_weight: float = Field(0.8, ge=0, le=3, description="IP attention weight")
+    cn_strength: float = Field(0.8, ge=0, le=10, description="IdentityNet strength")
+    start_at: float = Field(0.0, ge=0, le=1, description="start of the schedule window")
+    end_at: float = Field(1.0, ge=0, le=1, description="end of the schedule window")
+    noise: float = Field(0.0, ge=0, le=1, description="noise in the unconditional face embedding")
+    combine_embeds: Literal["average", "norm average", "concat"] = Field("average")
+    enhance_face_region: bool = Field(False, description="limit IdentityNet to the face box")
+
+
+class FaceIDBody(_Common):
+    """IP-Adapter FaceID (seed 001, IPAdapter FaceID Batch)."""
+
+    num_inference_steps: int = Field(
+        30, ge=4, le=100, description="Number of denoising steps. Affects pricing."
+    )
+    guidance_scale: float = Field(5.0, ge=1, le=15, description="Scale for classifier-free guidance")
+    face_image: str = Field(..., description=f"Reference face: {IMAGE_HELP}")
+    extra_face_images: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="More references (combined, or one per output in batch)",
+    )
+    negative_image: str | None = Field(None, description=f"image_negative for the CLIP branch: {IMAGE_HELP}")
+    mask_image: str | None = Field(None, description=f"attn_mask: {IMAGE_HELP}")
+    variant: Literal[
+        "faceid", "faceid-plus", "faceid-plusv2", "faceid-portrait", "faceid-portrait-unnorm"
+    ] = Field("faceid-plusv2", description="which ip-adapter-faceid checkpoint")
+    family: Literal["sdxl", "sd15"] = Field("sdxl", description="base model family")
+    weight: float = Field(1.0, ge=-1, le=3)
+    weight_faceidv2: float = Field(1.0, ge=-1, le=5)
+    weight_type: str = Field("linear", max_length=40, description="linear, ease in, ..., composition precise")
+    combine_embeds: Literal["concat", "add", "subtract", "average", "norm average"] = Field("concat")
+    start_at: float = Field(0.0, ge=0, le=1)
+    end_at: float = Field(1.0, ge=0, le=1)
+    embeds_scaling: Literal["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"] = Field("V only")
+    lora_strength: float = Field(0.6, ge=0, le=2, description="FaceID LoRA strength")
+    batch: bool = Field(False, description="unfold: reference i conditions output i (the Batch node)")
+    num_images: int = Field(1, ge=1, le=8, description="images to generate (each one is charged)")
+
+
+METHOD_BODIES: dict[str, type[_Common]] = {
+    "insta-depth": InstaDepthBody,
+    "instantid": InstantIDBody,
+    "faceid": FaceIDBody,
+}
+
+
+class ImageResponse(BaseModel):
+    """base64 = true: the generated image(s) as base64 JPEG."""
+
+    image: str = Field(..., description="base64 JPEG (the first image)")
+    images: list[str] = Field(..., description="every generated image, base64 JPEG")
+    seed: int
+    seeds: list[int]
+    mime_type: str = "image/jpeg"
+    credits_charged: int
+    request_id: str
+    warnings: list[str] = []
+    timings: dict[str, float] = {}
+    depth_map: str | None = Field(None, description="(return_depth_map) base64 JPEG depth map")
+
+
+class ErrorResponse(BaseModel):
+    status: int
+    error: str
+    field: str | None = None
+    request_id: str | None = None
+
+
+class AcceptedResponse(BaseModel):
+    request_id: str
+    status: Literal["queued"]
+    position: int
+    status_url: str
+    credits_reserved: int
+
+
+class JobStatusResponse(BaseModel):
+    request_id: str
+    method: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    position: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    image: str | None = None
+    images: list[str] | None = None
+    seeds: list[int] | None = None
+    depth_map: str | None = None
+    warnings: list[str] | None = None
+    timings: dict[str, float] | None = None
+    error: str | None = None
+    error_status: int | None = None
+    field: str | None = None
+    credits: int
