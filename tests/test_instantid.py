@@ -272,3 +272,12 @@ def test_cli_missing_face_file_is_one_line_error(tiny_kit, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "nope.png" in err[0]
+
+
+def test_memory_switches_keep_the_result(engine, faces):
+    """CPU offload is a no-op on a CPU device and VAE tiling must not change a small image; both must run."""
+    plain = run(engine, [faces["a"]], generation=gen())
+    switched = run(engine, [faces["a"]], generation=gen(cpu_offload=True, vae_tiling=True))
+    assert torch.equal(plain.latents, switched.latents)
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(switched.images[0]))
+    assert not engine.base_model().pipe.vae.use_tiling  # tiling was for that call only

@@ -25,6 +25,7 @@ from idforge import __version__
 from idforge.engine.base import BaseModel, decode_latents, encode_text, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
 from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
+from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.schedulers import make_scheduler
@@ -289,7 +290,11 @@ def run_identity_generation(
         control_mask = region if control_mask is None else control_mask * region
 
     dtype = base.unet.dtype
-    text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
+    offload = gen.cpu_offload
+    control_models = [models.identitynet, *(extra.model for extra in extra_controls)]
+    park_on_cpu([*text_encoders(base), base.unet, base.pipe.vae, *control_models], engine.device, offload)
+    with on_device(text_encoders(base), engine.device, offload):
+        text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
     window = timestep_window(params.start_at, params.end_at)
     kps_tensor = pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype)
     cond_tokens = prepared.cond_tokens.to(dtype).repeat(batch, 1, 1)
@@ -349,9 +354,14 @@ def run_identity_generation(
         on_timestep=attention.set_timestep,
         on_step=progress,
     )
-    with attention, engine.loras(base, gen.loras):
+    with (
+        on_device([base.unet, *control_models], engine.device, offload),
+        attention,
+        engine.loras(base, gen.loras),
+    ):
         latents = denoise(base.unet, job)
-    images = decode_latents(base, latents)
+    with on_device([base.pipe.vae], engine.device, offload), vae_tiling(base, gen.vae_tiling):
+        images = decode_latents(base, latents)
     return IdentityRun(images, seed, seeds, latents.detach().float().cpu())
 
 
