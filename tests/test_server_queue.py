@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
 from server_fixtures import FakeGenerator, running_server, seed_request
 
 
@@ -125,7 +126,9 @@ def test_load_run_200_requests_20_clients(server):
 
         def one(i):
             for _attempt in range(200):
-                r = client.post(url + "/v1/insta-depth", json=seed_request(seed=i), headers={"x-api-key": token})
+                r = client.post(
+                    url + "/v1/insta-depth", json=seed_request(seed=i), headers={"x-api-key": token}
+                )
                 if r.status_code != 503:
                     return r.status_code, r.headers.get("x-seed")
                 time.sleep(float(r.headers["retry-after"]) / 100)  # honour Retry-After, scaled for the test

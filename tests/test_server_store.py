@@ -11,7 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from server_fixtures import b64, dark_png
 
 from idforge.cli import main
 from idforge.errors import InputImageError, ParameterError
@@ -19,12 +18,14 @@ from idforge.server.demo import square_face_png
 from idforge.server.images import ImagePolicy, image_bytes, is_public_address
 from idforge.server.pricing import Pricing
 from idforge.server.store import NotEnoughCredits, SQLiteKeyStore, UnknownKey, hash_token
+from server_fixtures import b64, dark_png
 
 # -- pricing ------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("steps", "images", "credits"), [(4, 1, 1), (10, 1, 1), (11, 1, 2), (20, 1, 2), (21, 1, 3), (100, 1, 10), (10, 3, 3)]
+    ("steps", "images", "credits"),
+    [(4, 1, 1), (10, 1, 1), (11, 1, 2), (20, 1, 2), (21, 1, 3), (100, 1, 10), (10, 3, 3)],
 )
 def test_default_price_is_one_credit_per_started_ten_steps(steps, images, credits):
     assert Pricing().price("insta-depth", steps, images) == credits

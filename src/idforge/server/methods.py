@@ -25,7 +25,7 @@ def output_count(method: str, body: Any) -> int:
     """How many images a request delivers (the price is per delivered image)."""
     if method == "faceid":
         refs = 1 + len(body.extra_face_images)
-        return max(body.num_images, refs) if body.batch else body.num_images
+        return max(body.num_images, refs) if body.batch else body.num_images  # as FaceID's batch rule
     return 1
 
 
@@ -169,4 +169,25 @@ class EngineGenerator:
         return generate_instantid(self.engine, request, progress), {}
 
     def _faceid(self, spec: JobSpec, progress: ProgressCallback):
-        raise JobError(501, "FaceID is not available in this build")
+        from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
+
+        p = spec.params
+        request = FaceIDRequest(
+            faces=[spec.images["face_image"], *(spec.images.get("extra_face_images") or [])],
+            generation=_generation(p, num_images=p["num_images"]),
+            faceid=FaceIDParams(
+                weight=p["weight"],
+                weight_faceidv2=p["weight_faceidv2"],
+                weight_type=p["weight_type"],
+                combine_embeds=p["combine_embeds"],
+                start_at=p["start_at"],
+                end_at=p["end_at"],
+                embeds_scaling=p["embeds_scaling"],
+                lora_strength=p["lora_strength"],
+                batch=p["batch"],
+            ),
+            negative_image=spec.images.get("negative_image"),
+            attn_mask=spec.images.get("mask_image"),
+            adapter=p["adapter"],
+        )
+        return generate_faceid(self.engine, request, progress), {}

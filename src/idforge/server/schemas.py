@@ -83,35 +83,63 @@ class InstantIDBody(_Common):
     enhance_face_region: bool = Field(False, description="limit IdentityNet to the face box")
 
 
+FACEID_ADAPTERS = Literal[
+    "faceid-sdxl",
+    "faceid-plusv2-sdxl",
+    "faceid-portrait-sdxl",
+    "faceid-portrait-sdxl-unnorm",
+    "faceid-sd15",
+    "faceid-plus-sd15",
+    "faceid-plusv2-sd15",
+    "faceid-portrait-v11-sd15",
+]
+WEIGHT_TYPE_NAMES = Literal[
+    "linear",
+    "ease in",
+    "ease out",
+    "ease in-out",
+    "reverse in-out",
+    "weak input",
+    "weak output",
+    "weak middle",
+    "strong middle",
+    "style transfer",
+    "composition",
+    "strong style transfer",
+    "style and composition",
+    "style transfer precise",
+    "composition precise",
+]
+
+
 class FaceIDBody(_Common):
     """IP-Adapter FaceID (seed 001, IPAdapter FaceID Batch)."""
 
     num_inference_steps: int = Field(
         30, ge=4, le=100, description="Number of denoising steps. Affects pricing."
     )
-    guidance_scale: float = Field(5.0, ge=1, le=15, description="Scale for classifier-free guidance")
+    guidance_scale: float = Field(7.5, ge=1, le=15, description="Scale for classifier-free guidance")
     face_image: str = Field(..., description=f"Reference face: {IMAGE_HELP}")
     extra_face_images: list[str] = Field(
         default_factory=list,
-        max_length=8,
-        description="More references (combined, or one per output in batch)",
+        max_length=7,
+        description="More references: combined, or one per output in batch",
     )
     negative_image: str | None = Field(None, description=f"image_negative for the CLIP branch: {IMAGE_HELP}")
     mask_image: str | None = Field(None, description=f"attn_mask: {IMAGE_HELP}")
-    variant: Literal[
-        "faceid", "faceid-plus", "faceid-plusv2", "faceid-portrait", "faceid-portrait-unnorm"
-    ] = Field("faceid-plusv2", description="which ip-adapter-faceid checkpoint")
-    family: Literal["sdxl", "sd15"] = Field("sdxl", description="base model family")
+    adapter: FACEID_ADAPTERS = Field("faceid-plusv2-sdxl", description="which ip-adapter-faceid checkpoint")
     weight: float = Field(1.0, ge=-1, le=3)
-    weight_faceidv2: float = Field(1.0, ge=-1, le=5)
-    weight_type: str = Field("linear", max_length=40, description="linear, ease in, ..., composition precise")
+    weight_faceidv2: float = Field(1.0, ge=-1, le=5, description="plusv2 only")
+    weight_type: WEIGHT_TYPE_NAMES = Field("linear")
     combine_embeds: Literal["concat", "add", "subtract", "average", "norm average"] = Field("concat")
     start_at: float = Field(0.0, ge=0, le=1)
     end_at: float = Field(1.0, ge=0, le=1)
     embeds_scaling: Literal["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"] = Field("V only")
-    lora_strength: float = Field(0.6, ge=0, le=2, description="FaceID LoRA strength")
-    batch: bool = Field(False, description="unfold: reference i conditions output i (the Batch node)")
-    num_images: int = Field(1, ge=1, le=8, description="images to generate (each one is charged)")
+    lora_strength: float = Field(0.6, ge=-4, le=4, description="FaceID LoRA strength (faceid, plus, plusv2)")
+    batch: bool = Field(
+        False, description="unfold: reference i conditions output i; outputs = max(num_images, references)"
+    )
+    num_images: int = Field(1, ge=1, le=8, description="images to generate (each delivered image is charged)")
 
 
 METHOD_BODIES: dict[str, type[_Common]] = {
