@@ -252,3 +252,46 @@ def test_allow_list_permits_and_limits_still_apply(image_host):
         image_bytes(f"{image_host}/slow", "f", ImagePolicy(allow_hosts=("127.0.0.1",), fetch_timeout=0.4))
     with pytest.raises(InputImageError, match="disabled"):
         image_bytes(f"{image_host}/face.png", "f", ImagePolicy(allow_urls=False))
+
+
+def test_serve_command_runs_with_structured_logs(tmp_path):
+    """`idforge serve` as a real process: health answers, every request is logged as JSON with its id."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from idforge.server.runner import free_port
+
+    port = free_port()
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "idforge.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--db",
+        str(tmp_path / "s.db"),
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    try:
+        for _ in range(300):
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", headers={"x-request-id": "probe-42"})
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.headers["x-request-id"] == "probe-42"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/insta-depth").status_code == 405
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    entries = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    probe = [e for e in entries if e.get("request_id") == "probe-42"]
+    assert probe and probe[0]["path"] == "/health" and probe[0]["status"] == 200
+    assert any(e.get("status") == 405 for e in entries)
