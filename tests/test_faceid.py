@@ -336,3 +336,17 @@ def test_default_size_follows_the_family():
     assert _output_size(GenerationParams(width=640, height=448), "sd15") == (640, 448)
     with pytest.raises(ParameterError):
         _output_size(GenerationParams(width=640), "sdxl")
+
+
+def test_bad_inputs_fail_before_any_model_loads(tiny_kit, faces, tmp_path):
+    from idforge.errors import InputImageError
+
+    fresh = Engine(ModelChoice(models_dirs=[str(tiny_kit)]), device="cpu", dtype="float32")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    for kwargs in ({"negative_image": broken}, {"attn_mask": tmp_path / "missing.png"}):
+        with pytest.raises(InputImageError):
+            generate_faceid(fresh, FaceIDRequest(faces=[faces[0]], generation=gen(), **kwargs))
+    with pytest.raises(InputImageError, match="broken.png"):
+        generate_faceid(fresh, FaceIDRequest(faces=[faces[0], broken], generation=gen()))
+    assert fresh.loaded_models() == []

@@ -32,6 +32,7 @@ from idforge import __version__
 from idforge.engine.base import BaseModel, decode_latents, encode_text, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
 from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
+from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
 from idforge.engine.params import GenerationParams, check_pick, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.schedulers import make_scheduler
@@ -173,8 +174,38 @@ def expand_face_sources(faces: Sequence[ImageSource]) -> list[ImageSource]:
     return expanded
 
 
-def _source_name(source: ImageSource, fallback: str) -> str:
+@dataclass(frozen=True)
+class DecodedImage:
+    """An input image decoded up front, with the name messages use for it."""
+
+    image: Image.Image
+    name: str
+
+
+def _source_name(source: ImageSource | DecodedImage, fallback: str) -> str:
+    if isinstance(source, DecodedImage):
+        return source.name
     return str(source) if isinstance(source, str | Path) else fallback
+
+
+def _load(source: ImageSource | DecodedImage, fallback: str) -> Image.Image:
+    if isinstance(source, DecodedImage):
+        return source.image
+    return load_image(source, name=_source_name(source, fallback))
+
+
+def decode_inputs(request: FaceIDRequest) -> FaceIDRequest:
+    """A copy of the request with every image decoded and checked: bad input fails before any model loads."""
+    faces = [
+        DecodedImage(_load(source, f"face image {i}"), _source_name(source, f"face image {i}"))
+        for i, source in enumerate(expand_face_sources(request.faces))
+    ]
+    negative = request.negative_image
+    if negative is not None:
+        negative = DecodedImage(_load(negative, "negative image"), _source_name(negative, "negative image"))
+    if request.attn_mask is not None:
+        load_mask(request.attn_mask, (8, 8), name=_source_name(request.attn_mask, "attn mask"))
+    return replace(request, faces=faces, negative_image=negative)
 
 
 # ---- models ------------------------------------------------------------------------------------------------
@@ -331,7 +362,7 @@ def prepare_faceid(
     crop_size = crop_size_for(ckpt.cross_dim)
     for index, source in enumerate(expand_face_sources(request.faces)):
         name = _source_name(source, f"face image {index}")
-        image = load_image(source, name=name)
+        image = _load(source, name)
         try:
             face = engine.analyze_face(analyzer, image, name=name, pick=params.pick, det_size=params.det_size)
         except NoFaceError as exc:
@@ -351,9 +382,7 @@ def prepare_faceid(
     if models.clip is not None:
         negative = None
         if request.negative_image is not None:
-            negative = load_image(
-                request.negative_image, name=_source_name(request.negative_image, "negative image")
-            )
+            negative = _load(request.negative_image, "negative image")
         model, processor = models.clip
         clip_cond, clip_uncond = clip_face_features(model, processor, crops, negative, size=crop_size)
         clip_cond, clip_uncond = clip_cond.float(), clip_uncond.float()
@@ -419,6 +448,7 @@ def generate_faceid(
     gen, params = request.generation, request.faceid
     if instantid is not None and params.batch:
         raise ParameterError("batch", "batch mode cannot be combined with InstantID (one identity per call)")
+    request = decode_inputs(request)
     models = load_faceid_models(engine, request)
     base = models.base
 
@@ -433,7 +463,14 @@ def generate_faceid(
     else:
         width, height = _output_size(gen, base.family)
 
-    prepared = prepare_faceid(engine, request, models, gen.num_images)
+    offload = gen.cpu_offload
+    clip_model = models.clip[0] if models.clip is not None else None
+    control_models = [iid_models.identitynet] if iid_models is not None else []
+    park_on_cpu(
+        [*text_encoders(base), base.unet, base.pipe.vae, clip_model, *control_models], engine.device, offload
+    )
+    with on_device([clip_model], engine.device, offload):
+        prepared = prepare_faceid(engine, request, models, gen.num_images)
     batch = len(prepared.batch_references) if prepared.batch_references is not None else gen.num_images
     seed = resolve_seed(gen.seed)
     seeds = image_seeds(seed, batch)
@@ -464,7 +501,8 @@ def generate_faceid(
             _attach_instantid(engine, attention, iid_request, iid_models, iid_prepared, batch, latent_hw)
         )
 
-    text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
+    with on_device(text_encoders(base), engine.device, offload):
+        text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
     scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
     scheduler.set_timesteps(gen.steps, device=device)
     channels = base.unet.config.in_channels
@@ -484,10 +522,12 @@ def generate_faceid(
     )
     with ExitStack() as stack:
         stack.enter_context(faceid_lora(models, params.lora_strength))
+        stack.enter_context(on_device([base.unet, *control_models], engine.device, offload))
         stack.enter_context(attention)
         stack.enter_context(engine.loras(base, gen.loras))
         latents = denoise(base.unet, job)
-    images = decode_latents(base, latents)
+    with on_device([base.pipe.vae], engine.device, offload), vae_tiling(base, gen.vae_tiling):
+        images = decode_latents(base, latents)
 
     warnings = models.warnings + prepared.warnings
     recipe = faceid_recipe(engine, request, models, prepared, seed, batch, width, height, started)
