@@ -124,6 +124,14 @@ def test_invalid_input_is_400_naming_the_field(server, change, field):
     assert response.headers["x-remaining-credits"] == str(before) == str(keys.get(record.id).balance)
 
 
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_400(server, literal):
+    client, _, _ = server
+    text = json.dumps(seed_request()).replace('"guidance_scale": 3', f'"guidance_scale": {literal}')
+    response = client.post("/v1/insta-depth", content=text, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["field"] == "guidance_scale"
+
+
 def test_missing_field_and_no_face(server):
     client, keys, record = server
     body = seed_request()
@@ -245,7 +253,11 @@ def test_openapi_lists_every_field_with_its_range(server):
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
     ),
