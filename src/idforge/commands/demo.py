@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"sample images: {samples['face']}, {samples['pose']}")
     demo_faces(kit, samples["face"], out)
     demo_instantid(kit, samples, out)
+    demo_faceid_batch(kit, out)
+    demo_insta_depth_http(kit, out)
     say("done. The kit's weights are random: the generated images are noise, which is expected.")
     say(
         "With real models, pass --models YOUR_COMFYUI/models (or --base/--instantid) to the idforge commands."
@@ -87,4 +89,36 @@ def demo_instantid(kit: Path, samples: dict[str, Path], out: Path) -> None:
     result.extras["kps_image"].save(out / "instantid_kps.png")
     say(
         f"InstantID (4 steps, 64x64, seed 42): wrote {written[0]} (noise: random weights) and {out / 'instantid_kps.png'}"
+    )
+
+
+def demo_faceid_batch(kit: Path, out: Path) -> None:
+    from idforge.demo.samples import synthetic_face
+    from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
+    from idforge.engine.params import GenerationParams
+    from idforge.engine.session import Engine, ModelChoice
+
+    engine = Engine(ModelChoice(models_dirs=[str(kit)]), device="cpu", dtype="float32")
+    faces = [synthetic_face(stripes=2), synthetic_face(box=(60, 90, 190, 220), stripes=5)]
+    request = FaceIDRequest(
+        faces=faces,
+        adapter="ip-adapter-faceid-plusv2_sdxl.bin",
+        faceid=FaceIDParams(batch=True),
+        generation=GenerationParams(
+            prompt="a portrait photo", steps=4, guidance=5.0, seed=7, width=64, height=64
+        ),
+    )
+    result = generate_faceid(engine, request)
+    written = result.save(out / "faceid_batch")
+    say(
+        f"FaceID plusv2 batch (reference i -> output i, seeds {result.seeds}): wrote {', '.join(map(str, written))}"
+    )
+
+
+def demo_insta_depth_http(kit: Path, out: Path) -> None:
+    from idforge.server.demo import run_http_demo
+
+    written = run_http_demo(kit, out)
+    say(
+        f"Insta Depth through the HTTP API (POST /v1/insta-depth, the seed's request shape): wrote {', '.join(map(str, written))}"
     )
