@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from idforge.errors import ModelFormatError, check_range
+from idforge.models.ldm_keys import unet_name_to_ldm
 
 DEFAULT_FACEID_LORA_STRENGTH = 0.6
 _FACEID_LORA_KEY = re.compile(r"^(\d+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
@@ -137,64 +138,20 @@ def apply_faceid_lora(
 
 # ---- generic LoRA files -------------------------------------------------------------------------------------
 
-_RESNET_LDM = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-_TOP_LDM = {
-    "conv_in": "input_blocks.0.0",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
-
 
 def ldm_module_name(unet: nn.Module, name: str) -> str | None:
-    """The original (LDM / SGM) name of a diffusers UNet2DConditionModel module, or None if it has none."""
-    if name in _TOP_LDM:
-        return _TOP_LDM[name]
-    lpb = unet.config.layers_per_block
-    if not isinstance(lpb, int):
+    """The original (LDM / SGM) name of a diffusers UNet2DConditionModel module, or None if it has none.
+
+    One mapping serves single-file writing and LoRA naming: `idforge.models.ldm_keys`.
+    """
+    layers_per_block = unet.config.layers_per_block
+    if not isinstance(layers_per_block, int):
         return None
-
-    def resnet_rest(rest: str) -> str:
-        head, _, tail = rest.partition(".")
-        return _RESNET_LDM.get(head, head) + (f".{tail}" if tail else "")
-
-    if m := re.match(r"^down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)$", name):
-        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = 1 + block * (lpb + 1) + j
-        return (
-            f"input_blocks.{index}.1.{rest}"
-            if kind == "attentions"
-            else f"input_blocks.{index}.0.{resnet_rest(rest)}"
-        )
-    if m := re.match(r"^down_blocks\.(\d+)\.downsamplers\.0\.conv$", name):
-        return f"input_blocks.{(int(m[1]) + 1) * (lpb + 1)}.0.op"
-    if m := re.match(r"^mid_block\.attentions\.0\.(.+)$", name):
-        return f"middle_block.1.{m[1]}"
-    if m := re.match(r"^mid_block\.resnets\.(\d+)\.(.+)$", name):
-        return f"middle_block.{2 * int(m[1])}.{resnet_rest(m[2])}"
-    if m := re.match(r"^up_blocks\.(\d+)\.(attentions|resnets)\.(\d+)\.(.+)$", name):
-        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = block * (lpb + 1) + j
-        return (
-            f"output_blocks.{index}.1.{rest}"
-            if kind == "attentions"
-            else f"output_blocks.{index}.0.{resnet_rest(rest)}"
-        )
-    if m := re.match(r"^up_blocks\.(\d+)\.upsamplers\.0\.conv$", name):
-        block = int(m[1])
-        has_attn = hasattr(unet.up_blocks[block], "attentions")
-        return f"output_blocks.{block * (lpb + 1) + lpb}.{2 if has_attn else 1}.conv"
-    return None
+    with_attention = {i for i, block in enumerate(unet.up_blocks) if hasattr(block, "attentions")}
+    try:
+        return unet_name_to_ldm(name, layers_per_block, with_attention)
+    except KeyError:
+        return None
 
 
 def kohya_name_table(unet: nn.Module) -> dict[str, str]:
