@@ -31,6 +31,7 @@ from PIL import Image
 from idforge import __version__
 from idforge.engine.base import BaseModel, decode_latents, encode_text, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
+from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
 from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
 from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
 from idforge.engine.params import GenerationParams, check_pick, params_to_dict
@@ -50,9 +51,8 @@ from idforge.errors import (
 from idforge.identity.attention import SCALING_MODES, timestep_window
 from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
-from idforge.imageio import load_image, load_mask
+from idforge.imageio import load_mask
 
-ImageSource = str | Path | bytes | Image.Image | np.ndarray
 ProgressCallback = Callable[[int, int], None]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -174,37 +174,20 @@ def expand_face_sources(faces: Sequence[ImageSource]) -> list[ImageSource]:
     return expanded
 
 
-@dataclass(frozen=True)
-class DecodedImage:
-    """An input image decoded up front, with the name messages use for it."""
-
-    image: Image.Image
-    name: str
-
-
-def _source_name(source: ImageSource | DecodedImage, fallback: str) -> str:
-    if isinstance(source, DecodedImage):
-        return source.name
-    return str(source) if isinstance(source, str | Path) else fallback
-
-
-def _load(source: ImageSource | DecodedImage, fallback: str) -> Image.Image:
-    if isinstance(source, DecodedImage):
-        return source.image
-    return load_image(source, name=_source_name(source, fallback))
+def _load(source: ImageSource | NamedImage, fallback: str) -> Image.Image:
+    return load_named(source, fallback).image
 
 
 def decode_inputs(request: FaceIDRequest) -> FaceIDRequest:
     """A copy of the request with every image decoded and checked: bad input fails before any model loads."""
     faces = [
-        DecodedImage(_load(source, f"face image {i}"), _source_name(source, f"face image {i}"))
-        for i, source in enumerate(expand_face_sources(request.faces))
+        load_named(source, f"face image {i}") for i, source in enumerate(expand_face_sources(request.faces))
     ]
     negative = request.negative_image
     if negative is not None:
-        negative = DecodedImage(_load(negative, "negative image"), _source_name(negative, "negative image"))
+        negative = load_named(negative, "negative image")
     if request.attn_mask is not None:
-        load_mask(request.attn_mask, (8, 8), name=_source_name(request.attn_mask, "attn mask"))
+        load_mask(request.attn_mask, (8, 8), name=image_name(request.attn_mask, "attn mask"))
     return replace(request, faces=faces, negative_image=negative)
 
 
@@ -361,7 +344,7 @@ def prepare_faceid(
     embeddings, crops, faces_info = [], [], []
     crop_size = crop_size_for(ckpt.cross_dim)
     for index, source in enumerate(expand_face_sources(request.faces)):
-        name = _source_name(source, f"face image {index}")
+        name = image_name(source, f"face image {index}")
         image = _load(source, name)
         try:
             face = engine.analyze_face(analyzer, image, name=name, pick=params.pick, det_size=params.det_size)
@@ -639,8 +622,8 @@ def faceid_recipe(
             "batch_references": prepared.batch_references,
             "negative_image": None
             if request.negative_image is None
-            else _source_name(request.negative_image, "<image>"),
-            "attn_mask": None if request.attn_mask is None else _source_name(request.attn_mask, "<image>"),
+            else image_name(request.negative_image, "<image>"),
+            "attn_mask": None if request.attn_mask is None else image_name(request.attn_mask, "<image>"),
         },
         "timings": {"total_s": round(time.perf_counter() - started, 3)},
     }

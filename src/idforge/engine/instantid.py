@@ -24,6 +24,7 @@ from PIL import Image
 from idforge import __version__
 from idforge.engine.base import BaseModel, decode_latents, encode_text, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
+from idforge.engine.inputs import ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
 from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
@@ -34,9 +35,8 @@ from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
 from idforge.errors import ModelFormatError, NoFaceError, ParameterError
 from idforge.identity.attention import timestep_window
-from idforge.imageio import load_image, load_mask
+from idforge.imageio import load_mask
 
-ImageSource = str | Path | bytes | Image.Image | np.ndarray
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -70,39 +70,16 @@ class PreparedInstantID:
     warnings: list[str]
 
 
-@dataclass(frozen=True)
-class NamedImage:
-    """A decoded input image and the name error messages use for it (its path, or its role)."""
-
-    image: Image.Image
-    name: str
-
-
-def _name(source: ImageSource | NamedImage, fallback: str) -> str:
-    if isinstance(source, NamedImage):
-        return source.name
-    return str(source) if isinstance(source, str | Path) else fallback
-
-
-def _load(source: ImageSource | NamedImage, fallback_name: str) -> tuple[Image.Image, str]:
-    if isinstance(source, NamedImage):
-        return source.image, source.name
-    name = _name(source, fallback_name)
-    return load_image(source, name=name), name
-
-
 def load_request_images(request: InstantIDRequest) -> InstantIDRequest:
     """A copy of the request with every image decoded and checked: bad input fails before any model loads."""
     if not request.faces:
         raise ParameterError("face", "at least one reference face image is needed")
-    faces = [NamedImage(*_load(source, f"face image {i}")) for i, source in enumerate(request.faces)]
-    pose = NamedImage(*_load(request.pose, "pose image")) if request.pose is not None else None
-    kps_image = (
-        NamedImage(*_load(request.kps_image, "keypoint image")) if request.kps_image is not None else None
-    )
+    faces = [load_named(source, f"face image {i}") for i, source in enumerate(request.faces)]
+    pose = load_named(request.pose, "pose image") if request.pose is not None else None
+    kps_image = load_named(request.kps_image, "keypoint image") if request.kps_image is not None else None
     if request.mask is not None:
         load_mask(
-            request.mask, (8, 8), name=_name(request.mask, "mask")
+            request.mask, (8, 8), name=image_name(request.mask, "mask")
         )  # readable? (alpha matters: keep source)
     return replace(request, faces=faces, pose=pose, kps_image=kps_image)
 
@@ -131,10 +108,14 @@ def prepare_instantid(
     reference_faces = []
     faces_info = []
     for index, source in enumerate(request.faces):
-        image, name = _load(source, f"face image {index}")
-        face = engine.analyze_face(analyzer, image, name=name, pick=params.pick, det_size=params.det_size)
-        reference_faces.append((image, face))
-        faces_info.append({"image": name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)})
+        named = load_named(source, f"face image {index}")
+        face = engine.analyze_face(
+            analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
+        )
+        reference_faces.append((named.image, face))
+        faces_info.append(
+            {"image": named.name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)}
+        )
 
     from idforge.identity.embeds import combine_instantid, instantid_uncond_embedding
 
@@ -154,11 +135,12 @@ def prepare_instantid(
     ready_kps: Image.Image | None = None
     face_box = None
     if request.kps_image is not None:
-        ready_kps, _ = _load(request.kps_image, "keypoint image")
+        ready_kps = load_named(request.kps_image, "keypoint image").image
         kps_source_size = ready_kps.size
         kps = None
     elif request.pose is not None:
-        pose_image, pose_name = _load(request.pose, "pose image")
+        pose = load_named(request.pose, "pose image")
+        pose_image, pose_name = pose.image, pose.name
         kps_source_size = pose_image.size
         try:
             pose_face = engine.analyze_face(
@@ -395,9 +377,9 @@ def instantid_recipe(
         },
         "inputs": {
             "faces": prepared.faces_info,
-            "pose": _name(request.pose, "<image>") if request.pose is not None else None,
-            "kps_image": _name(request.kps_image, "<image>") if request.kps_image is not None else None,
-            "mask": _name(request.mask, "<image>") if request.mask is not None else None,
+            "pose": image_name(request.pose, "<image>") if request.pose is not None else None,
+            "kps_image": image_name(request.kps_image, "<image>") if request.kps_image is not None else None,
+            "mask": image_name(request.mask, "<image>") if request.mask is not None else None,
         },
         "timings": {"total_s": round(time.perf_counter() - started, 3)},
     }
