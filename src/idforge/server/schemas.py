@@ -12,7 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from idforge.engine.params import MAX_SEED
+from idforge.engine.params import INSTANTID_COMBINE, MAX_SEED
+from idforge.identity.attention import SCALING_MODES
+from idforge.identity.embeds import FACEID_COMBINE_MODES
+from idforge.identity.weight_types import WEIGHT_TYPES
 
 IMAGE_HELP = "base64 (optionally a data URL, data:image/...;base64,...) or an http(s) URL"
 
@@ -79,7 +82,7 @@ class InstantIDBody(_Common):
     start_at: float = Field(0.0, ge=0, le=1, description="start of the schedule window")
     end_at: float = Field(1.0, ge=0, le=1, description="end of the schedule window")
     noise: float = Field(0.0, ge=0, le=1, description="noise in the unconditional face embedding")
-    combine_embeds: Literal["average", "norm average", "concat"] = Field("average")
+    combine_embeds: Literal[INSTANTID_COMBINE] = Field("average")
     enhance_face_region: bool = Field(False, description="limit IdentityNet to the face box")
 
 
@@ -93,23 +96,7 @@ FACEID_ADAPTERS = Literal[
     "faceid-plusv2-sd15",
     "faceid-portrait-v11-sd15",
 ]
-WEIGHT_TYPE_NAMES = Literal[
-    "linear",
-    "ease in",
-    "ease out",
-    "ease in-out",
-    "reverse in-out",
-    "weak input",
-    "weak output",
-    "weak middle",
-    "strong middle",
-    "style transfer",
-    "composition",
-    "strong style transfer",
-    "style and composition",
-    "style transfer precise",
-    "composition precise",
-]
+WEIGHT_TYPE_NAMES = Literal[WEIGHT_TYPES]  # the node's 15 names, one source of truth
 
 
 class FaceIDBody(_Common):
@@ -131,10 +118,10 @@ class FaceIDBody(_Common):
     weight: float = Field(1.0, ge=-1, le=3)
     weight_faceidv2: float = Field(1.0, ge=-1, le=5, description="plusv2 only")
     weight_type: WEIGHT_TYPE_NAMES = Field("linear")
-    combine_embeds: Literal["concat", "add", "subtract", "average", "norm average"] = Field("concat")
+    combine_embeds: Literal[FACEID_COMBINE_MODES] = Field("concat")
     start_at: float = Field(0.0, ge=0, le=1)
     end_at: float = Field(1.0, ge=0, le=1)
-    embeds_scaling: Literal["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"] = Field("V only")
+    embeds_scaling: Literal[SCALING_MODES] = Field("V only")
     lora_strength: float = Field(0.6, ge=-4, le=4, description="FaceID LoRA strength (faceid, plus, plusv2)")
     batch: bool = Field(
         False, description="unfold: reference i conditions output i; outputs = max(num_images, references)"
