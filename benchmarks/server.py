@@ -27,8 +27,8 @@ import httpx
 import torch
 from PIL import Image
 
+from idforge.demo.samples import square_face_png
 from idforge.server.app import ServerConfig, create_app
-from idforge.server.demo import square_face_png
 from idforge.server.jobs import JobOutput
 from idforge.server.runner import BackgroundServer
 from idforge.server.store import SQLiteKeyStore

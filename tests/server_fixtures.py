@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from idforge.demo.samples import square_face_png
 from idforge.server.app import ServerConfig, create_app
-from idforge.server.demo import square_face_png
 from idforge.server.jobs import JobError, JobOutput, JobSpec
 from idforge.server.runner import BackgroundServer
 from idforge.server.store import SQLiteKeyStore

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from idforge.server.demo import square_face_png
+from idforge.demo.samples import square_face_png
 from server_fixtures import b64, dark_png, face_b64, running_server, seed_request
 
 

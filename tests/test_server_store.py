@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from idforge.cli import main
+from idforge.demo.samples import square_face_png
 from idforge.errors import InputImageError, ParameterError
-from idforge.server.demo import square_face_png
 from idforge.server.images import ImagePolicy, image_bytes, is_public_address
 from idforge.server.pricing import Pricing
 from idforge.server.store import NotEnoughCredits, SQLiteKeyStore, UnknownKey, hash_token

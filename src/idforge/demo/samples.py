@@ -6,6 +6,7 @@ the demo needs no bundled photos. With real models, use real photos instead.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -35,6 +36,17 @@ def synthetic_pose(size: tuple[int, int] = (320, 256)) -> Image.Image:
     draw = ImageDraw.Draw(image)
     draw.ellipse((30, 120, 150, 250), fill=(90, 90, 90))
     return image
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def square_face_png(size: int = 192, box: tuple[int, int, int, int] = (56, 48, 136, 128)) -> bytes:
+    """A square `synthetic_face` as PNG bytes (what API requests carry, base64-encoded)."""
+    return png_bytes(synthetic_face(size=(size, size), box=box))
 
 
 def write_samples(out_dir: Path) -> dict[str, Path]:

@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import base64
-import io
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-
-def square_face_png(size: int = 192, box: tuple[int, int, int, int] = (56, 48, 136, 128)) -> bytes:
-    """A bright square on a dark background: what the tiny kit's face detector sees as a face."""
-    pixels = np.full((size, size, 3), 20, dtype=np.uint8)
-    x0, y0, x1, y1 = box
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    pixels[y0:y1, x0:x1] = np.stack([255 - (xx % 7), 250 - (yy % 5), np.full_like(xx, 245)], -1).astype(
-        np.uint8
-    )
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+from idforge.demo.samples import square_face_png
 
 
 def run_http_demo(kit_dir: Path, out_dir: Path) -> list[Path]:
