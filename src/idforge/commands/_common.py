@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from idforge.engine.params import SCHEDULERS, GenerationParams, LoraSpec
+from idforge.engine.params import SCHEDULERS, GenerationParams, InstantIDParams, LoraSpec
 
 
 def add_generation_arguments(
@@ -46,6 +46,30 @@ def add_generation_arguments(
         "--cpu-offload", action="store_true", help="keep models on the CPU until used (small GPUs)"
     )
     models.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (small GPUs)")
+
+
+def add_instantid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The controls of "Apply InstantID Advanced" that every InstantID-based command takes."""
+    group = parser.add_argument_group("InstantID")
+    group.add_argument("--ip-weight", type=float, default=0.8, help="0..3 (default 0.8)")
+    group.add_argument("--cn-strength", type=float, default=0.8, help="IdentityNet, 0..10 (default 0.8)")
+    group.add_argument("--start-at", type=float, default=0.0, help="IP and IdentityNet, 0..1 (default 0)")
+    group.add_argument("--end-at", type=float, default=1.0, help="IP and IdentityNet, 0..1 (default 1)")
+    group.add_argument("--noise", type=float, default=0.0, help="0..1 (default 0)")
+    group.add_argument("--enhance-face-region", action="store_true", help="limit IdentityNet to the face box")
+    group.add_argument("--instantid", default=None, help="InstantX/InstantID-style folder or hub id")
+
+
+def instantid_params(args: argparse.Namespace, **extra: object) -> InstantIDParams:
+    return InstantIDParams(
+        ip_weight=args.ip_weight,
+        cn_strength=args.cn_strength,
+        start_at=args.start_at,
+        end_at=args.end_at,
+        noise=args.noise,
+        enhance_face_region=args.enhance_face_region,
+        **extra,
+    )
 
 
 def parse_lora(text: str) -> LoraSpec:

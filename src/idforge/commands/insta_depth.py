@@ -8,12 +8,13 @@ from pathlib import Path
 
 from idforge.commands._common import (
     add_generation_arguments,
+    add_instantid_arguments,
     generation_params,
+    instantid_params,
     make_engine,
     progress_bar,
     report,
 )
-from idforge.engine.params import InstantIDParams
 
 # The Insta Depth API's defaults (seed 002): 10 steps, guidance 3.
 DEFAULT_STEPS = 10
@@ -39,15 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--depth-strength", type=float, default=0.5, help="0..10 (default 0.5)")
     parser.add_argument("--depth-start-at", type=float, default=0.0, help="0..1 (default 0)")
     parser.add_argument("--depth-end-at", type=float, default=1.0, help="0..1 (default 1)")
-    parser.add_argument("--ip-weight", type=float, default=0.8, help="0..3 (default 0.8)")
-    parser.add_argument("--cn-strength", type=float, default=0.8, help="IdentityNet, 0..10 (default 0.8)")
-    parser.add_argument("--start-at", type=float, default=0.0, help="IP and IdentityNet, 0..1 (default 0)")
-    parser.add_argument("--end-at", type=float, default=1.0, help="IP and IdentityNet, 0..1 (default 1)")
-    parser.add_argument("--noise", type=float, default=0.0, help="0..1 (default 0)")
-    parser.add_argument(
-        "--enhance-face-region", action="store_true", help="limit IdentityNet to the face box"
-    )
-    parser.add_argument("--instantid", default=None, help="InstantX/InstantID-style folder or hub id")
+    add_instantid_arguments(parser)
     parser.add_argument(
         "--depth-controlnet",
         default=None,
@@ -71,14 +64,7 @@ def run(args: argparse.Namespace) -> int:
         face=args.face,
         pose=args.pose,
         generation=generation_params(args),
-        instantid=InstantIDParams(
-            ip_weight=args.ip_weight,
-            cn_strength=args.cn_strength,
-            start_at=args.start_at,
-            end_at=args.end_at,
-            noise=args.noise,
-            enhance_face_region=args.enhance_face_region,
-        ),
+        instantid=instantid_params(args),
         depth=InstaDepthParams(
             depth_strength=args.depth_strength,
             depth_start_at=args.depth_start_at,

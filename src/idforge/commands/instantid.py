@@ -6,12 +6,13 @@ import argparse
 
 from idforge.commands._common import (
     add_generation_arguments,
+    add_instantid_arguments,
     generation_params,
+    instantid_params,
     make_engine,
     progress_bar,
     report,
 )
-from idforge.engine.params import InstantIDParams
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,19 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mask", default=None, metavar="IMG", help="restrict IP attention and IdentityNet to this area"
     )
-    parser.add_argument("--ip-weight", type=float, default=0.8, help="0..3 (default 0.8)")
-    parser.add_argument("--cn-strength", type=float, default=0.8, help="0..10 (default 0.8)")
-    parser.add_argument("--start-at", type=float, default=0.0, help="0..1 (default 0)")
-    parser.add_argument("--end-at", type=float, default=1.0, help="0..1 (default 1)")
-    parser.add_argument("--noise", type=float, default=0.0, help="0..1 (default 0)")
+    add_instantid_arguments(parser)
     parser.add_argument("--combine-embeds", default="average", choices=("average", "norm-average", "concat"))
-    parser.add_argument(
-        "--enhance-face-region", action="store_true", help="limit IdentityNet to the face box"
-    )
     parser.add_argument(
         "--pick", default="largest", help="largest | score | INDEX (face choice in reference images)"
     )
-    parser.add_argument("--instantid", default=None, help="InstantX/InstantID-style folder or hub id")
     add_generation_arguments(parser, steps=30, guidance=5.0)
     parser.set_defaults(func=run)
 
@@ -53,16 +46,7 @@ def run(args: argparse.Namespace) -> int:
     request = InstantIDRequest(
         faces=args.face,
         generation=generation_params(args),
-        instantid=InstantIDParams(
-            ip_weight=args.ip_weight,
-            cn_strength=args.cn_strength,
-            start_at=args.start_at,
-            end_at=args.end_at,
-            noise=args.noise,
-            combine_embeds=args.combine_embeds,
-            enhance_face_region=args.enhance_face_region,
-            pick=args.pick,
-        ),
+        instantid=instantid_params(args, combine_embeds=args.combine_embeds, pick=args.pick),
         pose=args.pose,
         kps_image=args.kps_image,
         mask=args.mask,
