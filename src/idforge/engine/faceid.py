@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,15 @@ import torch
 from PIL import Image
 
 from idforge import __version__
-from idforge.engine.base import BaseModel, decode_latents, encode_text, pil_to_control_tensor
+from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
-from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
-from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
+from idforge.engine.loop import ControlUnit
+from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import GenerationParams, check_pick, params_to_dict
 from idforge.engine.result import GenerationResult
-from idforge.engine.schedulers import make_scheduler
-from idforge.engine.seeds import image_seeds, initial_noise, make_generators, resolve_seed
+from idforge.engine.sampling import sample_and_decode
+from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import (
     InputImageError,
@@ -48,7 +48,7 @@ from idforge.errors import (
     check_choice,
     check_range,
 )
-from idforge.identity.attention import SCALING_MODES, timestep_window
+from idforge.identity.attention import SCALING_MODES
 from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
 from idforge.imageio import load_mask
@@ -448,19 +448,14 @@ def generate_faceid(
 
     offload = gen.cpu_offload
     clip_model = models.clip[0] if models.clip is not None else None
-    control_models = [iid_models.identitynet] if iid_models is not None else []
-    park_on_cpu(
-        [*text_encoders(base), base.unet, base.pipe.vae, clip_model, *control_models], engine.device, offload
-    )
+    park_on_cpu([clip_model], engine.device, offload)
     with on_device([clip_model], engine.device, offload):
         prepared = prepare_faceid(engine, request, models, gen.num_images)
     batch = len(prepared.batch_references) if prepared.batch_references is not None else gen.num_images
     seed = resolve_seed(gen.seed)
     seeds = image_seeds(seed, batch)
-    scale = base.vae_scale_factor
-    latent_hw = (height // scale, width // scale)
-    dtype = base.unet.dtype
-    device = engine.device
+    latent_hw = (height // base.vae_scale_factor, width // base.vae_scale_factor)
+    dtype, device = base.unet.dtype, engine.device
 
     from idforge.identity.attention import IdentityAttention
 
@@ -480,37 +475,31 @@ def generate_faceid(
     )
     controls: list[ControlUnit] = []
     if instantid is not None:
-        controls.append(
-            _attach_instantid(engine, attention, iid_request, iid_models, iid_prepared, batch, latent_hw)
-        )
+        from idforge.engine.instantid import attach_instantid
 
-    with on_device(text_encoders(base), engine.device, offload):
-        text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
-    scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
-    scheduler.set_timesteps(gen.steps, device=device)
-    channels = base.unet.config.in_channels
-    latents = initial_noise(seeds, (channels, *latent_hw), dtype, device) * scheduler.init_noise_sigma
-    attention.set_cfg(gen.do_cfg)
-    attention.set_latent_size(latent_hw)
-    job = DenoiseJob(
-        latents=latents,
-        text=text,
-        scheduler=scheduler,
-        timesteps=scheduler.timesteps,
-        guidance=gen.guidance,
-        controls=controls,
-        generators=make_generators(seeds),
-        on_timestep=attention.set_timestep,
-        on_step=progress,
+        controls.append(
+            attach_instantid(
+                engine,
+                attention,
+                iid_models,
+                iid_prepared,
+                iid_request.instantid,
+                iid_request.mask,
+                batch,
+                latent_hw,
+            )
+        )
+    latents, images = sample_and_decode(
+        engine,
+        base,
+        gen,
+        seeds,
+        (width, height),
+        attention,
+        controls,
+        progress,
+        unet_contexts=[faceid_lora(models, params.lora_strength)],
     )
-    with ExitStack() as stack:
-        stack.enter_context(faceid_lora(models, params.lora_strength))
-        stack.enter_context(on_device([base.unet, *control_models], engine.device, offload))
-        stack.enter_context(attention)
-        stack.enter_context(engine.loras(base, gen.loras))
-        latents = denoise(base.unet, job)
-    with on_device([base.pipe.vae], engine.device, offload), vae_tiling(base, gen.vae_tiling):
-        images = decode_latents(base, latents)
 
     warnings = models.warnings + prepared.warnings
     recipe = faceid_recipe(engine, request, models, prepared, seed, batch, width, height, started)
@@ -526,44 +515,7 @@ def generate_faceid(
         recipe=recipe,
         extras=extras,
         warnings=warnings,
-        latents=latents.detach().float().cpu(),
-    )
-
-
-def _attach_instantid(engine, attention, request, models, prepared, batch, latent_hw) -> ControlUnit:
-    """InstantID's IP adapter on the same attention controller, and IdentityNet as a ControlUnit."""
-    from idforge.engine.instantid import latent_mask
-    from idforge.engine.sizing import box_mask
-
-    params = request.instantid
-    width, height = prepared.width, prepared.height
-    dtype = models.base.unet.dtype
-    mask = load_mask(request.mask, (width, height)) if request.mask is not None else None
-    control_mask = mask
-    if params.enhance_face_region and prepared.face_box is not None:
-        region = box_mask(prepared.face_box, width, height)
-        control_mask = region if control_mask is None else control_mask * region
-    cond = prepared.cond_tokens.to(dtype).repeat(batch, 1, 1)
-    uncond = prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1)
-    attention.add_adapter("instantid", models.adapter.ip_layers)
-    attention.set_adapter_inputs(
-        "instantid",
-        cond_tokens=cond,
-        uncond_tokens=uncond,
-        weight=params.ip_weight,
-        start_at=params.start_at,
-        end_at=params.end_at,
-        mask=None if mask is None else torch.from_numpy(mask),
-    )
-    kps = pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype)
-    return ControlUnit(
-        name="identitynet",
-        model=models.identitynet,
-        image=kps,
-        strength=params.cn_strength,
-        window=timestep_window(params.start_at, params.end_at),
-        face_tokens=(uncond, cond),
-        mask=latent_mask(control_mask, batch, latent_hw, engine.device),
+        latents=latents,
     )
 
 

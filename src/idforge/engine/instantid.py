@@ -22,15 +22,14 @@ from diffusers import ControlNetModel
 from PIL import Image
 
 from idforge import __version__
-from idforge.engine.base import BaseModel, decode_latents, encode_text, pil_to_control_tensor
+from idforge.engine.base import BaseModel, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, image_name, load_named
-from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
-from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
+from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
 from idforge.engine.result import GenerationResult
-from idforge.engine.schedulers import make_scheduler
-from idforge.engine.seeds import image_seeds, initial_noise, make_generators, resolve_seed
+from idforge.engine.sampling import sample_and_decode
+from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
 from idforge.errors import ModelFormatError, NoFaceError, ParameterError
@@ -246,71 +245,28 @@ def load_instantid_models(
     return InstantIDModels(base, identitynet, identitynet_path, adapter, adapter_path, projection)
 
 
-def run_identity_generation(
+def attach_instantid(
     engine: Engine,
+    attention,  # IdentityAttention
     models: InstantIDModels,
     prepared: PreparedInstantID,
-    gen: GenerationParams,
     params: InstantIDParams,
-    mask_source: ImageSource | None = None,
-    extra_controls: Sequence[ExtraControl] = (),
-    progress: ProgressCallback | None = None,
-) -> IdentityRun:
-    """Denoise with IP attention + IdentityNet (+ any extra ControlNets, residuals summed) and decode."""
-    base = models.base
+    mask_source: ImageSource | None,
+    batch: int,
+    latent_hw: tuple[int, int],
+) -> ControlUnit:
+    """InstantID's two halves on a generation: its IP adapter registered on `attention` (ip_weight, window,
+    mask) and IdentityNet as a ControlUnit with the face tokens as context (cn_strength, window, mask and the
+    optional face-box region). Used alone, with a depth ControlNet, or beside FaceID."""
     width, height = prepared.width, prepared.height
-    batch = gen.num_images
-    seed = resolve_seed(gen.seed)
-    seeds = image_seeds(seed, batch)
-    scale = base.vae_scale_factor
-    latent_hw = (height // scale, width // scale)
-
+    dtype = models.base.unet.dtype
     mask = load_mask(mask_source, (width, height)) if mask_source is not None else None
     control_mask = mask
     if params.enhance_face_region and prepared.face_box is not None:
         region = box_mask(prepared.face_box, width, height)
         control_mask = region if control_mask is None else control_mask * region
-
-    dtype = base.unet.dtype
-    offload = gen.cpu_offload
-    control_models = [models.identitynet, *(extra.model for extra in extra_controls)]
-    park_on_cpu([*text_encoders(base), base.unet, base.pipe.vae, *control_models], engine.device, offload)
-    with on_device(text_encoders(base), engine.device, offload):
-        text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
-    window = timestep_window(params.start_at, params.end_at)
-    kps_tensor = pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype)
     cond_tokens = prepared.cond_tokens.to(dtype).repeat(batch, 1, 1)
     uncond_tokens = prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1)
-    controls = [
-        ControlUnit(
-            name="identitynet",
-            model=models.identitynet,
-            image=kps_tensor,
-            strength=params.cn_strength,
-            window=window,
-            face_tokens=(uncond_tokens, cond_tokens),
-            mask=latent_mask(control_mask, batch, latent_hw, engine.device),
-        )
-    ]
-    for extra in extra_controls:
-        controls.append(
-            ControlUnit(
-                name=extra.name,
-                model=extra.model,
-                image=pil_to_control_tensor([extra.image] * batch, width, height).to(engine.device, dtype),
-                strength=extra.strength,
-                window=timestep_window(extra.start_at, extra.end_at),
-            )
-        )
-
-    scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
-    scheduler.set_timesteps(gen.steps, device=engine.device)
-    channels = base.unet.config.in_channels
-    latents = initial_noise(seeds, (channels, *latent_hw), dtype, engine.device) * scheduler.init_noise_sigma
-
-    from idforge.identity.attention import IdentityAttention
-
-    attention = IdentityAttention(base.unet)
     attention.add_adapter("instantid", models.adapter.ip_layers)
     attention.set_adapter_inputs(
         "instantid",
@@ -323,28 +279,57 @@ def run_identity_generation(
         end_at=params.end_at,
         mask=None if mask is None else torch.from_numpy(mask),
     )
-    attention.set_cfg(gen.do_cfg)
-    attention.set_latent_size(latent_hw)
-    job = DenoiseJob(
-        latents=latents,
-        text=text,
-        scheduler=scheduler,
-        timesteps=scheduler.timesteps,
-        guidance=gen.guidance,
-        controls=controls,
-        generators=make_generators(seeds),
-        on_timestep=attention.set_timestep,
-        on_step=progress,
+    return ControlUnit(
+        name="identitynet",
+        model=models.identitynet,
+        image=pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype),
+        strength=params.cn_strength,
+        window=timestep_window(params.start_at, params.end_at),
+        face_tokens=(uncond_tokens, cond_tokens),
+        mask=latent_mask(control_mask, batch, latent_hw, engine.device),
     )
-    with (
-        on_device([base.unet, *control_models], engine.device, offload),
-        attention,
-        engine.loras(base, gen.loras),
-    ):
-        latents = denoise(base.unet, job)
-    with on_device([base.pipe.vae], engine.device, offload), vae_tiling(base, gen.vae_tiling):
-        images = decode_latents(base, latents)
-    return IdentityRun(images, seed, seeds, latents.detach().float().cpu())
+
+
+def run_identity_generation(
+    engine: Engine,
+    models: InstantIDModels,
+    prepared: PreparedInstantID,
+    gen: GenerationParams,
+    params: InstantIDParams,
+    mask_source: ImageSource | None = None,
+    extra_controls: Sequence[ExtraControl] = (),
+    progress: ProgressCallback | None = None,
+) -> IdentityRun:
+    """Denoise with IP attention + IdentityNet (+ any extra ControlNets, residuals summed) and decode."""
+    from idforge.identity.attention import IdentityAttention
+
+    base = models.base
+    width, height = prepared.width, prepared.height
+    seed = resolve_seed(gen.seed)
+    seeds = image_seeds(seed, gen.num_images)
+    latent_hw = (height // base.vae_scale_factor, width // base.vae_scale_factor)
+    dtype = base.unet.dtype
+
+    attention = IdentityAttention(base.unet)
+    controls = [
+        attach_instantid(engine, attention, models, prepared, params, mask_source, len(seeds), latent_hw)
+    ]
+    for extra in extra_controls:
+        controls.append(
+            ControlUnit(
+                name=extra.name,
+                model=extra.model,
+                image=pil_to_control_tensor([extra.image] * len(seeds), width, height).to(
+                    engine.device, dtype
+                ),
+                strength=extra.strength,
+                window=timestep_window(extra.start_at, extra.end_at),
+            )
+        )
+    latents, images = sample_and_decode(
+        engine, base, gen, seeds, (width, height), attention, controls, progress
+    )
+    return IdentityRun(images, seed, seeds, latents)
 
 
 def instantid_recipe(

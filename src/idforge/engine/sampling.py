@@ -1,0 +1,76 @@
+"""The shared tail of every method: text encoding, initial noise, the denoising loop, VAE decoding.
+
+Methods set up their identity adapters (on an `IdentityAttention` controller) and their ControlNets (as
+`ControlUnit`s), then call `sample_and_decode`; memory switches (CPU offload, VAE tiling) and extra LoRAs are applied
+here once for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
+
+import torch
+from PIL import Image
+
+from idforge.engine.base import BaseModel, decode_latents, encode_text
+from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
+from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
+from idforge.engine.params import GenerationParams
+from idforge.engine.schedulers import make_scheduler
+from idforge.engine.seeds import initial_noise, make_generators
+from idforge.engine.session import Engine
+
+
+def sample_and_decode(
+    engine: Engine,
+    base: BaseModel,
+    gen: GenerationParams,
+    seeds: list[int],
+    size: tuple[int, int],
+    attention,  # idforge.identity.attention.IdentityAttention with its adapters' inputs set
+    controls: Sequence[ControlUnit] = (),
+    progress: Callable[[int, int], None] | None = None,
+    unet_contexts: Sequence[AbstractContextManager] = (),
+) -> tuple[torch.Tensor, list[Image.Image]]:
+    """Denoise one batch (image i from seeds[i]) and decode it; returns (final latents on CPU, images).
+
+    `unet_contexts` are entered around the loop only (e.g. a FaceID LoRA merged into the UNet for this call).
+    """
+    width, height = size
+    batch = len(seeds)
+    device, dtype, offload = engine.device, base.unet.dtype, gen.cpu_offload
+    scale = base.vae_scale_factor
+    latent_hw = (height // scale, width // scale)
+    control_models = [unit.model for unit in controls]
+    park_on_cpu([*text_encoders(base), base.unet, base.pipe.vae, *control_models], device, offload)
+
+    with on_device(text_encoders(base), device, offload):
+        text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
+    scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
+    scheduler.set_timesteps(gen.steps, device=device)
+    latents = initial_noise(seeds, (base.unet.config.in_channels, *latent_hw), dtype, device)
+    latents = latents * scheduler.init_noise_sigma
+    attention.set_cfg(gen.do_cfg)
+    attention.set_latent_size(latent_hw)
+    job = DenoiseJob(
+        latents=latents,
+        text=text,
+        scheduler=scheduler,
+        timesteps=scheduler.timesteps,
+        guidance=gen.guidance,
+        controls=list(controls),
+        generators=make_generators(seeds),
+        on_timestep=attention.set_timestep,
+        on_step=progress,
+    )
+    with ExitStack() as stack:
+        for context in unet_contexts:
+            stack.enter_context(context)
+        stack.enter_context(on_device([base.unet, *control_models], device, offload))
+        stack.enter_context(attention)
+        stack.enter_context(engine.loras(base, gen.loras))
+        latents = denoise(base.unet, job)
+    with on_device([base.pipe.vae], device, offload), vae_tiling(base, gen.vae_tiling):
+        images = decode_latents(base, latents)
+    return latents.detach().float().cpu(), images
