@@ -396,3 +396,19 @@ def test_latents_match_diffusers_components(tiny_kit, engine, images, params, de
     assert ours.shape == reference.shape
     difference = (ours - reference).abs().max().item()
     assert difference < 1e-4, f"max |ours - diffusers| = {difference}"
+
+
+def test_bad_face_image_fails_before_any_model_loads(tmp_path):
+    """Input images are decoded first: a broken face file is refused by an engine that has no models at all."""
+    from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
+    from idforge.engine.session import Engine, ModelChoice
+    from idforge.errors import InputImageError
+
+    broken = tmp_path / "face.png"
+    broken.write_bytes(b"not an image")
+    pose = tmp_path / "pose.png"
+    Image.new("RGB", (64, 64), (20, 20, 20)).save(pose)
+    engine = Engine(ModelChoice(models_dirs=[str(tmp_path / "no-models-here")], offline=True), device="cpu")
+    with pytest.raises(InputImageError, match="face.png"):
+        generate_insta_depth(engine, InstaDepthRequest(face=broken, pose=pose))
+    assert engine.loaded_models() == []

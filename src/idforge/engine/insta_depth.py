@@ -20,6 +20,7 @@ from PIL import Image
 
 from idforge.control.depth import engine_depth_estimator
 from idforge.engine.hashing import model_hash
+from idforge.engine.inputs import image_name, load_named
 from idforge.engine.instantid import (
     ExtraControl,
     ImageSource,
@@ -35,7 +36,6 @@ from idforge.engine.result import GenerationResult
 from idforge.engine.session import Engine
 from idforge.engine.sizing import instantid_size
 from idforge.errors import NoFaceError, ParameterError, check_range
-from idforge.imageio import load_image
 
 NO_POSE_FACE_WARNING = "pose image has no face; using the face image's keypoints"
 DEFAULT_DEPTH_CONTROLNET = "controlnet-depth-sdxl"
@@ -77,10 +77,6 @@ class InstaDepthRequest:
     depth_estimator: str | None = None
 
 
-def _name(source: ImageSource, fallback: str) -> str:
-    return str(source) if isinstance(source, str | Path) else fallback
-
-
 def output_size(gen: GenerationParams, pose_size: tuple[int, int]) -> tuple[int, int]:
     """Width and height: both given, or InstantID's resize rule on the pose image."""
     if gen.width is not None and gen.height is not None:
@@ -106,14 +102,16 @@ def generate_insta_depth(
     """Run Insta Depth end to end: images, recipe, the depth map and keypoint image as extras."""
     started = time.perf_counter()
     params = request.instantid
-    pose_name = _name(request.pose, "pose image")
-    pose_image = load_image(request.pose, name=pose_name)
+    # Every input image is decoded before any model loads: bad input fails fast and costs nothing.
+    face = load_named(request.face, "face image")
+    pose = load_named(request.pose, "pose image")
+    pose_image, pose_name = pose.image, pose.name
     width, height = output_size(request.generation, pose_image.size)
     gen = dataclasses.replace(request.generation, width=width, height=height)
 
     depth_map: Image.Image | None = None
     if request.depth_map is not None:
-        depth_map = load_image(request.depth_map, name=_name(request.depth_map, "depth map")).convert("RGB")
+        depth_map = load_named(request.depth_map, "depth map").image
         if depth_map.size != (width, height):
             depth_map = depth_map.resize((width, height), Image.BICUBIC)
 
@@ -134,10 +132,10 @@ def generate_insta_depth(
         kps_source = "face"
         warnings.append(NO_POSE_FACE_WARNING)
     inner = InstantIDRequest(
-        faces=[request.face],
+        faces=[face],
         generation=gen,
         instantid=params,
-        pose=pose_image if kps_source == "pose" else None,
+        pose=pose if kps_source == "pose" else None,
         base=request.base,
         instantid_model=request.instantid_model,
         face_models=request.face_models,
@@ -166,10 +164,10 @@ def generate_insta_depth(
         {"source": str(estimator.folder), "sha256": model_hash(estimator.folder)} if estimator else None
     )
     recipe["inputs"] |= {
-        "face": _name(request.face, "<image>"),
-        "pose": _name(request.pose, "<image>"),
+        "face": image_name(request.face, "<image>"),
+        "pose": image_name(request.pose, "<image>"),
         "kps_source": kps_source,
-        "depth_map": _name(request.depth_map, "<image>") if request.depth_map is not None else None,
+        "depth_map": image_name(request.depth_map, "<image>") if request.depth_map is not None else None,
     }
     recipe["timings"] = {"total_s": round(time.perf_counter() - started, 3)}
     return GenerationResult(
