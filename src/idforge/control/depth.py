@@ -108,4 +108,4 @@ def engine_depth_estimator(engine, spec: str | None = None) -> DepthEstimator:
     else:
         resolved = engine.store.resolve("depth_estimator", spec)
     path = Path(resolved.path)
-    return engine._cached("depth_estimator", str(path), lambda: DepthEstimator(path, engine.device))
+    return engine.cached("depth_estimator", str(path), lambda: DepthEstimator(path, engine.device))

@@ -275,7 +275,7 @@ def load_faceid_models(engine: Engine, request: FaceIDRequest) -> FaceIDModels:
         clip_path = Path(engine.store.resolve("clip_vision", spec).path)
         from idforge.engine.faceid_clip import load_clip_vision
 
-        clip = engine._cached(
+        clip = engine.cached(
             "clip_vision", str(clip_path), lambda: load_clip_vision(clip_path, engine.device, engine.dtype)
         )
         width = clip[0].config.hidden_size

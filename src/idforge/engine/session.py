@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +102,8 @@ class Engine:
         resolved = self.store.resolve(role, spec)
         return Path(resolved.path)
 
-    def _cached(self, kind: str, key: str, load):
+    def cached(self, kind: str, key: str, load: Callable[[], Any]) -> Any:
+        """The model stored under (kind, key), loaded once by `load()`: how every loader keeps models in memory."""
         with self._lock:
             if (kind, key) not in self._loaded:
                 self._loaded[(kind, key)] = load()
@@ -115,7 +116,7 @@ class Engine:
             path = Path(self.store.default("base", "sdxl-base" if family == "sdxl" else "sd15").path)
         else:
             path = self.resolve("base", spec)
-        return self._cached("base", str(path), lambda: load_base_model(path, self.dtype, self.device))
+        return self.cached("base", str(path), lambda: load_base_model(path, self.dtype, self.device))
 
     def controlnet(self, path: Path, base: BaseModel, name: str):
         def load():
@@ -123,7 +124,7 @@ class Engine:
             check_controlnet_fits(model, base, name)
             return model
 
-        return self._cached("controlnet", f"{path}|{base.source}", load)
+        return self.cached("controlnet", f"{path}|{base.source}", load)
 
     def face_analyzer(self, spec: str | None = None, default: str = "antelopev2"):
         from idforge.faces.analysis import FaceAnalyzer
@@ -134,12 +135,12 @@ class Engine:
             spec, models_dirs=[Path(d) for d in self.models.models_dirs], default=default
         )
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.type == "cuda" else None
-        return self._cached("faces", str(pack), lambda: FaceAnalyzer(pack, providers=providers))
+        return self.cached("faces", str(pack), lambda: FaceAnalyzer(pack, providers=providers))
 
     def adapter(self, path: Path):
         from idforge.identity.checkpoint import load_adapter_checkpoint
 
-        return self._cached("adapter", str(path), lambda: load_adapter_checkpoint(str(path)))
+        return self.cached("adapter", str(path), lambda: load_adapter_checkpoint(str(path)))
 
     def projection(self, path: Path):
         from idforge.identity.projection import build_projection
@@ -148,7 +149,7 @@ class Engine:
             module = build_projection(self.adapter(path))
             return module.to(device=self.device, dtype=torch.float32).eval()
 
-        return self._cached("projection", str(path), load)
+        return self.cached("projection", str(path), load)
 
     # -- face analysis with a content cache ------------------------------------------------------------------------
     def analyze_face(self, analyzer, image: Image.Image, *, name: str, pick: str | int, det_size: int):
