@@ -10,6 +10,8 @@ STAMP := $(VENV)/.idforge-installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
+	# Real servers the tests start themselves: PostgreSQL 15 and Debian's headless Chromium (never a downloaded browser).
+	scripts/system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	# torch first, pinned: 2.13.0 is a local CPU wheel here; unpinned it would pull CUDA.

@@ -12,7 +12,18 @@ from idforge import __version__
 from idforge.errors import IdforgeError
 
 # Each module in idforge.commands exposes `register(subparsers)`; it adds its sub-command and sets `func`.
-COMMAND_MODULES = ("kit", "faces", "models", "instantid", "faceid", "insta_depth", "serve", "keys", "demo")
+COMMAND_MODULES = (
+    "kit",
+    "faces",
+    "models",
+    "instantid",
+    "faceid",
+    "insta_depth",
+    "serve",
+    "keys",
+    "demo",
+    "styles",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
