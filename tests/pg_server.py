@@ -45,6 +45,11 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
+        self.start_again()
+        return self
+
+    def start_again(self) -> None:
+        """Start the (stopped) server on its data folder and port: also for outage tests."""
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off -c max_connections=300"
         )
@@ -63,7 +68,6 @@ class PostgresServer:
             check=True,
             capture_output=True,
         )
-        return self
 
     def stop(self) -> None:
         subprocess.run(

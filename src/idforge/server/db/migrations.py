@@ -96,6 +96,11 @@ def _ledger_leases_webhooks(conn: Connection) -> None:
         conn.execute(sa.insert(schema.credit_ledger), entries)
 
 
+def _replicas(conn: Connection) -> None:
+    """Workers report themselves (device, state, counters, latency histograms) for /health and /metrics."""
+    schema.replicas.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "idforge 0.1 tables (api_keys, credit_reservations, jobs)", _baseline),
     Migration(
@@ -103,6 +108,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "credit ledger, job leases and attempts, cancel, progress, expiry, webhooks",
         _ledger_leases_webhooks,
     ),
+    Migration(3, "replicas: worker heartbeats for health and metrics", _replicas),
 )
 LATEST = MIGRATIONS[-1].version
 

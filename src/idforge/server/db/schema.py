@@ -110,6 +110,23 @@ def webhook_deliveries_v2() -> list[sa.Column]:
     ]
 
 
+def replicas_v3() -> list[sa.Column]:
+    return [
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("device", sa.Text, nullable=False),
+        sa.Column("host", sa.Text, nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("state", sa.Text, nullable=False),  # loading | ready | running | stopped | failed
+        sa.Column("detail", sa.Text),  # what is loading, or why it failed
+        sa.Column("current_job", sa.Text),
+        sa.Column("jobs_done", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("jobs_failed", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("histograms", sa.Text),  # JSON: the replica's job and step latency bucket counts
+        sa.Column("started", sa.Double, nullable=False),
+        sa.Column("heartbeat", sa.Double, nullable=False),
+    ]
+
+
 def migrations_v0() -> list[sa.Column]:
     return [
         sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
@@ -126,4 +143,5 @@ sa.Index("jobs_lease", jobs.c.status, jobs.c.lease_expires)
 credit_ledger = sa.Table("credit_ledger", metadata, *credit_ledger_v2(), sqlite_autoincrement=True)
 webhook_deliveries = sa.Table("webhook_deliveries", metadata, *webhook_deliveries_v2())
 sa.Index("webhooks_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt)
+replicas = sa.Table("replicas", metadata, *replicas_v3())
 schema_migrations = sa.Table("schema_migrations", metadata, *migrations_v0())

@@ -37,6 +37,7 @@ from idforge.server.db.schema import (
     credit_ledger,
     credit_reservations,
     jobs,
+    replicas,
     webhook_deliveries,
 )
 from idforge.server.store import TOKEN_PREFIX, KeyRecord, UnknownKey, hash_token
@@ -703,3 +704,34 @@ class Store:
                 .order_by(webhook_deliveries.c.created)
             )
             return [dict(r._mapping) for r in rows]
+
+    # -- replicas ----------------------------------------------------------------------------------------------
+    def heartbeat(self, replica: str, **values: Any) -> None:
+        """Insert or update this worker's row (device, state, current job, counters, histograms)."""
+        now = time.time()
+        with self._tx() as tx:
+            updated = tx.execute(
+                sa.update(replicas).where(replicas.c.id == replica).values(heartbeat=now, **values)
+            ).rowcount
+            if not updated:
+                tx.execute(sa.insert(replicas).values(id=replica, started=now, heartbeat=now, **values))
+
+    def replicas(self, seen_within_s: float = 3600.0) -> list[dict[str, Any]]:
+        """Workers heard from recently, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(replicas)
+                .where(replicas.c.heartbeat >= time.time() - seen_within_s)
+                .order_by(replicas.c.started)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def credits_charged(self) -> int:
+        with self._read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(credit_ledger.c.spent_delta), 0)).where(
+                        credit_ledger.c.kind == "charge"
+                    )
+                ).scalar()
+            )
