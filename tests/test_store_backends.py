@@ -3,6 +3,7 @@ queue with leases and reaping, cancel, wake-up hints, webhook outbox, migrations
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import threading
@@ -121,7 +122,7 @@ def test_concurrent_claims_never_give_a_job_twice(db_url):
     assert sorted(everything) == job_ids  # each job exactly once
     assert sum(1 for ids in taken.values() if ids) >= 2  # the work was really shared
     assert [j for j in taken["w0"]] == sorted(taken["w0"])  # each worker takes them oldest first
-    assert owner.counts() == {"running": 120}
+    assert owner.counts() == {"PROCESSING": 120}
     for s in [owner, *workers]:
         s.close()
 
@@ -138,12 +139,12 @@ def test_claim_complete_charges_once_and_only_the_lease_holder(store):
     assert lease.owned and not lease.cancel
     assert (store.job("req_1")["step"], store.job("req_1")["total_steps"]) == (3, 4)
     assert store.renew("req_1", "replica-b", 30).owned is False
-    assert store.complete("req_1", "replica-b", '{"r": 1}', keep_s=60) is False  # not the holder
-    assert store.complete("req_1", "replica-a", '{"r": 1}', keep_s=60) is True
-    assert store.complete("req_1", "replica-a", '{"r": 1}', keep_s=60) is False  # a retry changes nothing
+    assert store.complete("req_1", "replica-b", '{"r": 1}') is False  # not the holder
+    assert store.complete("req_1", "replica-a", '{"r": 1}') is True
+    assert store.complete("req_1", "replica-a", '{"r": 1}') is False  # a retry changes nothing
     row = store.job("req_1")
     assert (row["status"], row["replica"], row["attempts"], row["payload"]) == (
-        "succeeded",
+        "COMPLETED",
         "replica-a",
         1,
         None,
@@ -163,7 +164,7 @@ def test_expired_leases_are_requeued_then_failed_and_refunded(store):
         time.sleep(0.1)  # the worker "died": nobody renews
         assert store.reap(max_attempts=3).requeued == ["req_x"]
         assert store.renew("req_x", f"dead-{attempt}", 30).owned is False  # a zombie learns it lost the job
-        assert store.complete("req_x", f"dead-{attempt}", "{}", 60) is False  # ... and cannot charge
+        assert store.complete("req_x", f"dead-{attempt}", "{}") is False  # ... and cannot charge
     assert store.reap(max_attempts=3).requeued == []  # nothing expired
     job = store.claim("dead-3", lease_s=0.05)
     assert job.attempts == 3
@@ -171,7 +172,7 @@ def test_expired_leases_are_requeued_then_failed_and_refunded(store):
     report = store.reap(max_attempts=3)
     assert report.failed == ["req_x"] and report.requeued == []
     row = store.job("req_x")
-    assert row["status"] == "failed" and "stopped 3 times" in row["error"] and row["error_status"] == 500
+    assert row["status"] == "FAILED" and "stopped 3 times" in row["error"] and row["error_status"] == 500
     assert store.get(record.id).balance == 5 and store.get(record.id).spent == 0 and store.audit() == []
 
 
@@ -182,9 +183,9 @@ def test_reaped_job_finishes_elsewhere_charged_once(store):
     time.sleep(0.1)
     store.reap()
     assert store.claim("fast", lease_s=30).attempts == 2
-    assert store.complete("fast", "fast", "{}", 60) is False  # wrong id: nothing
-    assert store.complete("req_y", "fast", '{"ok": 1}', 60) is True
-    assert store.complete("req_y", "slow", '{"late": 1}', 60) is False  # the first worker woke up too late
+    assert store.complete("fast", "fast", "{}") is False  # wrong id: nothing
+    assert store.complete("req_y", "fast", '{"ok": 1}') is True
+    assert store.complete("req_y", "slow", '{"late": 1}') is False  # the first worker woke up too late
     assert store.job("req_y")["result"] == '{"ok": 1}' and store.job("req_y")["replica"] == "fast"
     assert store.get(record.id).spent == 1 and store.audit() == []
 
@@ -196,7 +197,7 @@ def test_cancel_queued_running_and_finished(store):
     other, _ = store.create_key(1)
     assert store.cancel("req_q", other.id) is None  # another key cannot see it
     assert store.cancel("req_q", record.id) == "removed"
-    assert store.job("req_q")["status"] == "canceled" and store.get(record.id).balance == 7
+    assert store.job("req_q")["status"] == "CANCELED" and store.get(record.id).balance == 7
     assert store.claim("w", 30).id == "req_r"
     assert store.cancel("req_r", record.id) == "stopping"
     assert store.renew("req_r", "w", 30).cancel is True
@@ -242,35 +243,52 @@ def test_webhook_outbox_rows_commit_with_the_job(store):
     submit(store, record.id, "req_h", webhook_url="https://example.com/hook")
     assert store.deliveries("req_h") == []  # nothing until the job ends
     store.claim("w", 30)
-    store.complete("req_h", "w", "{}", 60)
+    store.complete("req_h", "w", "{}")
     (delivery,) = store.deliveries("req_h")
-    assert (
-        delivery["status"] == "pending"
-        and delivery["id"].startswith("msg_")
-        and delivery["event"] == "job.succeeded"
-    )
-    (claimed,) = store.claim_webhooks("sender-1")
-    assert store.claim_webhooks("sender-2") == []  # leased to sender-1
-    assert store.set_webhook_body(claimed["id"], '{"a": 1}') == '{"a": 1}'
-    assert store.set_webhook_body(claimed["id"], '{"b": 2}') == '{"a": 1}'  # the body never changes
-    store.webhook_attempted(claimed["id"], "sender-1", delivered=False, http_status=500, retry_at=time.time())
-    (again,) = store.claim_webhooks("sender-2")
-    assert again["id"] == claimed["id"] and again["attempts"] == 1
-    store.webhook_attempted(again["id"], "sender-2", delivered=True, http_status=200)
+    assert delivery["status"] == "pending" and delivery["id"].startswith("msg_")
+    assert json.loads(delivery["body"])["status"] == "COMPLETED"  # frozen with the job's final state
+    now = time.time()
+    (claimed,) = store.claim_due(now, lease=60)
+    assert store.claim_due(now, lease=60) == []  # leased to the first sender
+    store.record_failure(claimed["id"], 500, "HTTP 500", retry_at=time.time())
+    (again,) = store.claim_due(time.time(), lease=60)
+    assert again["id"] == claimed["id"] and again["attempts"] == 1 and again["body"] == delivery["body"]
+    store.record_success(again["id"], 200)
     (done,) = store.deliveries("req_h")
     assert (done["status"], done["attempts"], done["last_status"]) == ("delivered", 2, 200)
+    assert store.next_due() is None
+    submit(store, record.id, "req_h2", webhook_url="https://example.com/hook")
+    store.cancel("req_h2", record.id)
+    (message,) = store.claim_due(time.time(), lease=60)  # a sender "dies" holding it
+    assert store.reclaim() == 1 and store.claim_due(time.time(), lease=60)[0]["id"] == message["id"]
+    store.record_failure(message["id"], None, "connection refused", retry_at=None)
+    assert store.deliveries("req_h2")[0]["status"] == "failed"
 
 
 def test_results_expire_but_the_id_stays_known(store):
     record, _ = store.create_key(5)
     submit(store, record.id, "req_e")
     store.claim("w", 30)
-    store.complete("req_e", "w", '{"image": "..."}', keep_s=0.4)
-    assert store.purge_expired() == 0 and store.job("req_e")["result"] == '{"image": "..."}'
-    time.sleep(0.5)
-    assert store.purge_expired() == 1
+    store.complete("req_e", "w", '{"image": "..."}')
+    ended = store.job("req_e")["finished"]
+    assert store.expire(ended - 1) == 0 and store.job("req_e")["result"] == '{"image": "..."}'
+    assert store.expire(ended + 1) == 1
     row = store.job("req_e")
-    assert row["status"] == "succeeded" and row["result"] is None and row["purged"] is not None
+    assert row["status"] == "COMPLETED" and row["result"] is None and row["expired"] == 1
+
+
+def test_v1_jobs_are_charged_by_their_waiter_on_delivery(store):
+    """A /v1 job's image is charged when its client takes it; one nobody took goes back to the key."""
+    record, _ = store.create_key(5)
+    for job_id in ("req_taken", "req_orphan"):
+        store.submit_job(job_id, "insta-depth", "{}", record.id, 1, sync=True)
+        store.claim("w", 30)
+        assert store.complete(job_id, "w", '{"img": 1}', charge=False)
+    assert store.take_result("req_taken") == '{"img": 1}' and store.commit("req_taken")
+    assert store.take_result("req_taken") is None  # taken once
+    assert store.release_undelivered(time.time() + 1) == ["req_orphan"]
+    after = store.get(record.id)
+    assert (after.balance, after.spent) == (4, 1) and store.audit() == []
 
 
 # -- migrations -----------------------------------------------------------------------------------------------------
@@ -290,10 +308,10 @@ def test_a_01_sqlite_file_is_upgraded_and_keeps_working(tmp_path):
     assert store.authenticate("idf_bob_token_0123456789abcdef0123456789abcdef00") is None  # still revoked
     assert store.held() == {"req_queued": (alice.id, 2)}
     assert store.audit() == []  # opening ledger entries account for the 0.1 balances and holds
-    assert store.job("req_done")["status"] == "succeeded" and store.job("req_done")["result"]
+    assert store.job("req_done")["status"] == "COMPLETED" and store.job("req_done")["result"]
     job = store.claim("new-worker", 30)  # the 0.1 queued job runs under the new code
     assert job.id == "req_queued" and '"old queued job"' in job.payload
-    assert store.complete("req_queued", "new-worker", "{}", 60)
+    assert store.complete("req_queued", "new-worker", "{}")
     assert store.get(alice.id).spent == 3 and store.get(alice.id).balance == 10
     record, token = store.create_key(4, "carol")  # and new keys work beside the old ones
     assert store.authenticate(token).balance == 4 and store.audit() == []

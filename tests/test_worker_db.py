@@ -72,7 +72,7 @@ def test_two_workers_share_the_queue_and_charge_exactly(db_url, store):
     try:
         for i in range(30):
             queue_job(store, record.id, f"req_{i:02d}", seed=i)
-        wait_for(lambda: store.counts().get("succeeded") == 30, what="30 jobs")
+        wait_for(lambda: store.counts().get("COMPLETED") == 30, what="30 jobs")
         seeds = [Delivery.from_json(store.job(f"req_{i:02d}")["result"]).seeds for i in range(30)]
         assert seeds == [[i] for i in range(30)]
         served = {store.job(f"req_{i:02d}")["replica"] for i in range(30)}
@@ -97,7 +97,7 @@ def test_a_dead_workers_job_is_finished_by_another_charged_once(db_url, store):
     assert store.claim("crashed-replica", lease_s=0.3).id == "req_dead"  # ... and then it died
     survivor = Worker(Store.open(db_url), StepGenerator(), config("survivor", reap_every_s=0.1)).start()
     try:
-        row = wait_for(lambda: (r := store.job("req_dead"))["status"] == "succeeded" and r, what="reaped job")
+        row = wait_for(lambda: (r := store.job("req_dead"))["status"] == "COMPLETED" and r, what="reaped job")
         assert (row["replica"], row["attempts"]) == ("survivor", 2)
         assert store.get(record.id).spent == 1 and store.audit() == []
     finally:
@@ -113,12 +113,12 @@ def test_cancel_stops_a_running_job_at_the_next_step(db_url, store):
         queue_job(store, record.id, "req_long", prompt="long", steps=100)
         wait_for(lambda: generator.steps_run.get("long", 0) >= 3, what="the job to run")
         assert store.cancel("req_long", record.id) == "stopping"
-        row = wait_for(lambda: (r := store.job("req_long"))["status"] == "canceled" and r, what="cancel")
+        row = wait_for(lambda: (r := store.job("req_long"))["status"] == "CANCELED" and r, what="cancel")
         assert generator.steps_run["long"] < 20  # stopped within a few steps, not at the end
         assert row["step"] >= 1 and row["total_steps"] == 100  # progress was written while it ran
         assert store.get(record.id).balance == 5 and store.get(record.id).spent == 0 and store.audit() == []
         queue_job(store, record.id, "req_bad", prompt="fail")
-        row = wait_for(lambda: (r := store.job("req_bad"))["status"] == "failed" and r, what="failure")
+        row = wait_for(lambda: (r := store.job("req_bad"))["status"] == "FAILED" and r, what="failure")
         assert (row["error_status"], row["error_field"]) == (400, "face_image")
         assert store.get(record.id).balance == 5 and worker.jobs_failed == 1
     finally:
@@ -133,15 +133,15 @@ def test_a_stalled_worker_loses_its_lease_and_its_late_result_is_refused(db_url,
     slow = Worker(Store.open(db_url), stalled, config("stalled", lease_s=0.3, reap_every_s=60)).start()
     try:
         queue_job(store, record.id, "req_s", prompt="s")
-        wait_for(lambda: store.job("req_s")["status"] == "running", what="claim")
+        wait_for(lambda: store.job("req_s")["status"] == "PROCESSING", what="claim")
         slow._stop.set()  # the worker "freezes": its lease keeper stops renewing, the lease runs out
         time.sleep(0.5)
         assert store.reap().requeued == ["req_s"]
         assert store.claim("other", 30).id == "req_s"
         stalled.gate.set()  # the frozen worker wakes up and finishes: refused, not charged
         wait_for(lambda: not slow.alive, what="the stalled worker to end")
-        assert store.job("req_s")["status"] == "running" and store.job("req_s")["lease_owner"] == "other"
-        assert store.complete("req_s", "other", "{}", 60) and store.get(record.id).spent == 1
+        assert store.job("req_s")["status"] == "PROCESSING" and store.job("req_s")["lease_owner"] == "other"
+        assert store.complete("req_s", "other", "{}") and store.get(record.id).spent == 1
         assert store.audit() == []
     finally:
         slow.stop()
@@ -156,13 +156,13 @@ def test_postgres_restart_under_a_running_worker(postgres):
     worker = Worker(Store.open(url), StepGenerator(step_s=0.01), config("w", poll_s=0.2)).start()
     try:
         queue_job(store, record.id, "req_before")
-        wait_for(lambda: store.job("req_before")["status"] == "succeeded", what="first job")
+        wait_for(lambda: store.job("req_before")["status"] == "COMPLETED", what="first job")
         postgres.stop()
         time.sleep(1.0)  # the worker's claims fail meanwhile; it backs off
         postgres.start_again()
         queue_job(store, record.id, "req_after")
         wait_for(
-            lambda: store.job("req_after")["status"] == "succeeded", timeout=30, what="job after restart"
+            lambda: store.job("req_after")["status"] == "COMPLETED", timeout=30, what="job after restart"
         )
         assert store.get(record.id).spent == 2 and store.audit() == []
     finally:

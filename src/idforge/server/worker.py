@@ -47,8 +47,8 @@ class WorkerConfig:
     lease_s: float = 30.0  # a dead worker's job is requeued this long after its last renewal
     poll_s: float = 1.0  # fallback when a wake-up hint is lost
     progress_every_s: float = 0.2
-    keep_result_s: float = 3600.0  # /v2 results (the hosted API keeps them one hour)
-    sync_keep_s: float = 600.0  # /v1 results wait this long for their waiter to take them
+    keep_result_s: float = 3600.0  # results are kept this long after the job ends (the hosted API: one hour)
+    sync_keep_s: float = 600.0  # a /v1 image nobody took after this long is released (its waiter died)
     heartbeat_s: float = 2.0
     max_attempts: int = 3  # reaper: runs of one job before it is failed and refunded
     reap_every_s: float = 2.0
@@ -223,7 +223,8 @@ class Worker:
                 last_reap = time.monotonic()
                 try:  # every worker offers to reap; the store lets one at a time do it
                     report = self.store.reap(self.config.max_attempts)
-                    self.store.purge_expired()
+                    self.store.expire(time.time() - self.config.keep_result_s)
+                    self.store.release_undelivered(time.time() - self.config.sync_keep_s)
                     if report.requeued or report.failed:
                         log.warning("reaped expired leases", extra={"fields": report.__dict__})
                 except Exception as exc:  # noqa: BLE001
@@ -346,9 +347,12 @@ class Worker:
                 if self._settle(lambda: self.store.fail(job.id, self.config.replica, failure))
                 else "lost"
             )
-        keep = self.config.sync_keep_s if job.sync else self.config.keep_result_s
         result = delivery.to_json()
-        done = self._settle(lambda: self.store.complete(job.id, self.config.replica, result, keep))
+        done = self._settle(
+            lambda: self.store.complete(
+                job.id, self.config.replica, result, charge=not job.sync, metrics=delivery.timings
+            )
+        )
         return "succeeded" if done else "lost"
 
     def _settle(self, call: Callable[[], bool]) -> bool:

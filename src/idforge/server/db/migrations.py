@@ -59,6 +59,10 @@ def _ledger_leases_webhooks(conn: Connection) -> None:
         for index in table.indexes:
             if index.name not in existing and not index.unique:
                 index.create(conn)
+    for old_status, new_status in schema.OLD_STATUSES.items():
+        conn.execute(
+            sa.update(schema.jobs).where(schema.jobs.c.status == old_status).values(status=new_status)
+        )
     # Opening entries, so that for every key: balance == sum(ledger.delta) and spent == sum(ledger.spent_delta).
     now = time.time()
     held = {

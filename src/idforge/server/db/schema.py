@@ -12,9 +12,11 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-# Job states in the database (the HTTP layer maps them to the v2 contract's QUEUED/PROCESSING/...).
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
-TERMINAL = (SUCCEEDED, FAILED, CANCELED)
+# Job states, stored as the v2 contract names them (0.1 files said queued/running/succeeded/failed: migration 2).
+QUEUED, PROCESSING, COMPLETED, FAILED, CANCELED = "QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"
+ACTIVE = (QUEUED, PROCESSING)
+TERMINAL = (COMPLETED, FAILED, CANCELED)
+OLD_STATUSES = {"queued": QUEUED, "running": PROCESSING, "succeeded": COMPLETED, "failed": FAILED}
 
 
 def api_keys_v1() -> list[sa.Column]:
@@ -64,16 +66,19 @@ def jobs_v1() -> list[sa.Column]:
 
 def jobs_v2() -> list[sa.Column]:
     return [
+        sa.Column("cancel_requested", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("webhook_url", sa.Text),
+        sa.Column("base_url", sa.Text),  # scheme://host of the submission, for the absolute URLs of the job
+        sa.Column("step", sa.Integer),
+        sa.Column("total_steps", sa.Integer),
+        sa.Column("metrics", sa.Text),  # JSON timings
+        sa.Column(
+            "expired", sa.Integer, nullable=False, server_default="0"
+        ),  # result removed; the id stays known
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("replica", sa.Text),  # the replica that ran (or runs) the job's latest attempt
         sa.Column("lease_owner", sa.Text),
         sa.Column("lease_expires", sa.Double),
-        sa.Column("cancel_requested", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("step", sa.Integer),
-        sa.Column("total_steps", sa.Integer),
-        sa.Column("webhook_url", sa.Text),
-        sa.Column("result_expires", sa.Double),
-        sa.Column("purged", sa.Double),  # when the result was removed (expired): the id stays known
     ]
 
 
@@ -93,20 +98,23 @@ def credit_ledger_v2() -> list[sa.Column]:
 def webhook_deliveries_v2() -> list[sa.Column]:
     return [
         sa.Column("id", sa.Text, primary_key=True),  # the webhook-id header: the same on every retry
-        sa.Column("job_id", sa.Text, nullable=False, index=True),
+        sa.Column("job_id", sa.Text, nullable=False, unique=True),  # one message per job (its final status)
         sa.Column("key_id", sa.Text, nullable=False),
         sa.Column("url", sa.Text, nullable=False),
-        sa.Column("event", sa.Text, nullable=False),
-        sa.Column("body", sa.Text),  # rendered at the first attempt, then sent unchanged
+        sa.Column(
+            "body", sa.Text, nullable=False
+        ),  # frozen when the job ends: every retry sends the same bytes
         sa.Column("status", sa.Text, nullable=False),  # pending | delivered | failed
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("next_attempt", sa.Double, nullable=False),
-        sa.Column("lease_owner", sa.Text),
-        sa.Column("lease_expires", sa.Double),
+        sa.Column("created", sa.Double, nullable=False),
+        sa.Column(
+            "next_attempt", sa.Double, nullable=False
+        ),  # moved ahead while claimed (the sender's lease)
+        sa.Column("last_attempt", sa.Double),
         sa.Column("last_status", sa.Integer),
         sa.Column("last_error", sa.Text),
-        sa.Column("created", sa.Double, nullable=False),
         sa.Column("delivered", sa.Double),
+        sa.Column("claimed", sa.Double),
     ]
 
 

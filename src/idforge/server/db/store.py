@@ -10,10 +10,11 @@ atomic), hold a lease they renew, and `reap` puts back jobs whose lease ran out.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,10 @@ from idforge.server.db.connect import READ, Target, create_engine, default_targe
 from idforge.server.db.migrations import upgrade
 from idforge.server.db.schema import (
     CANCELED,
+    COMPLETED,
     FAILED,
+    PROCESSING,
     QUEUED,
-    RUNNING,
-    SUCCEEDED,
     TERMINAL,
     api_keys,
     credit_ledger,
@@ -89,6 +90,14 @@ class JobFailure:
     field: str | None = None
 
 
+def default_webhook_body(row: dict[str, Any]) -> dict[str, Any]:
+    """The final status of a job, when the server does not give a richer body (the HTTP contract does)."""
+    body = {"request_id": row["id"], "status": row["status"], "method": row["method"]}
+    if row["status"] != COMPLETED:
+        body |= {"error": row["error"], "field": row["error_field"]}
+    return body
+
+
 def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
 
@@ -118,8 +127,11 @@ def _record(row: Any) -> KeyRecord:
 class Store:
     """Open with `Store.open(path_or_url)`; thread-safe (a connection pool); `close()` when done."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(
+        self, target: Target, webhook_body: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ) -> None:
         self.target = target
+        self.webhook_body = webhook_body or default_webhook_body
         self.backend = target.backend
         self.engine = create_engine(target)
         self.reader = self.engine.execution_options(**READ)
@@ -131,9 +143,9 @@ class Store:
             self.hub = wakeup.local_hub(str(Path(target.url.database or "").resolve()))
 
     @classmethod
-    def open(cls, value: str | Path | None = None) -> Store:
+    def open(cls, value: str | Path | None = None, **options: Any) -> Store:
         """A path (SQLite) or postgresql:// URL; None means $IDFORGE_DB or ~/.idforge/idforge.db."""
-        return cls(parse_target(value if value not in (None, "") else default_target()))
+        return cls(parse_target(value if value not in (None, "") else default_target()), **options)
 
     def close(self) -> None:
         if isinstance(self.hub, wakeup.PostgresHub):
@@ -318,7 +330,9 @@ class Store:
         with self._tx() as tx:
             if capacity is not None:
                 active = tx.execute(
-                    sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status.in_((QUEUED, RUNNING)))
+                    sa.select(sa.func.count())
+                    .select_from(jobs)
+                    .where(jobs.c.status.in_((QUEUED, PROCESSING)))
                 ).scalar()
                 if active >= capacity:
                     raise QueueAtCapacity(int(active))
@@ -367,7 +381,9 @@ class Store:
         with self._read() as conn:
             return int(
                 conn.execute(
-                    sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status.in_((QUEUED, RUNNING)))
+                    sa.select(sa.func.count())
+                    .select_from(jobs)
+                    .where(jobs.c.status.in_((QUEUED, PROCESSING)))
                 ).scalar()
             )
 
@@ -375,7 +391,7 @@ class Store:
         """A /v1 waiter's result, removed as it is read (nobody else can ask for it)."""
         with self._tx() as tx:
             result = tx.execute(sa.select(jobs.c.result).where(jobs.c.id == job_id)).scalar()
-            tx.execute(sa.update(jobs).where(jobs.c.id == job_id).values(result=None, purged=time.time()))
+            tx.execute(sa.update(jobs).where(jobs.c.id == job_id).values(result=None))
         return result
 
     # -- jobs: workers ---------------------------------------------------------------------------------------------
@@ -395,7 +411,7 @@ class Store:
                 sa.update(jobs)
                 .where(jobs.c.id == oldest, jobs.c.status == QUEUED)
                 .values(
-                    status=RUNNING,
+                    status=PROCESSING,
                     started=now,
                     replica=replica,
                     lease_owner=replica,
@@ -438,18 +454,28 @@ class Store:
         with self._tx() as tx:
             row = tx.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.lease_owner == replica, jobs.c.status == RUNNING)
+                .where(jobs.c.id == job_id, jobs.c.lease_owner == replica, jobs.c.status == PROCESSING)
                 .values(**values)
                 .returning(jobs.c.cancel_requested)
             ).first()
         return Lease(owned=row is not None, cancel=bool(row is not None and row[0]))
 
-    def _end(self, tx: _Tx, job_id: str, replica: str | None, status: str, values: dict[str, Any]) -> bool:
-        """Move a running job (held by `replica`, or any holder when None) to a final state, settling its credits."""
-        condition = [jobs.c.id == job_id, jobs.c.status == RUNNING]
+    def _end(
+        self,
+        tx: _Tx,
+        job_id: str,
+        replica: str | None,
+        status: str,
+        values: dict[str, Any],
+        *,
+        charge: bool = True,
+    ) -> bool:
+        """Move a running job (held by `replica`, or any holder when None) to a final state, settling its credits:
+        charged when it COMPLETED and `charge` (a /v1 job is charged by its waiter, on delivery), else released."""
+        condition = [jobs.c.id == job_id, jobs.c.status == PROCESSING]
         if replica is not None:
             condition.append(jobs.c.lease_owner == replica)
-        row = tx.execute(
+        changed = tx.execute(
             sa.update(jobs)
             .where(*condition)
             .values(
@@ -460,37 +486,51 @@ class Store:
                 lease_expires=None,
                 **values,
             )
-            .returning(jobs.c.key_id, jobs.c.webhook_url)
-        ).first()
-        if row is None:
+        ).rowcount
+        if not changed:
             return False
-        ledger.settle(tx.conn, job_id, charge=status == SUCCEEDED)
-        self._ended(tx, job_id, row.key_id, row.webhook_url, status)
+        if status != COMPLETED:
+            ledger.settle(tx.conn, job_id, charge=False)
+        elif charge:
+            ledger.settle(tx.conn, job_id, charge=True)
+        self._ended(tx, job_id)
         return True
 
-    def _ended(self, tx: _Tx, job_id: str, key_id: str, webhook_url: str | None, status: str) -> None:
-        if webhook_url:
+    def _ended(self, tx: _Tx, job_id: str) -> None:
+        """The job reached its final state in this transaction: queue its webhook and wake its waiter."""
+        row = dict(tx.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()._mapping)
+        if row["webhook_url"]:
+            now = time.time()
+            body = json.dumps(self.webhook_body(row), separators=(",", ":"), default=str)
             tx.execute(
                 sa.insert(webhook_deliveries).values(
                     id="msg_" + uuid.uuid4().hex,
                     job_id=job_id,
-                    key_id=key_id,
-                    url=webhook_url,
-                    event=f"job.{status}",
+                    key_id=row["key_id"],
+                    url=row["webhook_url"],
+                    body=body,
                     status="pending",
                     attempts=0,
-                    next_attempt=time.time(),
-                    created=time.time(),
+                    created=now,
+                    next_attempt=now,
                 )
             )
         tx.notify(wakeup.ENDED, job_id)
 
-    def complete(self, job_id: str, replica: str, result: str, keep_s: float) -> bool:
-        """Store the result and charge, atomically; False when the lease was lost (someone else owns the job)."""
+    def complete(
+        self,
+        job_id: str,
+        replica: str,
+        result: str,
+        *,
+        charge: bool = True,
+        metrics: dict[str, float] | None = None,
+    ) -> bool:
+        """Store the result (and charge, unless the waiter charges on delivery), atomically; False when the lease
+        was lost (someone else owns the job now)."""
+        values = {"result": result, "metrics": json.dumps(metrics) if metrics else None}
         with self._tx() as tx:
-            return self._end(
-                tx, job_id, replica, SUCCEEDED, {"result": result, "result_expires": time.time() + keep_s}
-            )
+            return self._end(tx, job_id, replica, COMPLETED, values, charge=charge)
 
     def fail(self, job_id: str, replica: str | None, failure: JobFailure) -> bool:
         """The job failed: record why and release its credits, atomically."""
@@ -506,16 +546,15 @@ class Store:
             return self._end(tx, job_id, replica, CANCELED, {"error": "canceled", "error_status": 499})
 
     def _end_queued(self, tx: _Tx, job_id: str, status: str, values: dict[str, Any]) -> bool:
-        row = tx.execute(
+        changed = tx.execute(
             sa.update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == QUEUED)
             .values(status=status, finished=time.time(), payload=None, **values)
-            .returning(jobs.c.key_id, jobs.c.webhook_url)
-        ).first()
-        if row is None:
+        ).rowcount
+        if not changed:
             return False
         ledger.settle(tx.conn, job_id, charge=False)
-        self._ended(tx, job_id, row.key_id, row.webhook_url, status)
+        self._ended(tx, job_id)
         return True
 
     def cancel(self, job_id: str, key_id: str | None = None) -> str | None:
@@ -531,7 +570,7 @@ class Store:
             if status == QUEUED:
                 self._end_queued(tx, job_id, CANCELED, {"error": "canceled", "error_status": 499})
                 return "removed"
-            if status == RUNNING:
+            if status == PROCESSING:
                 tx.execute(sa.update(jobs).where(jobs.c.id == job_id).values(cancel_requested=1))
                 tx.notify(wakeup.CANCEL, job_id)
                 return "stopping"
@@ -552,7 +591,7 @@ class Store:
                 return report
             expired = tx.execute(
                 sa.select(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested)
-                .where(jobs.c.status == RUNNING, jobs.c.lease_expires < now)
+                .where(jobs.c.status == PROCESSING, jobs.c.lease_expires < now)
                 .with_for_update(skip_locked=True)
             ).all()
             for row in expired:
@@ -587,7 +626,9 @@ class Store:
         requeued = failed = 0
         with self._tx() as tx:
             rows = tx.execute(
-                sa.select(jobs.c.id, jobs.c.sync, jobs.c.status).where(jobs.c.status.in_((QUEUED, RUNNING)))
+                sa.select(jobs.c.id, jobs.c.sync, jobs.c.status).where(
+                    jobs.c.status.in_((QUEUED, PROCESSING))
+                )
             ).all()
             for row in rows:
                 values = {"error": failure.message, "error_status": failure.status}
@@ -596,49 +637,69 @@ class Store:
                         tx, row.id, FAILED, values
                     )
                     failed += int(ended)
-                elif row.status == RUNNING:
+                elif row.status == PROCESSING:
                     tx.execute(
                         sa.update(jobs)
                         .where(jobs.c.id == row.id)
-                        .values(status=QUEUED, lease_owner=None, lease_expires=None, started=None)
+                        .values(
+                            status=QUEUED,
+                            lease_owner=None,
+                            lease_expires=None,
+                            started=None,
+                            step=None,
+                            total_steps=None,
+                        )
                     )
                     requeued += 1
-            # holds of 0.1 files whose job already ended (a crash between its two transactions)
+            # holds whose job already ended: a 0.1 crash between two transactions, or a /v1 image nobody took
             stray = tx.execute(
-                sa.select(credit_reservations.c.ref, jobs.c.status)
+                sa.select(credit_reservations.c.ref, jobs.c.status, jobs.c.sync)
                 .join(jobs, jobs.c.id == credit_reservations.c.ref, isouter=True)
                 .where(sa.or_(jobs.c.status.in_(TERMINAL), jobs.c.status.is_(None)))
             ).all()
-            for ref, status in stray:
-                ledger.settle(tx.conn, ref, charge=status == SUCCEEDED)
+            for ref, status, sync in stray:
+                ledger.settle(tx.conn, ref, charge=status == COMPLETED and not sync)
         return requeued, failed
 
-    def purge_expired(self) -> int:
-        """Remove results past their keep time (the job row stays, so an expired id gets a clear answer)."""
-        now = time.time()
+    def expire(self, finished_before: float) -> int:
+        """Drop results and inputs of jobs that ended before `finished_before`; the row stays (expired=1), so an
+        expired id gets a clear answer instead of "unknown"."""
         with self._tx() as tx:
             return tx.execute(
                 sa.update(jobs)
-                .where(jobs.c.result_expires < now, jobs.c.purged.is_(None), jobs.c.status.in_(TERMINAL))
-                .values(result=None, purged=now)
+                .where(jobs.c.expired == 0, jobs.c.finished < finished_before, jobs.c.status.in_(TERMINAL))
+                .values(result=None, payload=None, expired=1)
             ).rowcount
 
+    def release_undelivered(self, finished_before: float) -> list[str]:
+        """/v1 jobs that COMPLETED before `finished_before` but whose waiter never took the image (it died): their
+        hold goes back. Their waiter would have charged them on delivery."""
+        released = []
+        with self._tx() as tx:
+            rows = (
+                tx.execute(
+                    sa.select(credit_reservations.c.ref)
+                    .join(jobs, jobs.c.id == credit_reservations.c.ref)
+                    .where(jobs.c.status == COMPLETED, jobs.c.sync == 1, jobs.c.finished < finished_before)
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
+            for ref in rows:
+                if ledger.settle(tx.conn, ref, charge=False):
+                    released.append(ref)
+        return released
+
     # -- webhook outbox --------------------------------------------------------------------------------------------
-    def claim_webhooks(self, owner: str, limit: int = 8, lease_s: float = 60.0) -> list[dict[str, Any]]:
-        """Due deliveries, leased to `owner` so that no two senders post the same one at once."""
-        now = time.time()
+    def claim_due(self, now: float, lease: float, limit: int = 16) -> list[dict[str, Any]]:
+        """Pending messages due now; their next attempt moves `lease` seconds ahead, so no other sender takes them
+        meanwhile and a sender that dies mid-send only delays the retry (same message id)."""
         with self._tx() as tx:
             due = (
                 tx.execute(
                     sa.select(webhook_deliveries.c.id)
-                    .where(
-                        webhook_deliveries.c.status == "pending",
-                        webhook_deliveries.c.next_attempt <= now,
-                        sa.or_(
-                            webhook_deliveries.c.lease_expires.is_(None),
-                            webhook_deliveries.c.lease_expires < now,
-                        ),
-                    )
+                    .where(webhook_deliveries.c.status == "pending", webhook_deliveries.c.next_attempt <= now)
                     .order_by(webhook_deliveries.c.next_attempt)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
@@ -651,50 +712,63 @@ class Store:
             rows = tx.execute(
                 sa.update(webhook_deliveries)
                 .where(webhook_deliveries.c.id.in_(due))
-                .values(lease_owner=owner, lease_expires=now + lease_s)
+                .values(next_attempt=now + lease, claimed=now)
                 .returning(*webhook_deliveries.c)
             ).all()
-        return [dict(r._mapping) for r in rows]
+        return sorted((dict(r._mapping) for r in rows), key=lambda r: r["created"])
 
-    def set_webhook_body(self, delivery_id: str, body: str) -> str:
-        """Fix the body at the first attempt; later attempts send the stored one. Returns the body to send."""
+    def record_success(self, message_id: str, http_status: int) -> None:
+        now = time.time()
         with self._tx() as tx:
             tx.execute(
                 sa.update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == delivery_id, webhook_deliveries.c.body.is_(None))
-                .values(body=body)
-            )
-            return tx.execute(
-                sa.select(webhook_deliveries.c.body).where(webhook_deliveries.c.id == delivery_id)
-            ).scalar()
-
-    def webhook_attempted(
-        self,
-        delivery_id: str,
-        owner: str,
-        *,
-        delivered: bool,
-        http_status: int | None = None,
-        error: str | None = None,
-        retry_at: float | None = None,
-    ) -> None:
-        """Record one attempt: delivered, to be retried at `retry_at`, or given up (retry_at None)."""
-        status = "delivered" if delivered else ("pending" if retry_at is not None else "failed")
-        with self._tx() as tx:
-            tx.execute(
-                sa.update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == delivery_id, webhook_deliveries.c.lease_owner == owner)
+                .where(webhook_deliveries.c.id == message_id)
                 .values(
-                    status=status,
+                    status="delivered",
                     attempts=webhook_deliveries.c.attempts + 1,
+                    last_attempt=now,
                     last_status=http_status,
-                    last_error=error,
-                    lease_owner=None,
-                    lease_expires=None,
-                    next_attempt=retry_at if retry_at is not None else webhook_deliveries.c.next_attempt,
-                    delivered=time.time() if delivered else None,
+                    last_error=None,
+                    delivered=now,
+                    claimed=None,
                 )
             )
+
+    def record_failure(
+        self, message_id: str, http_status: int | None, error: str, retry_at: float | None
+    ) -> None:
+        """A failed attempt: retry at `retry_at`, or give up when it is None."""
+        now = time.time()
+        values: dict[str, Any] = {
+            "attempts": webhook_deliveries.c.attempts + 1,
+            "last_attempt": now,
+            "last_status": http_status,
+            "last_error": error[:500],
+            "claimed": None,
+        }
+        values |= {"next_attempt": retry_at} if retry_at is not None else {"status": "failed"}
+        with self._tx() as tx:
+            tx.execute(
+                sa.update(webhook_deliveries).where(webhook_deliveries.c.id == message_id).values(**values)
+            )
+
+    def reclaim(self) -> int:
+        """At start-up: messages claimed by a sender that died mid-send are due again now (same id)."""
+        with self._tx() as tx:
+            return tx.execute(
+                sa.update(webhook_deliveries)
+                .where(webhook_deliveries.c.status == "pending", webhook_deliveries.c.claimed.is_not(None))
+                .values(next_attempt=time.time(), claimed=None)
+            ).rowcount
+
+    def next_due(self) -> float | None:
+        with self._read() as conn:
+            value = conn.execute(
+                sa.select(sa.func.min(webhook_deliveries.c.next_attempt)).where(
+                    webhook_deliveries.c.status == "pending"
+                )
+            ).scalar()
+        return None if value is None else float(value)
 
     def deliveries(self, job_id: str) -> list[dict[str, Any]]:
         with self._read() as conn:
