@@ -29,9 +29,9 @@ from PIL import Image
 
 from idforge.demo.samples import square_face_png
 from idforge.server.app import ServerConfig, create_app
+from idforge.server.db import Store
 from idforge.server.jobs import JobOutput
 from idforge.server.runner import BackgroundServer
-from idforge.server.store import SQLiteKeyStore
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -134,7 +134,7 @@ def main() -> int:
             ),
         )
         db = Path(tmp) / "bench.db"
-        keys = SQLiteKeyStore(db)
+        keys = Store.open(db)
         _, token = keys.create_key(1_000_000)
         app = create_app(ServerConfig(db_path=db, models_dirs=[str(kit)], queue_size=4096), keys=keys)
         direct, serial = [], []
@@ -154,7 +154,7 @@ def main() -> int:
 
         # the server alone: instant images
         null_db = Path(tmp) / "null.db"
-        null_keys = SQLiteKeyStore(null_db)
+        null_keys = Store.open(null_db)
         _, null_token = null_keys.create_key(1_000_000)
         null_app = create_app(
             ServerConfig(db_path=null_db, queue_size=4096), generator=NullGenerator(), keys=null_keys

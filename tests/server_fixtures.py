@@ -14,9 +14,9 @@ from PIL import Image
 
 from idforge.demo.samples import square_face_png
 from idforge.server.app import ServerConfig, create_app
+from idforge.server.db import Store
 from idforge.server.jobs import JobError, JobOutput, JobSpec
 from idforge.server.runner import BackgroundServer
-from idforge.server.store import SQLiteKeyStore
 
 
 def b64(data: bytes) -> str:
@@ -162,7 +162,7 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
 @contextmanager
 def running_server(db: Path, generator=None, **config):
     """A real uvicorn server on loopback with its own key store; yields (url, keys)."""
-    keys = SQLiteKeyStore(db)
+    keys = Store.open(db)
     app = create_app(ServerConfig(db_path=db, **config), generator=generator, keys=keys)
     server = BackgroundServer(app).start()
     try:

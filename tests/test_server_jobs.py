@@ -215,7 +215,7 @@ def test_v1_job_ids_are_not_v2_resources(server):
 
 
 def test_results_expire_with_a_clear_message(tmp_path):
-    from idforge.server.jobs import JobStore
+    from idforge.server.db import Store
 
     db = tmp_path / "ttl.db"
     with running_server(db, FakeGenerator(), result_ttl=1.0) as (url, keys):
@@ -228,9 +228,9 @@ def test_results_expire_with_a_clear_message(tmp_path):
             expired = get(resource, token)
             assert expired.status_code == 410, expired.text
             assert "expired" in expired.json()["error"] and "kept for 1 s" in expired.json()["error"]
-        store = JobStore(db)
+        store = Store.open(db)
         try:  # the janitor removes the result from the database too (the row stays, so 410 and not 404)
-            row = wait_for(lambda: (r := store.get(job["request_id"]))["expired"] and r, timeout=5)
+            row = wait_for(lambda: (r := store.job(job["request_id"]))["expired"] and r, timeout=5)
             assert row["result"] is None and row["payload"] is None
         finally:
             store.close()

@@ -15,9 +15,10 @@ import pytest
 from idforge.cli import main
 from idforge.demo.samples import square_face_png
 from idforge.errors import InputImageError, ParameterError
+from idforge.server.db import Store
 from idforge.server.images import ImagePolicy, image_bytes, is_public_address
 from idforge.server.pricing import Pricing
-from idforge.server.store import NotEnoughCredits, SQLiteKeyStore, UnknownKey, hash_token
+from idforge.server.store import NotEnoughCredits, UnknownKey, hash_token
 from server_fixtures import b64, dark_png
 
 # -- pricing ------------------------------------------------------------------------------------------------------
@@ -44,7 +45,7 @@ def test_price_is_configurable():
 
 @pytest.fixture
 def store(tmp_path):
-    s = SQLiteKeyStore(tmp_path / "keys.db")
+    s = Store.open(tmp_path / "keys.db")
     yield s
     s.close()
 
@@ -92,9 +93,9 @@ def test_reserve_commit_release(store):
 
 def test_concurrent_reservations_never_overdraw(tmp_path):
     path = tmp_path / "race.db"
-    owner = SQLiteKeyStore(path)
+    owner = Store.open(path)
     record, _ = owner.create_key(7)
-    stores = [SQLiteKeyStore(path) for _ in range(4)]  # several connections, as several processes would have
+    stores = [Store.open(path) for _ in range(4)]  # several connections, as several processes would have
 
     def attempt(i: int) -> bool:
         try:
@@ -117,7 +118,7 @@ def test_keys_cli(tmp_path, capsys):
     db = str(tmp_path / "cli.db")
     assert main(["keys", "create", "--credits", "4", "--name", "bob", "--db", db]) == 0
     token = capsys.readouterr().out.strip()
-    store = SQLiteKeyStore(db)
+    store = Store.open(db)
     record = store.authenticate(token)
     assert record is not None and record.balance == 4 and record.name == "bob"
     assert main(["keys", "topup", record.id, "6", "--db", db]) == 0

@@ -152,7 +152,7 @@ def test_slow_dead_and_redirecting_receivers_never_block_or_lose_results(server,
 
 def test_retries_stop_after_the_retry_window(tmp_path):
     short = WebhookPolicy(
-        allow_hosts=("127.0.0.1",), timeout=0.5, first_retry=0.1, max_interval=0.2, retry_for=1.0
+        allow_hosts=("127.0.0.1",), timeout=0.5, first_retry=0.1, max_interval=0.2, retry_for=2.0
     )
     with running_server(tmp_path / "short.db", FakeGenerator(), webhooks=short) as (url, keys):
         _, token = keys.create_key(5)

@@ -139,9 +139,9 @@ def test_claim_complete_charges_once_and_only_the_lease_holder(store):
     assert lease.owned and not lease.cancel
     assert (store.job("req_1")["step"], store.job("req_1")["total_steps"]) == (3, 4)
     assert store.renew("req_1", "replica-b", 30).owned is False
-    assert store.complete("req_1", "replica-b", '{"r": 1}') is False  # not the holder
-    assert store.complete("req_1", "replica-a", '{"r": 1}') is True
-    assert store.complete("req_1", "replica-a", '{"r": 1}') is False  # a retry changes nothing
+    assert store.complete("req_1", "replica-b", '{"r": 1}') is None  # not the holder
+    assert store.complete("req_1", "replica-a", '{"r": 1}') == "COMPLETED"
+    assert store.complete("req_1", "replica-a", '{"r": 1}') is None  # a retry changes nothing
     row = store.job("req_1")
     assert (row["status"], row["replica"], row["attempts"], row["payload"]) == (
         "COMPLETED",
@@ -164,7 +164,7 @@ def test_expired_leases_are_requeued_then_failed_and_refunded(store):
         time.sleep(0.1)  # the worker "died": nobody renews
         assert store.reap(max_attempts=3).requeued == ["req_x"]
         assert store.renew("req_x", f"dead-{attempt}", 30).owned is False  # a zombie learns it lost the job
-        assert store.complete("req_x", f"dead-{attempt}", "{}") is False  # ... and cannot charge
+        assert store.complete("req_x", f"dead-{attempt}", "{}") is None  # ... and cannot charge
     assert store.reap(max_attempts=3).requeued == []  # nothing expired
     job = store.claim("dead-3", lease_s=0.05)
     assert job.attempts == 3
@@ -183,9 +183,9 @@ def test_reaped_job_finishes_elsewhere_charged_once(store):
     time.sleep(0.1)
     store.reap()
     assert store.claim("fast", lease_s=30).attempts == 2
-    assert store.complete("fast", "fast", "{}") is False  # wrong id: nothing
-    assert store.complete("req_y", "fast", '{"ok": 1}') is True
-    assert store.complete("req_y", "slow", '{"late": 1}') is False  # the first worker woke up too late
+    assert store.complete("fast", "fast", "{}") is None  # wrong id: nothing
+    assert store.complete("req_y", "fast", '{"ok": 1}') == "COMPLETED"
+    assert store.complete("req_y", "slow", '{"late": 1}') is None  # the first worker woke up too late
     assert store.job("req_y")["result"] == '{"ok": 1}' and store.job("req_y")["replica"] == "fast"
     assert store.get(record.id).spent == 1 and store.audit() == []
 

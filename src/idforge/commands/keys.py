@@ -1,4 +1,4 @@
-"""`idforge keys`: create, list, top up and revoke API keys (and show their webhook secrets) in the server's database."""
+"""`idforge keys`: create, list, top up and revoke API keys (and show their webhook secrets), on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import time
 
 def _db_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--db", default=None, help="SQLite database (default: $IDFORGE_DB or ~/.idforge/idforge.db)"
+        "--db",
+        default=None,
+        help="SQLite file or postgresql://user@host:port/db (default: $IDFORGE_DB or ~/.idforge/idforge.db)",
     )
 
 
@@ -51,9 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _store(args: argparse.Namespace):
-    from idforge.server.store import SQLiteKeyStore, default_db_path
+    from idforge.server.db import Store
 
-    return SQLiteKeyStore(args.db or default_db_path())
+    return Store.open(args.db)
 
 
 def run_create(args: argparse.Namespace) -> int:

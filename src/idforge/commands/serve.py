@@ -1,4 +1,7 @@
-"""`idforge serve`: the HTTP API (one process, one GPU worker thread, SQLite for keys, credits and jobs)."""
+"""`idforge serve`: the HTTP API: one process with one worker (default), or `--ray`: Ray Serve with N model replicas.
+
+Keys, credits and jobs live in the `--db` store: a SQLite file (default) or PostgreSQL (needed across machines).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tiny-kit or ComfyUI models folder(s)",
     )
     parser.add_argument(
-        "--db", default=None, help="SQLite database (default: $IDFORGE_DB or ~/.idforge/idforge.db)"
+        "--db",
+        default=None,
+        help="SQLite file or postgresql://user@host:port/db (default: $IDFORGE_DB or ~/.idforge/idforge.db)",
+    )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve on Ray Serve: one model replica per GPU (needs idforge[ray])",
+    )
+    parser.add_argument("--replicas", type=int, default=1, help="with --ray: model replicas (default 1)")
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --ray: an existing cluster (e.g. ray://head:10001); default: a local one",
+    )
+    parser.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=1.0,
+        help="with --ray: CPUs reserved per model replica (default 1)",
+    )
+    parser.add_argument(
+        "--lease-s",
+        type=float,
+        default=30.0,
+        help="a dead worker's job goes to another after this long (default 30)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="runs of a job whose workers died before it fails (default 3)",
     )
     parser.add_argument("--base", default=None, help="base model (diffusers folder, single file or hub id)")
     parser.add_argument("--face-models", default=None, help="insightface pack folder or name")
@@ -49,20 +83,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import uvicorn
 
+    from idforge.errors import ParameterError
     from idforge.server.app import ServerConfig, create_app
+    from idforge.server.db import Store, default_target, parse_target
     from idforge.server.images import ImagePolicy
     from idforge.server.logs import setup_logging
     from idforge.server.pricing import Pricing
     from idforge.server.runner import uvicorn_config
-    from idforge.server.store import default_db_path
 
     setup_logging(args.log_level)
+    db = args.db or default_target()
+    target = parse_target(db)  # a malformed --db is one line before anything starts
+    Store.open(db).close()  # ... and so is an unreachable one (and the schema is brought up to date once)
+    if args.replicas < 1:
+        raise ParameterError("--replicas", f"{args.replicas} must be >= 1")
     config = ServerConfig(
-        db_path=Path(args.db) if args.db else default_db_path(),
+        db_path=db,
         models_dirs=list(args.models),
         base=args.base,
         face_models=args.face_models,
@@ -78,7 +116,17 @@ def run(args: argparse.Namespace) -> int:
             allow_hosts=tuple(args.allow_url_host),
         ),
         pricing=Pricing(steps_per_block=args.steps_per_credit),
+        lease_s=args.lease_s,
+        max_attempts=args.max_attempts,
+        log_level=args.log_level,
     )
+    if args.ray:
+        from idforge.server.ray_serve import RayOptions, run_on_ray
+
+        if target.backend == "sqlite" and args.ray_address:
+            raise ParameterError("--db", "a cluster needs a shared database: give --db postgresql://...")
+        options = RayOptions(replicas=args.replicas, model_cpus=args.replica_cpus)
+        return run_on_ray(config, options, address=args.ray_address, host=args.host, port=args.port)
     app = create_app(config)
     uvicorn.Server(uvicorn_config(app, args.host, args.port, log_level=args.log_level)).run()
     return 0

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +27,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from idforge import __version__
 from idforge.errors import IdforgeError, ParameterError
 from idforge.server.contract import TERMINAL, result_body, status_body, submit_body
+from idforge.server.db import Store
 from idforge.server.images import ImagePolicy
 from idforge.server.jobs import (
     Delivery,
     Generator,
     JobCanceled,
     JobError,
-    JobQueue,
-    JobStore,
     QueueFull,
     ServerStopping,
 )
 from idforge.server.methods import build_spec, field_for, output_count
+from idforge.server.metrics import CONTENT_TYPE, metrics_registry, render
 from idforge.server.middleware import RequestContext, error_location, error_response
+from idforge.server.outbox import WebhookOutbox
 from idforge.server.pricing import Pricing
 from idforge.server.schemas import (
     AcceptedResponse,
@@ -54,9 +56,11 @@ from idforge.server.schemas import (
     StyleInfo,
     WebhookListResponse,
 )
-from idforge.server.store import KeyRecord, KeyStore, NotEnoughCredits, SQLiteKeyStore
+from idforge.server.service import JobService
+from idforge.server.store import KeyRecord, NotEnoughCredits
 from idforge.server.urls import public_base_url
 from idforge.server.webhooks import WebhookDispatcher, WebhookPolicy, check_webhook_url
+from idforge.server.worker import Worker, WorkerConfig
 
 log = logging.getLogger("idforge.server")
 
@@ -65,7 +69,9 @@ DISCONNECT_POLL_S = 0.25  # how often a waiting /v1 request checks that its clie
 
 @dataclass
 class ServerConfig:
-    db_path: Path
+    db_path: (
+        Path | str
+    )  # a SQLite file, or a postgresql://user@host:port/db URL (the store of keys, credits, jobs)
     models_dirs: list[str] = field(default_factory=list)
     base: str | None = None
     face_models: str | None = None
@@ -82,6 +88,9 @@ class ServerConfig:
     result_ttl: float = 3600.0  # seconds a finished /v2 job's result is kept
     webhooks: WebhookPolicy | None = None  # None: the image URL allow-list, default timings
     warm_up: bool = True  # load the models before reporting ready
+    lease_s: float = 30.0  # a worker that stops renewing for this long loses its job to another worker
+    max_attempts: int = 3  # runs of one job (its workers died) before it is failed and refunded
+    log_level: str = "info"
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -103,27 +112,42 @@ JOB_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(
-    config: ServerConfig, generator: Generator | None = None, keys: KeyStore | None = None
+    config: ServerConfig,
+    generator: Generator | None = None,
+    keys: Store | None = None,
+    *,
+    embedded_worker: bool = True,
 ) -> FastAPI:
-    """The app; `generator` defaults to the real engine (tests may inject another)."""
-    keys = keys if keys is not None else SQLiteKeyStore(config.db_path)
-    jobs = JobStore(config.db_path)
-    if generator is None:
-        from idforge.engine.session import ModelChoice
-        from idforge.server.methods import EngineGenerator
+    """The app; `generator` defaults to the real engine (tests may inject another). With `embedded_worker`
+    (the single-process server) the app runs the one worker itself; without (behind Ray Serve) model replicas
+    elsewhere take the jobs from the same database."""
+    owns_store = keys is None
+    store = keys if keys is not None else Store.open(config.db_path)
+    store.webhook_body = status_body  # a webhook carries exactly what a poller of the status would see
+    keys = jobs = store
+    worker = None
+    if embedded_worker:
+        if generator is None:
+            from idforge.server.methods import make_generator
 
-        models = ModelChoice(base=config.base, face_models=config.face_models, models_dirs=config.models_dirs)
-        generator = EngineGenerator(models, device=config.device, dtype=config.dtype)
-    queue = JobQueue(
-        jobs,
-        keys,
-        generator,
-        capacity=config.queue_size,
-        retry_after=config.retry_after,
-        warm_up=config.warm_up,
-    )
+            generator = make_generator(config)
+        worker = Worker(
+            store,
+            generator,
+            WorkerConfig(
+                replica=f"embedded-{uuid.uuid4().hex[:8]}",
+                device=str(config.device),
+                lease_s=config.lease_s,
+                keep_result_s=config.result_ttl,
+                max_attempts=config.max_attempts,
+            ),
+            warm_up=config.warm_up,
+        )
+    queue = JobService(store, capacity=config.queue_size, retry_after=config.retry_after, worker=worker)
     webhook_policy = config.webhooks or WebhookPolicy(allow_hosts=tuple(config.images.allow_hosts))
-    dispatcher = WebhookDispatcher(jobs.outbox, keys.webhook_secret, webhook_policy)
+    outbox = WebhookOutbox(store)
+    dispatcher = WebhookDispatcher(outbox, store.webhook_secret, webhook_policy)
+    registry = metrics_registry(store)
 
     async def expire_results() -> None:
         """Results older than result_ttl go (the row stays, so the id answers 410, not 404)."""
@@ -144,6 +168,8 @@ def create_app(
         janitor.cancel()
         await run_in_threadpool(queue.stop, config.shutdown_timeout)
         await run_in_threadpool(dispatcher.stop)
+        if owns_store:
+            store.close()
         log.info("server stopped")
 
     app = FastAPI(
@@ -158,6 +184,7 @@ def create_app(
     )
     app.state.queue = queue
     app.state.keys = keys
+    app.state.store = store
     app.state.config = config
     app.state.dispatcher = dispatcher
     app.add_middleware(RequestContext, keys=keys, max_body_bytes=config.max_body_bytes)
@@ -254,9 +281,10 @@ def create_app(
         if failure is not None:
             return failure
         submitted, cost = outcome
-        waiting = asyncio.wrap_future(submitted.future)
+        waiting = asyncio.ensure_future(queue.outcome(submitted.job_id))
         waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # always retrieved
         if not await wait_for_client(submitted.job_id, waiting, request):
+            waiting.cancel()
             return error_response(499, "the client closed the connection; the job was canceled", request)
         try:
             delivery: Delivery = waiting.result()
@@ -329,7 +357,7 @@ def create_app(
     # -- the v2 job resources ---------------------------------------------------------------------------------
     async def own_job(request_id: str, key: KeyRecord, request: Request, *, allow_expired: bool = False):
         """The job row if this key submitted it (else a 404 that says nothing about other keys' jobs)."""
-        row = await run_in_threadpool(jobs.get, request_id)
+        row = await run_in_threadpool(jobs.job, request_id)
         if row is None or row["key_id"] != key.id or row["sync"]:
             return None, error_response(404, f"no request {request_id!r} for this key", request)
         request.state.job_id = request_id
@@ -403,7 +431,7 @@ def create_app(
         row, failure = await own_job(request_id, key, request, allow_expired=True)
         if failure is not None:
             return failure
-        messages = await run_in_threadpool(jobs.outbox.for_job, request_id)
+        messages = await run_in_threadpool(outbox.for_job, request_id)
         return JSONResponse(
             {
                 "request_id": request_id,
@@ -432,6 +460,7 @@ def create_app(
     def health_body() -> dict[str, Any]:
         stats = queue.stats()
         readiness = dict(queue.readiness)
+        replicas = queue.replicas()
         if not stats["worker_alive"] and readiness["state"] == "ready":
             status = "degraded"
         else:
@@ -445,6 +474,8 @@ def create_app(
             "warm_up_s": readiness.get("warm_up_s"),
             "queue": stats,
             "webhooks": {"dispatcher_alive": dispatcher.alive},
+            "store": store.backend,
+            "replicas": replicas,
         }
 
     @app.get(
@@ -454,7 +485,7 @@ def create_app(
         summary="Liveness: loading (with what is loading) or ready, and queue state (no auth)",
     )
     async def health():
-        body = health_body()
+        body = await run_in_threadpool(health_body)
         return JSONResponse(body, status_code=503 if body["status"] == "degraded" else 200)
 
     @app.get(
@@ -464,8 +495,17 @@ def create_app(
         summary="Readiness probe: 200 once the models are loaded, 503 until then (no auth)",
     )
     async def health_ready():
-        body = health_body()
+        body = await run_in_threadpool(health_body)
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics of the whole service (queue depth, jobs by state, latencies, credits)",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics():
+        return Response(await run_in_threadpool(render, registry), media_type=CONTENT_TYPE)
 
     _install_openapi(app)
     return app

@@ -73,6 +73,8 @@ def status_body(row: dict[str, Any], *, position: int | None = None) -> dict[str
     elif status == CANCELED:
         body["error"] = row["error"] or "canceled"
     body["metrics"] = _metrics(row)
+    body["attempts"] = row.get("attempts") or 0  # runs started (more than 1: a replica died while running it)
+    body["replica"] = row.get("replica")  # the replica that ran (or runs) its latest attempt
     body["credits"] = row["cost"] if status in (QUEUED, PROCESSING, COMPLETED) else 0
     if status in TERMINAL and row.get("finished"):
         body["finished_at"] = row["finished"]

@@ -98,6 +98,14 @@ def field_for(name: str | None) -> str | None:
     return name
 
 
+def make_generator(config: Any) -> EngineGenerator:
+    """The real generator for a ServerConfig (models, device, dtype)."""
+    from idforge.engine.session import ModelChoice
+
+    models = ModelChoice(base=config.base, face_models=config.face_models, models_dirs=config.models_dirs)
+    return EngineGenerator(models, device=config.device, dtype=config.dtype)
+
+
 class EngineGenerator:
     """The real generator: one Engine, created and used only on the worker thread."""
 

@@ -40,14 +40,6 @@ class RayOptions:
     health_check_period_s: float = 5.0
 
 
-def _generator(config: ServerConfig):
-    from idforge.engine.session import ModelChoice
-    from idforge.server.methods import EngineGenerator
-
-    models = ModelChoice(base=config.base, face_models=config.face_models, models_dirs=config.models_dirs)
-    return EngineGenerator(models, device=config.device, dtype=config.dtype)
-
-
 def _device_name(requested: str) -> str:
     import torch
 
@@ -68,7 +60,9 @@ class ModelReplica:
         context = serve.get_replica_context()
         self.name = context.replica_id.to_full_id_str().removeprefix("SERVE_REPLICA::")
         self.store = Store.open(config.db_path)
-        generator = _generator(config)
+        from idforge.server.methods import make_generator
+
+        generator = make_generator(config)
         worker_config = WorkerConfig(
             replica=self.name,
             device=_device_name(config.device),
@@ -76,8 +70,7 @@ class ModelReplica:
             keep_result_s=config.keep_result_s,
             max_attempts=config.max_attempts,
         )
-        prepare = getattr(generator, "warm_up", None) or (lambda: generator.engine)
-        self.worker = Worker(self.store, generator, worker_config, prepare=prepare).start()
+        self.worker = Worker(self.store, generator, worker_config, warm_up=config.warm_up).start()
         log.info(
             "model replica started",
             extra={"fields": {"replica": self.name, "pid": os.getpid(), "host": socket.gethostname()}},
@@ -85,7 +78,7 @@ class ModelReplica:
 
     def check_health(self) -> None:
         """Serve calls this periodically: a replica whose worker failed to load or died is replaced."""
-        if self.worker.state == "failed" or not self.worker.alive:
+        if not self.worker.alive:
             raise RuntimeError(f"worker {self.worker.state}: {self.worker.detail}")
 
     async def snapshot(self) -> dict[str, Any]:
@@ -151,3 +144,32 @@ def app_builder(args: dict[str, Any]):
     )
     options = RayOptions(replicas=int(args.get("replicas", 1)), model_cpus=float(args.get("model_cpus", 1.0)))
     return build_application(config, options, ray.cluster_resources().get("GPU", 0.0))
+
+
+def run_on_ray(
+    config: ServerConfig, options: RayOptions, *, address: str | None, host: str, port: int
+) -> int:
+    """`idforge serve --ray`: attach to `address` (or start a local cluster), deploy, serve until Ctrl-C."""
+    import time
+
+    import ray
+
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    serve.run(build_application(config, options, gpus), name=APP_NAME, route_prefix="/")
+    log.info(
+        "serving on ray",
+        extra={
+            "fields": {"url": f"http://{host}:{port}", "replicas": options.replicas, "cluster_gpus": gpus}
+        },
+    )
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0

@@ -195,6 +195,8 @@ class JobStatusResponse(_JobURLs):
     metrics: dict[str, float] = Field(default_factory=dict, description="timings in seconds")
     credits: int = Field(..., description="credits reserved or charged (0 once failed or canceled)")
     finished_at: float | None = None
+    attempts: int = Field(0, description="runs started; more than 1 when a replica died while running it")
+    replica: str | None = Field(None, description="the model replica that ran (or runs) the job")
 
 
 class JobOutputBody(BaseModel):
@@ -258,3 +260,7 @@ class HealthResponse(BaseModel):
     warm_up_s: float | None = None
     queue: dict[str, Any]
     webhooks: dict[str, Any] = Field(default_factory=dict)
+    store: str = Field("sqlite", description="the database backend: sqlite or postgresql")
+    replicas: list[dict[str, Any]] = Field(
+        default_factory=list, description="model replicas: device, state, jobs done, current job"
+    )

@@ -19,21 +19,25 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Histogram
 
 from idforge.server.db import Claimed, JobFailure, Store, wakeup
-from idforge.server.jobs import Delivery, Generator, _decode_payload, _map_exception, encode_jpeg
+from idforge.server.jobs import (
+    Delivery,
+    Generator,
+    JobCanceled,
+    _decode_payload,
+    _map_exception,
+    encode_jpeg,
+)
 
 log = logging.getLogger("idforge.server.worker")
 
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-
-class JobCanceled(Exception):
-    """Raised from the step callback: the client canceled; stop at this step."""
 
 
 class LeaseLost(Exception):
@@ -105,17 +109,14 @@ class Worker:
     """Claims and runs jobs from `store` with `generator` until stopped. `snapshot()` is what /health shows."""
 
     def __init__(
-        self,
-        store: Store,
-        generator: Generator,
-        config: WorkerConfig,
-        *,
-        prepare: Callable[[], None] | None = None,
+        self, store: Store, generator: Generator, config: WorkerConfig, *, warm_up: bool = True
     ) -> None:
         self.store = store
         self.generator = generator
         self.config = config
-        self.prepare = prepare  # loads the models before the first claim (the replica reports "loading")
+        self.warm_up = warm_up  # load the models before the first claim (the replica reports "loading")
+        self.unavailable: dict[str, str] = {}  # methods whose models are missing, with the reason
+        self.warm_up_s: float | None = None
         self.state = "starting"
         self.detail: str | None = None
         self.current: str | None = None
@@ -178,6 +179,8 @@ class Worker:
             "current_job": self.current,
             "jobs_done": self.jobs_done,
             "jobs_failed": self.jobs_failed,
+            "unavailable": self.unavailable,
+            "warm_up_s": self.warm_up_s,
         }
 
     def _on_cancel(self, job_id: str) -> None:
@@ -233,16 +236,21 @@ class Worker:
 
     # -- the loop ----------------------------------------------------------------------------------------------------
     def _main(self) -> None:
-        if self.prepare is not None:
-            self.state, self.detail = "loading", "models"
+        warm = getattr(self.generator, "warm_up", None)
+        started = time.perf_counter()
+        if self.warm_up and warm is not None:
+            self.state, self.detail = "loading", "starting"
             self._report()
+
+            def report(what: str) -> None:
+                self.detail = what
+                log.info("loading", extra={"fields": {"loading": what, "replica": self.config.replica}})
+
             try:
-                self.prepare()
-            except Exception as exc:  # noqa: BLE001 - a replica that cannot load reports it and takes no jobs
-                self.state, self.detail = "failed", f"loading failed: {exc}"
-                log.error("model loading failed", extra={"fields": {"trace": traceback.format_exc()}})
-                self._report()
-                return
+                self.unavailable = dict(warm(report) or {})
+            except Exception:  # noqa: BLE001 - a warm-up bug must not keep the replica from serving what it can
+                log.error("warm-up failed", extra={"fields": {"trace": traceback.format_exc()}})
+        self.warm_up_s = round(time.perf_counter() - started, 3)
         self.state, self.detail = "ready", None
         self._report()
         backoff = 0.5
@@ -307,13 +315,11 @@ class Worker:
             if lease.lost.is_set():
                 raise LeaseLost(job.id)
             if lease.cancel.is_set():
-                raise JobCanceled(job.id)
+                raise JobCanceled(f"canceled while running, at step {step} of {total}")
 
         try:
             spec = _decode_payload(job.method, job.payload)
             output = self.generator.generate(spec, progress)
-            if lease.cancel.is_set():
-                raise JobCanceled(job.id)
             timings = {
                 "queue_s": round(started - job.created, 4),
                 "inference_s": round(time.time() - started, 4),
@@ -324,16 +330,15 @@ class Worker:
                 extras={name: encode_jpeg(image) for name, image in output.extras.items()},
                 warnings=list(output.warnings),
                 timings=timings | {k: round(float(v), 4) for k, v in output.timings.items()},
+                recipe=dict(output.recipe),
             )
         except LeaseLost:
             log.warning("lease lost; dropping the job's work", extra={"fields": {"job_id": job.id}})
             return "lost"
-        except JobCanceled:
-            return (
-                "canceled"
-                if self._settle(lambda: self.store.canceled(job.id, self.config.replica))
-                else "lost"
-            )
+        except JobCanceled as exc:
+            message = str(exc)
+            ended = self._settle(lambda: self.store.canceled(job.id, self.config.replica, message))
+            return "canceled" if ended else "lost"
         except BaseException as exc:  # noqa: BLE001 - every failure must settle the job and its credits
             error = _map_exception(exc)
             if error.status >= 500:
@@ -348,14 +353,14 @@ class Worker:
                 else "lost"
             )
         result = delivery.to_json()
-        done = self._settle(
+        status = self._settle(
             lambda: self.store.complete(
                 job.id, self.config.replica, result, charge=not job.sync, metrics=delivery.timings
             )
         )
-        return "succeeded" if done else "lost"
+        return {"COMPLETED": "succeeded", "CANCELED": "canceled", None: "lost"}[status]
 
-    def _settle(self, call: Callable[[], bool]) -> bool:
+    def _settle(self, call: Callable[[], Any]) -> Any:
         """Commit a final state, retrying while the database is away (until our lease would have run out)."""
         deadline = time.monotonic() + 2 * self.config.lease_s
         delay = 0.2

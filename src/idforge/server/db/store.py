@@ -9,7 +9,6 @@ atomic), hold a lease they renew, and `reap` puts back jobs whose lease ran out.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import time
@@ -41,7 +40,7 @@ from idforge.server.db.schema import (
     replicas,
     webhook_deliveries,
 )
-from idforge.server.store import TOKEN_PREFIX, KeyRecord, UnknownKey, hash_token
+from idforge.server.store import TOKEN_PREFIX, KeyRecord, UnknownKey, hash_token, new_webhook_secret
 
 REAPER_LOCK = 0x1DF0_0002  # pg advisory lock id: one reaper at a time across the cluster
 
@@ -96,10 +95,6 @@ def default_webhook_body(row: dict[str, Any]) -> dict[str, Any]:
     if row["status"] != COMPLETED:
         body |= {"error": row["error"], "field": row["error_field"]}
     return body
-
-
-def new_webhook_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
 
 
 class _Tx:
@@ -323,6 +318,7 @@ class Store:
         sync: bool,
         capacity: int | None = None,
         webhook_url: str | None = None,
+        base_url: str | None = None,
     ) -> tuple[int, int]:
         """Hold the credits and queue the job in one transaction; returns (queue position, balance after).
 
@@ -348,6 +344,7 @@ class Store:
                     payload=payload,
                     created=time.time(),
                     webhook_url=webhook_url,
+                    base_url=base_url,
                 )
             )
             position = self._position(tx.conn, job_id)
@@ -469,12 +466,15 @@ class Store:
         values: dict[str, Any],
         *,
         charge: bool = True,
+        unless_canceled: bool = False,
     ) -> bool:
         """Move a running job (held by `replica`, or any holder when None) to a final state, settling its credits:
         charged when it COMPLETED and `charge` (a /v1 job is charged by its waiter, on delivery), else released."""
         condition = [jobs.c.id == job_id, jobs.c.status == PROCESSING]
         if replica is not None:
             condition.append(jobs.c.lease_owner == replica)
+        if unless_canceled:
+            condition.append(jobs.c.cancel_requested == 0)
         changed = tx.execute(
             sa.update(jobs)
             .where(*condition)
@@ -525,12 +525,18 @@ class Store:
         *,
         charge: bool = True,
         metrics: dict[str, float] | None = None,
-    ) -> bool:
-        """Store the result (and charge, unless the waiter charges on delivery), atomically; False when the lease
-        was lost (someone else owns the job now)."""
+    ) -> str | None:
+        """Store the result (and charge, unless the waiter charges on delivery), atomically. Returns the final
+        status: COMPLETED, or CANCELED when a cancel arrived after the last step (released, not charged); None
+        when the lease was lost (someone else owns the job now: nothing changed)."""
         values = {"result": result, "metrics": json.dumps(metrics) if metrics else None}
         with self._tx() as tx:
-            return self._end(tx, job_id, replica, COMPLETED, values, charge=charge)
+            if self._end(tx, job_id, replica, COMPLETED, values, charge=charge, unless_canceled=True):
+                return COMPLETED
+            canceled = {"error": "canceled while running (after the last step)", "error_status": 499}
+            if self._end(tx, job_id, replica, CANCELED, canceled):
+                return CANCELED
+            return None
 
     def fail(self, job_id: str, replica: str | None, failure: JobFailure) -> bool:
         """The job failed: record why and release its credits, atomically."""
@@ -540,10 +546,10 @@ class Store:
                 return True
             return self._end_queued(tx, job_id, FAILED, values)
 
-    def canceled(self, job_id: str, replica: str) -> bool:
+    def canceled(self, job_id: str, replica: str, message: str = "canceled while running") -> bool:
         """The worker stopped the job at a step because cancel was asked: record it and release the credits."""
         with self._tx() as tx:
-            return self._end(tx, job_id, replica, CANCELED, {"error": "canceled", "error_status": 499})
+            return self._end(tx, job_id, replica, CANCELED, {"error": message, "error_status": 499})
 
     def _end_queued(self, tx: _Tx, job_id: str, status: str, values: dict[str, Any]) -> bool:
         changed = tx.execute(
@@ -557,7 +563,9 @@ class Store:
         self._ended(tx, job_id)
         return True
 
-    def cancel(self, job_id: str, key_id: str | None = None) -> str | None:
+    def cancel(
+        self, job_id: str, key_id: str | None = None, reason: str = "canceled by the client"
+    ) -> str | None:
         """Cancel for a client: "removed" (was queued; credits back), "stopping" (running: its worker stops at
         the next step), "finished" (already ended), None (no such job for this key)."""
         with self._tx() as tx:
@@ -568,13 +576,25 @@ class Store:
             if status is None:
                 return None
             if status == QUEUED:
-                self._end_queued(tx, job_id, CANCELED, {"error": "canceled", "error_status": 499})
+                self._end_queued(tx, job_id, CANCELED, {"error": reason, "error_status": 499})
                 return "removed"
             if status == PROCESSING:
                 tx.execute(sa.update(jobs).where(jobs.c.id == job_id).values(cancel_requested=1))
                 tx.notify(wakeup.CANCEL, job_id)
                 return "stopping"
             return "finished"
+
+    def discard_undelivered(self, job_id: str, reason: str) -> bool:
+        """A /v1 job COMPLETED but its client left before taking the image: CANCELED, its hold released."""
+        with self._tx() as tx:
+            changed = tx.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == COMPLETED, jobs.c.sync == 1)
+                .values(status=CANCELED, result=None, error=reason, error_status=499)
+            ).rowcount
+            if changed:
+                ledger.settle(tx.conn, job_id, charge=False)
+            return bool(changed)
 
     def reap(self, max_attempts: int = 3) -> ReapReport:
         """Jobs whose lease ran out (their worker died): queued again, or failed and refunded after
