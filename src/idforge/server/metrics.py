@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from idforge.server.db import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATES = ("queued", "running", "succeeded", "failed", "canceled")
+STATES = ("QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED")
 
 
 def _le_key(le: str) -> float:
@@ -35,7 +35,7 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         counts = self.store.counts()
         depth = GaugeMetricFamily("idforge_queue_depth", "jobs waiting for a replica")
-        depth.add_metric([], counts.get("queued", 0))
+        depth.add_metric([], counts.get("QUEUED", 0))
         yield depth
         by_state = GaugeMetricFamily("idforge_jobs", "jobs in the database by state", labels=["state"])
         for state in STATES:

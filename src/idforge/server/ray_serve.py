@@ -67,7 +67,7 @@ class ModelReplica:
             replica=self.name,
             device=_device_name(config.device),
             lease_s=config.lease_s,
-            keep_result_s=config.keep_result_s,
+            keep_result_s=config.result_ttl,
             max_attempts=config.max_attempts,
         )
         self.worker = Worker(self.store, generator, worker_config, warm_up=config.warm_up).start()
