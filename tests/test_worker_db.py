@@ -169,3 +169,46 @@ def test_postgres_restart_under_a_running_worker(postgres):
         worker.stop()
         worker.store.close()
         store.close()
+
+
+def test_single_process_server_and_keys_cli_on_postgres(postgres, capsys):
+    """`idforge keys` and the one-process server work on PostgreSQL exactly as on SQLite."""
+    import httpx
+
+    from idforge.cli import main
+    from server_fixtures import FakeGenerator, running_server, seed_request
+
+    url = postgres.create_database()
+    assert main(["keys", "create", "--credits", "5", "--name", "pg", "--db", url]) == 0
+    token = capsys.readouterr().out.strip()
+    assert main(["keys", "list", "--db", url]) == 0 and " 5 " in capsys.readouterr().out
+    with running_server(url, FakeGenerator()) as (base, keys):
+        assert keys.authenticate(token).name == "pg"
+        response = httpx.post(
+            base + "/v1/insta-depth", json=seed_request(), headers={"x-api-key": token}, timeout=30
+        )
+        assert response.status_code == 200 and response.headers["x-remaining-credits"] == "4"
+        job = httpx.post(base + "/v2/insta-depth", json=seed_request(), headers={"x-api-key": token}).json()
+        final = wait_for(
+            lambda: (
+                (s := httpx.get(job["status_url"], headers={"x-api-key": token}).json())["status"]
+                == "COMPLETED"
+                and s
+            )
+        )
+        assert final["attempts"] == 1 and final["replica"].startswith("embedded-")
+        assert httpx.get(base + "/health").json()["store"] == "postgresql"
+    assert main(["keys", "topup", token, "3", "--db", url]) == 0
+    assert "6 credits" in capsys.readouterr().out
+
+
+def test_wrong_or_unreachable_db_is_one_line_from_the_cli(capsys):
+    from idforge.cli import main
+    from idforge.server.runner import free_port
+
+    assert main(["keys", "list", "--db", f"postgresql://idforge@127.0.0.1:{free_port()}/x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("idforge: error: --db postgresql://idforge@127.0.0.1:") and "cannot connect" in err
+    assert "\n" not in err
+    assert main(["serve", "--db", "mysql://u@h/db"]) == 2
+    assert "unknown scheme 'mysql'" in capsys.readouterr().err

@@ -60,8 +60,8 @@ def parse_target(value: str | Path) -> Target:
             raise DatabaseError(
                 "--db: a postgresql:// URL needs a host, e.g. postgresql://user@127.0.0.1:5432/db"
             )
-        url = url.set(drivername="postgresql+psycopg")
-        return Target("postgresql", url, url.render_as_string(hide_password=True))
+        shown = url.render_as_string(hide_password=True)  # as the user wrote it (password masked)
+        return Target("postgresql", url.set(drivername="postgresql+psycopg"), shown)
     if scheme == "sqlite":
         if not url.database:
             raise DatabaseError("--db: sqlite:// needs a file, e.g. sqlite:////var/lib/idforge.db")
