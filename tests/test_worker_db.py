@@ -212,3 +212,33 @@ def test_wrong_or_unreachable_db_is_one_line_from_the_cli(capsys):
     assert "\n" not in err
     assert main(["serve", "--db", "mysql://u@h/db"]) == 2
     assert "unknown scheme 'mysql'" in capsys.readouterr().err
+
+
+def test_the_api_answers_503_while_postgres_is_down_and_recovers(postgres):
+    import httpx
+
+    from server_fixtures import FakeGenerator, running_server, seed_request
+
+    url = postgres.create_database()
+    with running_server(url, FakeGenerator()) as (base, keys):
+        record, token = keys.create_key(5)
+        headers = {"x-api-key": token}
+        postgres.stop()
+        try:
+            down = httpx.post(base + "/v2/insta-depth", json=seed_request(), headers=headers, timeout=30)
+            assert down.status_code == 503 and down.headers["retry-after"] == "5"
+            assert "database is unavailable" in down.json()["error"]
+        finally:
+            postgres.start_again()
+        job = wait_for(
+            lambda: (
+                (r := httpx.post(base + "/v2/insta-depth", json=seed_request(), headers=headers)).status_code
+                == 202
+                and r.json()
+            ),
+            timeout=30,
+        )
+        wait_for(
+            lambda: httpx.get(job["status_url"], headers=headers).json()["status"] == "COMPLETED", timeout=30
+        )
+        assert keys.get(record.id).spent == 1 and keys.audit() == []  # the refused request cost nothing

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -218,6 +219,14 @@ def create_app(
         message = exc.detail if isinstance(exc.detail, str) and exc.status_code not in messages else None
         return error_response(
             exc.status_code, message or messages.get(exc.status_code, "error"), request, None, exc.headers
+        )
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    async def on_database(request: Request, exc: sa_exc.DBAPIError):
+        """The database went away: an honest 503 (nothing was kept or charged; the transaction rolled back)."""
+        log.warning("database unavailable", extra={"fields": {"error": str(exc.orig)[:200]}})
+        return error_response(
+            503, "the database is unavailable; retry shortly", request, headers={"Retry-After": "5"}
         )
 
     @app.exception_handler(IdforgeError)
