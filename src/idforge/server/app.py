@@ -54,6 +54,7 @@ from idforge.server.schemas import (
     StyleInfo,
     WebhookListResponse,
 )
+from idforge.server.segmind_names import resolve_names
 from idforge.server.store import KeyRecord, KeyStore, NotEnoughCredits, SQLiteKeyStore
 from idforge.server.urls import public_base_url
 from idforge.server.webhooks import WebhookDispatcher, WebhookPolicy, check_webhook_url
@@ -81,7 +82,11 @@ class ServerConfig:
     trust_proxy: bool = False  # honour X-Forwarded-Proto / X-Forwarded-Host
     result_ttl: float = 3600.0  # seconds a finished /v2 job's result is kept
     webhooks: WebhookPolicy | None = None  # None: the image URL allow-list, default timings
-    warm_up: bool = True  # load the models before reporting ready
+    warm_up: tuple[str, ...] = (
+        "insta-depth",
+        "instantid",
+        "faceid",
+    )  # methods whose models load before ready
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -215,6 +220,7 @@ def create_app(
 
     # -- generation -----------------------------------------------------------------------------------------------
     async def submit(method: str, body: Any, key: KeyRecord, request: Request, *, sync: bool):
+        body = resolve_names(method, body)
         webhook_url = body.webhook_url
         if webhook_url is not None:
             if sync:
@@ -235,7 +241,7 @@ def create_app(
                 503, "the server is shutting down", request, headers={"Retry-After": "10"}
             )
         request.state.job_id = submitted.job_id
-        return (submitted, cost), None
+        return (submitted, cost, body), None
 
     async def wait_for_client(job_id: str, waiting: asyncio.Future, request: Request) -> bool:
         """Wait for the job while watching the connection (Starlette does not cancel a handler whose client
@@ -253,7 +259,7 @@ def create_app(
         outcome, failure = await submit(method, body, key, request, sync=True)
         if failure is not None:
             return failure
-        submitted, cost = outcome
+        submitted, cost, body = outcome  # the body in our names (segmind_names)
         waiting = asyncio.wrap_future(submitted.future)
         waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # always retrieved
         if not await wait_for_client(submitted.job_id, waiting, request):
@@ -287,7 +293,7 @@ def create_app(
         outcome, failure = await submit(method, body, key, request, sync=False)
         if failure is not None:
             return failure
-        submitted, cost = outcome
+        submitted, cost, _ = outcome
         return JSONResponse(
             submit_body(submitted.job_id, base_url(request), submitted.position, cost), status_code=202
         )
