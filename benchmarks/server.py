@@ -114,13 +114,13 @@ def wait_ready(url: str, timeout: float = 600.0) -> float:
 def cold_start(kit: Path, tmp: Path, rounds: int) -> dict:
     """First vs second request on fresh servers, with the models loaded before ready (and once without).
 
-    The first and second requests use different face and pose images, so neither is helped by the face-analysis
-    cache (a repeat of the first request is timed as a third, to show what the cache saves)."""
+    The second request's face and pose images are the first's shifted by one pixel: as hard to analyse, but not in
+    the face-analysis cache, so the cache does not flatter the second request (a repeat of the first request is
+    timed as a third, to show what the cache saves)."""
     first_body = request_body()
     second_body = request_body() | {
-        "face_image": base64.b64encode(square_face_png(box=(40, 40, 120, 120))).decode(),
-        "pose_image": base64.b64encode(square_face_png(box=(64, 44, 144, 124))).decode(),
-        "seed": 7,
+        "face_image": base64.b64encode(square_face_png(box=(57, 48, 137, 128))).decode(),
+        "pose_image": base64.b64encode(square_face_png(box=(73, 40, 153, 120))).decode(),
     }
 
     def one_round(index: int, warm_up: tuple[str, ...]) -> dict:
@@ -150,13 +150,17 @@ def cold_start(kit: Path, tmp: Path, rounds: int) -> dict:
     lazy = one_round(rounds, ())
     ratios = [r["first_s"] / r["second_s"] for r in warm]
     return {
-        "what": "fresh server per round; after /health/ready: POST /v1/insta-depth with faces A, then faces B "
-        "(both uncached), then A again (face analysis cached)",
+        "what": "fresh server per round; after /health/ready: POST /v1/insta-depth with images A, then images B "
+        "(A shifted by 1 px: both uncached), then A again (face analysis cached)",
         "warm_up": "insta-depth (the method benchmarked; `idforge serve` warms every method by default)",
         "rounds": warm,
         "first_over_second": [round(r, 3) for r in ratios],
         "first_over_second_median": round(statistics.median(ratios), 3),
         "target": "<= 1.2",
+        "first_over_repeat_median": round(
+            statistics.median(r["first_s"] / r["repeat_of_first_s"] for r in warm), 3
+        ),
+        "note": "the repeat skips face analysis (content cache): on the tiny kit that is most of a request",
         "without_warm_up": lazy | {"first_over_second": round(lazy["first_s"] / lazy["second_s"], 3)},
     }
 
