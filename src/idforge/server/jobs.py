@@ -51,7 +51,7 @@ class JobOutput:
 
 
 class Generator(Protocol):
-    """Runs one job; called only from the worker thread. May also have `warm_up(report) -> dict[str, str]`,
+    """Runs one job; called only from the worker thread. May also have `warm_up(report, methods) -> dict`,
     called once on the worker thread before the first job (returns methods that cannot run, with the reason)."""
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput: ...

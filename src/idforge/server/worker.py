@@ -247,7 +247,7 @@ class Worker:
                 log.info("loading", extra={"fields": {"loading": what, "replica": self.config.replica}})
 
             try:
-                self.unavailable = dict(warm(report) or {})
+                self.unavailable = dict(warm(report, self.warm_up) or {})
             except Exception:  # noqa: BLE001 - a warm-up bug must not keep the replica from serving what it can
                 log.error("warm-up failed", extra={"fields": {"trace": traceback.format_exc()}})
         self.warm_up_s = round(time.perf_counter() - started, 3)
