@@ -552,9 +552,12 @@ class JobQueue:
     def cancel(self, job_id: str, reason: str = "canceled by the client", wait: float = 0.0) -> CancelOutcome:
         """Remove a queued job or stop a running one at its next step; its credits are released either way.
         With `wait`, wait that long for a running job to stop, so the answer can say it has."""
-        with self._cond:
-            if job_id in self._pending and self.jobs.cancel(job_id, reason, only_if=(QUEUED,)):
-                self._pending.remove(job_id)
+        with (
+            self._cond
+        ):  # QUEUED -> CANCELED in the store first: a worker that just popped it cannot claim it
+            if self.jobs.cancel(job_id, reason, only_if=(QUEUED,)):
+                if job_id in self._pending:
+                    self._pending.remove(job_id)
                 self.keys.release(job_id)
                 self.canceled += 1
                 future = self._futures.pop(job_id, None)
