@@ -124,6 +124,15 @@ def run(args: argparse.Namespace) -> int:
     from idforge.server.store import default_db_path
     from idforge.server.webhooks import WebhookPolicy
 
+    from idforge.errors import ParameterError
+
+    for flag, value in (
+        ("--result-ttl", args.result_ttl),
+        ("--webhook-retry-for", args.webhook_retry_for),
+        ("--webhook-timeout", args.webhook_timeout),
+    ):
+        if not value > 0:
+            raise ParameterError(flag, f"{value} must be a number of seconds > 0")
     setup_logging(args.log_level)
     config = ServerConfig(
         db_path=Path(args.db) if args.db else default_db_path(),
