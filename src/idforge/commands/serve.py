@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from idforge.errors import ParameterError
     from idforge.server.app import ServerConfig, create_app
     from idforge.server.images import ImagePolicy
     from idforge.server.logs import setup_logging
@@ -123,8 +124,6 @@ def run(args: argparse.Namespace) -> int:
     from idforge.server.runner import uvicorn_config
     from idforge.server.store import default_db_path
     from idforge.server.webhooks import WebhookPolicy
-
-    from idforge.errors import ParameterError
 
     for flag, value in (
         ("--result-ttl", args.result_ttl),
