@@ -189,3 +189,37 @@ def test_styles_are_listed(started):
     assert "/v1/styles" in schema["paths"]
     described = schema["components"]["schemas"]["InstantIDBody"]["properties"]["style"]["description"]
     assert "GET /v1/styles" in described and all(name in described for name in STYLES)
+
+
+def test_cancel_a_running_real_job_releases_credits_and_leaves_the_models_clean(client, started):
+    """FaceID merges its LoRA into the UNet for the call: a job stopped mid-loop must leave it restored, so the
+    same request afterwards gives the same image as before."""
+    url, keys, record, token = started
+    body = {"prompt": "a photo", "face_image": face_b64(), "seed": 51, "width": 64, "height": 64}
+    body |= {"adapter": "faceid-sd15", "num_inference_steps": 4}
+    before_image = base64.b64decode(client.run("faceid", **body)["output"]["image"])
+    balance = keys.get(record.id).balance
+    job = httpx.post(
+        url + "/v2/faceid", json=body | {"num_inference_steps": 100}, headers={"x-api-key": token}
+    ).json()
+    wait_for(
+        lambda: (
+            (s := httpx.get(job["status_url"], headers={"x-api-key": token}).json())["status"] == "PROCESSING"
+            and s["step"] >= 1
+        ),
+        timeout=120,
+        interval=0.02,
+    )
+    answer = httpx.post(job["cancel_url"], headers={"x-api-key": token}, timeout=60).json()
+    assert answer["action"] in ("stopped", "stopping")  # stopping: the step in flight is slow here
+    final = wait_for(
+        lambda: (
+            (s := httpx.get(job["status_url"], headers={"x-api-key": token}).json())["status"]
+            in ("CANCELED", "COMPLETED")
+            and s
+        )
+    )
+    assert final["status"] == "CANCELED" and "of 100" in final["error"]
+    assert keys.get(record.id).balance == balance and keys.held() == {}
+    after_image = base64.b64decode(client.run("faceid", **body)["output"]["image"])
+    assert after_image == before_image  # same JPEG bytes: the UNet was restored exactly

@@ -306,3 +306,17 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
     probe = [e for e in entries if e.get("request_id") == "probe-42"]
     assert probe and probe[0]["path"] == "/health" and probe[0]["status"] == 200
     assert any(e.get("status") == 405 for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--result-ttl", "0"], "--result-ttl"),
+        (["--webhook-timeout", "-1"], "--webhook-timeout"),
+        (["--warm-up", "insta-depth,bogus"], "--warm-up"),
+        (["--public-url", "ftp://example.com"], "--public-url"),
+    ],
+)
+def test_serve_refuses_bad_flags_before_starting(tmp_path, capsys, flags, named):
+    code = main(["serve", "--db", str(tmp_path / "s.db"), *flags])
+    assert code != 0 and named in capsys.readouterr().err

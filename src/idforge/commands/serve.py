@@ -157,12 +157,21 @@ def run(args: argparse.Namespace) -> int:
     from idforge.server.runner import uvicorn_config
     from idforge.server.webhooks import WebhookPolicy
 
+    for flag, value in (
+        ("--result-ttl", args.result_ttl),
+        ("--webhook-retry-for", args.webhook_retry_for),
+        ("--webhook-timeout", args.webhook_timeout),
+        ("--lease-s", args.lease_s),
+    ):
+        if not value > 0:
+            raise ParameterError(flag, f"{value} must be a number of seconds > 0")
     setup_logging(args.log_level)
     db = args.db or default_target()
     target = parse_target(db)  # a malformed --db is one line before anything starts
     Store.open(db).close()  # ... and so is an unreachable one (and the schema is brought up to date once)
-    if args.replicas < 1:
-        raise ParameterError("--replicas", f"{args.replicas} must be >= 1")
+    for flag, count in (("--replicas", args.replicas), ("--max-attempts", args.max_attempts)):
+        if count < 1:
+            raise ParameterError(flag, f"{count} must be >= 1")
     config = ServerConfig(
         db_path=db,
         models_dirs=list(args.models),
