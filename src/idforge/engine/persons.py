@@ -1,0 +1,480 @@
+"""Several people in one image: one InstantID identity per person, each acting only inside its own region.
+
+Flow, top to bottom (issue 11 item 5; SPEC.md section 8 says what the reference workflows do):
+1. check every person (faces, strengths, window, exactly one region) and decode every image before any model loads;
+2. the output size: width/height when given, else the pose (or keypoint) image's InstantID size, else 1280x960
+   (960x1280 when every region is `top` or `bottom`);
+3. each region becomes a 0/1 (H, W) mask at the output size; regions must be inside the image, not empty and
+   disjoint;
+4. each person's keypoints: the face of the pose image whose centre lies in the person's region (the largest if
+   several), or the person's own reference face fitted into the region (the reference image scaled to fit the
+   region's box, centred), or the ready keypoint image cut to the region;
+5. ONE denoising pass: per person an IP adapter on the shared `IdentityAttention` (its tokens, ip_weight, window,
+   region) and one IdentityNet `ControlUnit` (its tokens as context, its keypoint image, cn_strength, window,
+   region); `attach_instantid` builds both, exactly as for one person, and the loop sums the residuals;
+6. one identity score per person: faces found in the output are matched to persons by position (the face whose
+   centre lies in the person's region, the largest if several).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from idforge.engine.inputs import ImageSource, image_name, load_named
+from idforge.engine.instantid import (
+    IdentityRun,
+    InstantIDRequest,
+    PreparedInstantID,
+    ProgressCallback,
+    attach_instantid,
+    identity_tokens,
+    instantid_recipe,
+    load_instantid_models,
+)
+from idforge.engine.params import InstantIDParams, params_to_dict
+from idforge.engine.result import GenerationResult
+from idforge.engine.sampling import sample_and_decode
+from idforge.engine.seeds import image_seeds, resolve_seed
+from idforge.engine.session import Engine
+from idforge.engine.sizing import instantid_size, scale_box, scale_kps
+from idforge.errors import NoFaceError, ParameterError, check_choice, check_range
+from idforge.imageio import load_mask
+
+REGION_NAMES = ("left", "right", "top", "bottom")
+MAX_PERSONS = 8
+# The reference two-person workflow's canvas (SPEC.md section 8): 1280x960, one half per person.
+DEFAULT_SIZE = (1280, 960)
+# A mask image's pixel belongs to the region at or above this value (regions are sets of pixels: disjoint or not).
+MASK_THRESHOLD = 0.5
+
+
+@dataclass
+class Person:
+    """One person of a multi-person image: face image(s), own strengths and window, and one region.
+
+    The region is exactly one of `region` (left | right | top | bottom: that half of the image), `box`
+    (x1, y1, x2, y2 in output pixels) or `mask` (an image; white or opaque = the person's area, resized to the
+    output). Strengths and window left at None take the request's InstantID values.
+    """
+
+    faces: Sequence[ImageSource]
+    region: str | None = None
+    box: tuple[int, int, int, int] | None = None
+    mask: ImageSource | None = None
+    ip_weight: float | None = None
+    cn_strength: float | None = None
+    start_at: float | None = None
+    end_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.faces, str | bytes) or not isinstance(self.faces, Sequence):
+            self.faces = [self.faces]
+        self.faces = list(self.faces)
+        given = [name for name in ("region", "box", "mask") if getattr(self, name) is not None]
+        if len(given) != 1:
+            problem = "no region given" if not given else f"several regions given ({', '.join(given)})"
+            raise ParameterError(
+                "region", f"{problem}; give one: region=left|right|top|bottom, box=x1:y1:x2:y2 or mask=IMAGE"
+            )
+        if self.region is not None:
+            self.region = check_choice("region", str(self.region).strip().lower(), REGION_NAMES)
+        if self.box is not None:
+            self.box = _check_box(self.box)
+        for name, low, high in (("ip_weight", 0.0, 3.0), ("cn_strength", 0.0, 10.0)):
+            value = getattr(self, name)
+            if value is not None:
+                check_range(name, float(value), low, high)
+        for name in ("start_at", "end_at"):
+            value = getattr(self, name)
+            if value is not None:
+                check_range(name, float(value), 0.0, 1.0)
+
+    def region_text(self) -> str:
+        """How the region was given, for messages and the recipe."""
+        if self.region is not None:
+            return self.region
+        if self.box is not None:
+            return "box " + ":".join(str(v) for v in self.box)
+        return f"mask {image_name(self.mask, '<image>')}"
+
+
+def _check_box(box: Sequence[Any]) -> tuple[int, int, int, int]:
+    values = list(box)
+    if len(values) != 4:
+        raise ParameterError("box", f"expected 4 numbers x1:y1:x2:y2, got {len(values)}")
+    try:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in values)
+    except (TypeError, ValueError):
+        raise ParameterError("box", f"{values!r} are not numbers x1:y1:x2:y2") from None
+    if x2 <= x1 or y2 <= y1:
+        raise ParameterError("box", f"{x1}:{y1}:{x2}:{y2} is empty (need x1 < x2 and y1 < y2)")
+    return x1, y1, x2, y2
+
+
+@dataclass
+class PreparedPerson:
+    """One person after face analysis, projection, region and keypoints: what `attach_instantid` takes."""
+
+    label: str  # "person 1", ...
+    person: Person
+    params: InstantIDParams  # the request's values with this person's overrides
+    region: np.ndarray  # (H, W) float32 0/1 at the output size
+    region_box: tuple[int, int, int, int]  # bounding box of the region
+    prepared: PreparedInstantID  # tokens, this person's keypoint image, its face box
+    kps_source: str  # "pose", "own", "own (pose fallback)" or "kps_image"
+    reference_faces: list[Any] = field(default_factory=list)  # analysed Face objects (for the score)
+
+
+# ---- checks and decoding (before any model loads) ------------------------------------------------------------
+
+
+def check_person_request(request: InstantIDRequest) -> list[InstantIDParams]:
+    """Refuse what cannot work with persons; return each person's resolved InstantID parameters."""
+    persons = list(request.persons)
+    if not persons:
+        raise ParameterError("persons", "no person given")
+    if len(persons) > MAX_PERSONS:
+        raise ParameterError("persons", f"{len(persons)} persons given, at most {MAX_PERSONS}")
+    if request.faces:
+        raise ParameterError("face", "give either reference faces or persons (each with its faces), not both")
+    if request.mask is not None:
+        raise ParameterError(
+            "mask", "with persons, each person's region (region=, box= or mask=) replaces the mask"
+        )
+    resolved = []
+    for index, person in enumerate(persons, start=1):
+        label = f"person {index}"
+        if not isinstance(person, Person):
+            raise ParameterError(label, f"expected a Person, got {type(person).__name__}")
+        if not person.faces:
+            raise ParameterError(f"{label} face", "at least one reference face image is needed")
+        overrides = {
+            name: getattr(person, name)
+            for name in ("ip_weight", "cn_strength", "start_at", "end_at")
+            if getattr(person, name) is not None
+        }
+        try:
+            resolved.append(replace(request.instantid, **overrides))
+        except ParameterError as exc:
+            raise ParameterError(f"{label} {exc.name}", exc.problem) from None
+    return resolved
+
+
+def load_person_images(request: InstantIDRequest) -> InstantIDRequest:
+    """A copy of the request with every person's faces, the pose and the keypoint image decoded, and every mask
+    checked: a bad image fails, naming it, before any model loads."""
+    persons = []
+    for index, person in enumerate(request.persons, start=1):
+        faces = [
+            load_named(source, f"person {index} face image {i}") for i, source in enumerate(person.faces)
+        ]
+        if person.mask is not None:
+            load_mask(person.mask, (8, 8), name=image_name(person.mask, f"person {index} mask"))
+        persons.append(replace(person, faces=faces))
+    pose = load_named(request.pose, "pose image") if request.pose is not None else None
+    kps_image = load_named(request.kps_image, "keypoint image") if request.kps_image is not None else None
+    return replace(request, persons=persons, pose=pose, kps_image=kps_image)
+
+
+def output_size(request: InstantIDRequest) -> tuple[int, int]:
+    """Width/height when given; else the pose (or keypoint) image's InstantID size; else the two-person canvas."""
+    gen = request.generation
+    if gen.width is not None and gen.height is not None:
+        return gen.width, gen.height
+    if gen.width is not None or gen.height is not None:
+        raise ParameterError("width/height", "give both width and height, or neither")
+    for source in (request.pose, request.kps_image):
+        if source is not None:
+            return instantid_size(*load_named(source, "pose image").image.size)
+    if all(person.region in ("top", "bottom") for person in request.persons):
+        return DEFAULT_SIZE[1], DEFAULT_SIZE[0]
+    return DEFAULT_SIZE
+
+
+# ---- regions --------------------------------------------------------------------------------------------------
+
+
+def region_mask(person: Person, label: str, size: tuple[int, int]) -> np.ndarray:
+    """The person's region as a 0/1 float32 (H, W) mask at the output size (width, height)."""
+    width, height = size
+    mask = np.zeros((height, width), dtype=np.float32)
+    if person.region is not None:
+        half_w, half_h = width // 2, height // 2
+        area = {
+            "left": (slice(None), slice(0, half_w)),
+            "right": (slice(None), slice(half_w, width)),
+            "top": (slice(0, half_h), slice(None)),
+            "bottom": (slice(half_h, height), slice(None)),
+        }[person.region]
+        mask[area] = 1.0
+        return mask
+    if person.box is not None:
+        x1, y1, x2, y2 = person.box
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            raise ParameterError(
+                f"{label} box", f"{x1}:{y1}:{x2}:{y2} reaches outside the {width}x{height} image"
+            )
+        mask[y1:y2, x1:x2] = 1.0
+        return mask
+    name = image_name(person.mask, f"{label} mask")
+    soft = load_mask(person.mask, size, name=name)
+    mask = (soft >= MASK_THRESHOLD).astype(np.float32)
+    if not mask.any():
+        raise ParameterError(
+            f"{label} mask", f"{name} is empty: no pixel of it is at or above {MASK_THRESHOLD}"
+        )
+    return mask
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (x1, y1, x2, y2), exclusive ends, of a mask's non-zero pixels."""
+    rows = np.nonzero(mask.any(axis=1))[0]
+    cols = np.nonzero(mask.any(axis=0))[0]
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def check_disjoint(labels: Sequence[str], masks: Sequence[np.ndarray], persons: Sequence[Person]) -> None:
+    """Two persons may not share a pixel: the same place cannot take two identities."""
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            shared = int(np.count_nonzero((masks[i] > 0) & (masks[j] > 0)))
+            if shared:
+                raise ParameterError(
+                    f"{labels[i]}/{labels[j]} regions",
+                    f"{persons[i].region_text()} and {persons[j].region_text()} overlap by {shared} pixels; "
+                    "regions must be disjoint",
+                )
+
+
+def centre_in(mask: np.ndarray, box: np.ndarray) -> bool:
+    """True when the centre of `box` (output coordinates) is a pixel of `mask`."""
+    height, width = mask.shape
+    cx = int((float(box[0]) + float(box[2])) / 2)
+    cy = int((float(box[1]) + float(box[3])) / 2)
+    return 0 <= cx < width and 0 <= cy < height and bool(mask[cy, cx] > 0)
+
+
+def pick_in_region(mask: np.ndarray, boxes: Sequence[np.ndarray]) -> int | None:
+    """Index of the largest box whose centre lies in the region, or None."""
+    inside = [i for i, box in enumerate(boxes) if centre_in(mask, box)]
+    if not inside:
+        return None
+    return max(inside, key=lambda i: float((boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1])))
+
+
+def fit_into_box(
+    kps: np.ndarray, face_box: np.ndarray, image_size: tuple[int, int], box: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A reference face's keypoints and box moved as if its whole image were scaled to fit `box`, centred."""
+    image_w, image_h = image_size
+    x1, y1, x2, y2 = box
+    box_w, box_h = x2 - x1, y2 - y1
+    scale = min(box_w / image_w, box_h / image_h)
+    offset = np.array([x1 + (box_w - scale * image_w) / 2, y1 + (box_h - scale * image_h) / 2], np.float32)
+    points = np.asarray(kps, dtype=np.float32) * scale + offset
+    moved = np.asarray(face_box, dtype=np.float32) * scale + np.tile(offset, 2)
+    return points, moved
+
+
+# ---- preparation --------------------------------------------------------------------------------------------
+
+
+def prepare_persons(
+    engine: Engine, request: InstantIDRequest, params_list: Sequence[InstantIDParams], projection: Any
+) -> tuple[list[PreparedPerson], list[str]]:
+    """Tokens, region and keypoint image of every person; also the warnings for the result."""
+    from idforge.faces.analysis import fallback_sizes
+    from idforge.faces.draw import draw_kps
+
+    analyzer = engine.face_analyzer(request.face_models)
+    width, height = output_size(request)
+    persons = list(request.persons)
+    labels = [f"person {i}" for i in range(1, len(persons) + 1)]
+    masks = [
+        region_mask(person, label, (width, height)) for person, label in zip(persons, labels, strict=True)
+    ]
+    check_disjoint(labels, masks, persons)
+    warnings: list[str] = []
+
+    pose_boxes: list[np.ndarray] = []
+    pose_kps: list[np.ndarray] = []
+    pose_name = ""
+    if request.pose is not None:
+        pose = load_named(request.pose, "pose image")
+        pose_name = pose.name
+        det_size = request.instantid.det_size
+        found = analyzer.find_faces(pose.image, det_size=det_size, name=pose_name)
+        if not found and not request.pose_fallback:
+            raise NoFaceError(
+                pose_name,
+                fallback_sizes(det_size, analyzer.largest_stride),
+                "pass pose_fallback (CLI: --pose-fallback) to use each person's own keypoints",
+            )
+        for face in found:
+            pose_kps.append(scale_kps(face.kps, pose.image.size, (width, height)))
+            pose_boxes.append(scale_box(face.bbox, pose.image.size, (width, height)))
+    ready_kps = None
+    if request.kps_image is not None:
+        ready = load_named(request.kps_image, "keypoint image").image.convert("RGB")
+        ready_kps = np.asarray(ready.resize((width, height), Image.BICUBIC))
+
+    prepared: list[PreparedPerson] = []
+    for person, label, mask, params in zip(persons, labels, masks, params_list, strict=True):
+        identity = identity_tokens(
+            engine, analyzer, person.faces, params, projection, label=f"{label} face image"
+        )
+        box = mask_box(mask)
+        face_box: np.ndarray | None
+        if ready_kps is not None:
+            kps_image = Image.fromarray((ready_kps * mask[:, :, None]).astype(np.uint8), mode="RGB")
+            face_box, source = None, "kps_image"
+        else:
+            chosen = pick_in_region(mask, pose_boxes) if request.pose is not None else None
+            if chosen is not None:
+                kps, face_box, source = pose_kps[chosen], pose_boxes[chosen], "pose"
+            else:
+                if request.pose is not None and not request.pose_fallback:
+                    centres = [
+                        [round(float(b[0] + b[2]) / 2), round(float(b[1] + b[3]) / 2)] for b in pose_boxes
+                    ]
+                    raise ParameterError(
+                        f"{label} region",
+                        f"no face of the pose image {pose_name} has its centre in {person.region_text()} "
+                        f"(face centres at output size: {centres}); move the region or pass pose_fallback "
+                        "to use the person's own keypoints",
+                    )
+                image, face = identity.reference_faces[0]
+                kps, face_box = fit_into_box(face.kps, face.bbox, image.size, box)
+                source = "own"
+                if request.pose is not None:
+                    source = "own (pose fallback)"
+                    warnings.append(
+                        f"{label}: no face of {pose_name} in its region; using its own keypoints fitted into it"
+                    )
+            kps_image = draw_kps((width, height), kps)
+        prepared.append(
+            PreparedPerson(
+                label=label,
+                person=person,
+                params=params,
+                region=mask,
+                region_box=box,
+                prepared=PreparedInstantID(
+                    identity.cond_tokens,
+                    identity.uncond_tokens,
+                    kps_image,
+                    width,
+                    height,
+                    face_box,
+                    identity.faces_info,
+                    [],
+                ),
+                kps_source=source,
+                reference_faces=[face for _, face in identity.reference_faces],
+            )
+        )
+    return prepared, warnings
+
+
+def combined_kps_image(persons: Sequence[PreparedPerson]) -> Image.Image:
+    """Every person's keypoint drawing on one canvas (what a user looks at to check the placement)."""
+    stacked = np.stack([np.asarray(p.prepared.kps_image) for p in persons])
+    return Image.fromarray(stacked.max(axis=0), mode="RGB")
+
+
+# ---- generation ---------------------------------------------------------------------------------------------
+
+
+def adapter_name(index: int) -> str:
+    """The name of person `index`'s (1-based) adapter on IdentityAttention and its IdentityNet unit."""
+    return f"person{index}"
+
+
+def run_persons(
+    engine: Engine,
+    models: Any,  # InstantIDModels
+    persons: Sequence[PreparedPerson],
+    request: InstantIDRequest,
+    progress: ProgressCallback | None = None,
+) -> IdentityRun:
+    """One denoising pass with every person's IP adapter and IdentityNet unit, each limited to its region."""
+    from idforge.identity.attention import IdentityAttention
+
+    gen = request.generation
+    base = models.base
+    width, height = persons[0].prepared.width, persons[0].prepared.height
+    seed = resolve_seed(gen.seed)
+    seeds = image_seeds(seed, gen.num_images)
+    latent_hw = (height // base.vae_scale_factor, width // base.vae_scale_factor)
+    attention = IdentityAttention(base.unet)
+    controls = [
+        attach_instantid(
+            engine,
+            attention,
+            models,
+            person.prepared,
+            person.params,
+            person.region,
+            len(seeds),
+            latent_hw,
+            name=adapter_name(index),
+        )
+        for index, person in enumerate(persons, start=1)
+    ]
+    latents, images = sample_and_decode(
+        engine, base, gen, seeds, (width, height), attention, controls, progress
+    )
+    return IdentityRun(images, seed, seeds, latents)
+
+
+def person_recipe(person: PreparedPerson) -> dict[str, Any]:
+    """Everything about one person the recipe keeps: faces, parameters, region and where its keypoints came from."""
+    entry: dict[str, Any] = {
+        "label": person.label,
+        "faces": person.prepared.faces_info,
+        "ip_weight": person.params.ip_weight,
+        "cn_strength": person.params.cn_strength,
+        "start_at": person.params.start_at,
+        "end_at": person.params.end_at,
+        "region": {
+            "given": person.person.region_text(),
+            "box": list(person.region_box),
+            "pixels": int(np.count_nonzero(person.region)),
+        },
+        "kps": {"source": person.kps_source},
+    }
+    if person.prepared.face_box is not None:
+        entry["kps"]["face_box"] = [round(float(v), 2) for v in person.prepared.face_box]
+    return entry
+
+
+def generate_persons(
+    engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
+) -> GenerationResult:
+    """Several people in one image, end to end: checks, one denoising pass, one score per person, the recipe."""
+    started = time.perf_counter()
+    params_list = check_person_request(request)
+    request = load_person_images(request)
+    output_size(request)  # size errors before any model loads
+    models = load_instantid_models(engine, request.base, request.instantid_model)
+    persons, warnings = prepare_persons(engine, request, params_list, models.projection)
+    run = run_persons(engine, models, persons, request, progress)
+    recipe = instantid_recipe(engine, request, models, persons[0].prepared, run, started)
+    recipe["inputs"].pop("faces")
+    recipe["inputs"].pop("mask")
+    recipe["params"] = params_to_dict(request.generation, request.instantid) | {"seed": run.seed}
+    recipe["persons"] = [person_recipe(person) for person in persons]
+    return GenerationResult(
+        images=run.images,
+        seeds=run.seeds,
+        recipe=recipe,
+        extras={"kps_image": combined_kps_image(persons), "regions": [p.region for p in persons]},
+        warnings=warnings,
+        latents=run.latents,
+    )
