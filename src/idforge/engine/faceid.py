@@ -37,6 +37,7 @@ from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import GenerationParams, check_pick, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
+from idforge.engine.scoring import attach_identity
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import (
@@ -509,13 +510,27 @@ def generate_faceid(
         recipe["instantid"] = _instantid_part(engine, iid_request, iid_models, iid_prepared)
         extras["kps_image"] = iid_prepared.kps_image
         warnings += iid_prepared.warnings
-    return GenerationResult(
+    result = GenerationResult(
         images=images,
         seeds=seeds,
         recipe=recipe,
         extras=extras,
         warnings=warnings,
         latents=latents,
+    )
+    used = {info["image"] for info in prepared.faces_info}  # skip_missing may have left references out
+    references = [face for face in request.faces if image_name(face, "") in used]
+    per_image = None
+    if prepared.batch_references is not None:  # batch: reference i conditioned output i, so it scores it
+        per_image = [[references[i]] for i in prepared.batch_references]
+    return attach_identity(
+        engine,
+        result,
+        references,
+        generation_pack=request.face_models,
+        default_pack="buffalo_l",
+        pick=params.pick,
+        per_image_references=per_image,
     )
 
 

@@ -29,6 +29,7 @@ from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
+from idforge.engine.scoring import attach_identity
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
@@ -415,11 +416,19 @@ def generate_instantid(
     run = run_identity_generation(
         engine, models, prepared, request.generation, request.instantid, request.mask, progress=progress
     )
-    return GenerationResult(
+    result = GenerationResult(
         images=run.images,
         seeds=run.seeds,
         recipe=instantid_recipe(engine, request, models, prepared, run, started),
         extras={"kps_image": prepared.kps_image},
         warnings=prepared.warnings,
         latents=run.latents,
+    )
+    return attach_identity(
+        engine,
+        result,
+        request.faces,
+        generation_pack=request.face_models,
+        default_pack="antelopev2",
+        pick=request.instantid.pick,
     )

@@ -65,6 +65,8 @@ class GenerationParams:
     cpu_offload: bool = False
     vae_tiling: bool = False
     loras: list[LoraSpec] = field(default_factory=list)
+    score: bool = True  # face-match score of every output (faces/scoring.py)
+    score_models: str | None = None  # a second face pack for scoring (default: the generation's own pack)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
