@@ -10,6 +10,7 @@ from collections.abc import Callable
 from tqdm.auto import tqdm
 
 from idforge.engine.params import SCHEDULERS, GenerationParams, InstantIDParams, LoraSpec
+from idforge.errors import ParameterError
 
 
 def add_generation_arguments(
@@ -82,6 +83,49 @@ def parse_lora(text: str) -> LoraSpec:
         except ValueError:
             path = text
     return LoraSpec(path=path, strength=strength)
+
+
+PERSON_KEYS = ("face", "region", "box", "mask", "ip_weight", "cn_strength", "start_at", "end_at")
+
+
+def parse_person(text: str, index: int):
+    """`--person face=A.jpg,region=left,ip_weight=0.9` -> a Person; errors name the --person (1-based)."""
+    from idforge.engine.persons import Person
+
+    label = f"--person {index}"
+    values: dict[str, object] = {}
+    faces: list[str] = []
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower().replace("-", "_"), value.strip()
+        if not sep or not key or not value:
+            raise ParameterError(label, f"{item.strip()!r} in {text!r} is not KEY=VALUE")
+        if key not in PERSON_KEYS:
+            raise ParameterError(label, f"unknown key {key!r} (keys: {', '.join(PERSON_KEYS)})")
+        if key == "face":
+            faces.append(value)
+            continue
+        if key in values:
+            raise ParameterError(label, f"{key} given twice")
+        if key == "box":
+            parts = value.split(":")
+            try:
+                values[key] = tuple(float(v) for v in parts)
+            except ValueError:
+                raise ParameterError(label, f"box {value!r} is not x1:y1:x2:y2 in pixels") from None
+        elif key in ("ip_weight", "cn_strength", "start_at", "end_at"):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ParameterError(label, f"{key} {value!r} is not a number") from None
+        else:
+            values[key] = value
+    if not faces:
+        raise ParameterError(label, f"no face in {text!r} (add face=IMG)")
+    try:
+        return Person(faces=faces, **values)
+    except ParameterError as exc:
+        raise ParameterError(label, str(exc)) from None
 
 
 def generation_params(args: argparse.Namespace) -> GenerationParams:

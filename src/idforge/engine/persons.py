@@ -326,9 +326,14 @@ def prepare_persons(
 
     prepared: list[PreparedPerson] = []
     for person, label, mask, params in zip(persons, labels, masks, params_list, strict=True):
-        identity = identity_tokens(
-            engine, analyzer, person.faces, params, projection, label=f"{label} face image"
-        )
+        try:
+            identity = identity_tokens(
+                engine, analyzer, person.faces, params, projection, label=f"{label} face image"
+            )
+        except NoFaceError as exc:
+            if exc.name.startswith(label):
+                raise
+            raise NoFaceError(f"{label} face {exc.name}", exc.sizes_tried) from None
         box = mask_box(mask)
         face_box: np.ndarray | None
         if ready_kps is not None:
@@ -470,7 +475,7 @@ def generate_persons(
     recipe["inputs"].pop("mask")
     recipe["params"] = params_to_dict(request.generation, request.instantid) | {"seed": run.seed}
     recipe["persons"] = [person_recipe(person) for person in persons]
-    return GenerationResult(
+    result = GenerationResult(
         images=run.images,
         seeds=run.seeds,
         recipe=recipe,
@@ -478,3 +483,15 @@ def generate_persons(
         warnings=warnings,
         latents=run.latents,
     )
+    if request.generation.score:
+        from idforge.engine.person_scores import score_persons
+
+        result.identity = score_persons(
+            engine,
+            result.images,
+            persons,
+            generation_pack=request.face_models,
+            score_models=request.generation.score_models,
+        )
+        recipe["identity"] = result.identity.to_json()
+    return result

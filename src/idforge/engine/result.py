@@ -46,6 +46,8 @@ class GenerationResult:
         identity = recipe.get("identity")
         if identity and len(identity.get("images", [])) == len(self.images):
             identity["images"] = [identity["images"][index]]  # this image's own score
+            for person in identity.get("persons", []):  # several people: each person's score in this image
+                person["images"] = [person["images"][index]]
         return recipe
 
     def save(self, path: str | Path) -> list[Path]:
