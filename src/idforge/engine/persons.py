@@ -252,6 +252,15 @@ def check_disjoint(labels: Sequence[str], masks: Sequence[np.ndarray], persons: 
                 )
 
 
+def person_regions(request: InstantIDRequest, size: tuple[int, int]) -> list[np.ndarray]:
+    """Every person's region mask at the output size, checked: inside the image, not empty, disjoint."""
+    persons = list(request.persons)
+    labels = [f"person {i}" for i in range(1, len(persons) + 1)]
+    masks = [region_mask(person, label, size) for person, label in zip(persons, labels, strict=True)]
+    check_disjoint(labels, masks, persons)
+    return masks
+
+
 def centre_in(mask: np.ndarray, box: np.ndarray) -> bool:
     """True when the centre of `box` (output coordinates) is a pixel of `mask`."""
     height, width = mask.shape
@@ -296,10 +305,7 @@ def prepare_persons(
     width, height = output_size(request)
     persons = list(request.persons)
     labels = [f"person {i}" for i in range(1, len(persons) + 1)]
-    masks = [
-        region_mask(person, label, (width, height)) for person, label in zip(persons, labels, strict=True)
-    ]
-    check_disjoint(labels, masks, persons)
+    masks = person_regions(request, (width, height))
     warnings: list[str] = []
 
     pose_boxes: list[np.ndarray] = []
@@ -466,7 +472,7 @@ def generate_persons(
     started = time.perf_counter()
     params_list = check_person_request(request)
     request = load_person_images(request)
-    output_size(request)  # size errors before any model loads
+    person_regions(request, output_size(request))  # size and region errors before any model loads
     models = load_instantid_models(engine, request.base, request.instantid_model)
     persons, warnings = prepare_persons(engine, request, params_list, models.projection)
     run = run_persons(engine, models, persons, request, progress)
