@@ -453,3 +453,84 @@ def test_cli_bad_persons_are_one_line_errors(tiny_kit, faces, tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("idforge: error: " + expected.format(**names))
+
+
+# ---- FaceID ----------------------------------------------------------------------------------------------------
+
+FACEID_SD15 = "ip-adapter-faceid_sd15.bin"
+
+
+def faceid_persons(faces, first="left", second="right", **kwargs):
+    from idforge.engine.faceid import FaceIDRequest
+
+    return FaceIDRequest(
+        persons=[Person([faces["a"]], region=first, ip_weight=0.7), Person([faces["b"]], region=second)],
+        generation=kwargs.pop("generation", gen()),
+        adapter=kwargs.pop("adapter", FACEID_SD15),
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("order", [("left", "right"), ("right", "left")])
+def test_faceid_each_persons_ip_attention_is_zero_outside_its_region(engine, faces, monkeypatch, order):
+    from idforge.engine.faceid import generate_faceid
+
+    records = record_ip(monkeypatch)
+    result = generate_faceid(engine, faceid_persons(faces, *order))
+    latent_hw = (HEIGHT // 8, WIDTH // 8)
+    names = {"person1": order[0], "person2": order[1]}
+    assert {name for name, _, _ in records} == set(names)
+    for name, num_tokens, out in records:
+        grid_h, grid_w = mask_grid(latent_hw, num_tokens)
+        grid = out.reshape(out.shape[0], grid_h, grid_w, -1)
+        inside, outside = _half_columns(names[name], grid_w)
+        assert grid[:, :, outside].abs().max().item() == 0.0, (name, num_tokens)
+        assert grid[:, :, inside].abs().mean().item() > 1e-6, (name, num_tokens)
+    first, second = result.recipe["persons"]
+    assert (first["weight"], second["weight"]) == (0.7, 1.0)  # the person's own, else the request's
+    assert first["region"]["given"] == order[0] and result.recipe["method"] == "faceid"
+    assert len(result.recipe["identity"]["persons"]) == 2
+
+
+def test_faceid_persons_refuse_what_does_not_apply(engine, faces):
+    from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
+
+    with pytest.raises(ParameterError, match=r"^person 2 cn_strength: FaceID has no IdentityNet"):
+        generate_faceid(
+            engine,
+            FaceIDRequest(
+                persons=[
+                    Person([faces["a"]], region="left"),
+                    Person([faces["b"]], region="right", cn_strength=1),
+                ]
+            ),
+        )
+    with pytest.raises(ParameterError, match=r"^batch:"):
+        generate_faceid(engine, faceid_persons(faces, faceid=FaceIDParams(batch=True)))
+    with pytest.raises(ParameterError, match=r"^person 1/person 2 regions: left and left overlap"):
+        generate_faceid(engine, faceid_persons(faces, "left", "left"))
+    with pytest.raises(NoFaceError, match=r"^person 2 face .*empty.png: no face found"):
+        generate_faceid(
+            engine,
+            FaceIDRequest(
+                persons=[Person([faces["a"]], region="left"), Person([faces["empty"]], region="right")],
+                generation=gen(),
+                adapter=FACEID_SD15,
+            ),
+        )
+
+
+def test_cli_faceid_two_persons(tiny_kit, faces, tmp_path, capsys):
+    out = tmp_path / "faceid.png"
+    code = main(
+        [
+            "faceid", "--person", f"face={faces['a']},region=top,ip_weight=0.5",
+            "--person", f"face={faces['b']},region=bottom", "--adapter", FACEID_SD15,
+            "--prompt", "two people", "--models", str(tiny_kit), "--steps", "1", "--width", "64",
+            "--height", "128", "--seed", "2", "--quiet", "--json", "-o", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [p["region"]["box"] for p in printed["persons"]] == [[0, 0, 64, 64], [0, 64, 64, 128]]
+    assert read_recipe(out)["persons"][0]["weight"] == 0.5

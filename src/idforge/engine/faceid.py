@@ -119,7 +119,7 @@ def _default_generation() -> GenerationParams:
 class FaceIDRequest:
     """One FaceID call: reference faces (files, images or folders of images), parameters and models."""
 
-    faces: Sequence[ImageSource]
+    faces: Sequence[ImageSource] = ()
     generation: GenerationParams = field(default_factory=_default_generation)
     faceid: FaceIDParams = field(default_factory=FaceIDParams)
     negative_image: ImageSource | None = None  # image_negative: CLIP uncond input (plus models)
@@ -129,6 +129,9 @@ class FaceIDRequest:
     clip_vision: str | None = None
     base: str | None = None
     face_models: str | None = None  # default buffalo_l
+    # Several people in one image (engine/faceid_persons.py): each Person with its faces, weight, window and
+    # region; `faces` and `attn_mask` stay empty then.
+    persons: Sequence[Any] = ()
 
 
 @dataclass
@@ -406,7 +409,7 @@ def prepare_faceid(
 # ---- generation --------------------------------------------------------------------------------------------
 
 
-def _output_size(gen: GenerationParams, family: str) -> tuple[int, int]:
+def faceid_output_size(gen: GenerationParams, family: str) -> tuple[int, int]:
     if gen.width is not None and gen.height is not None:
         return gen.width, gen.height
     if gen.width is not None or gen.height is not None:
@@ -428,6 +431,14 @@ def generate_faceid(
     mask and models; the prompt, sampler, size, seed and base come from `request` (a size not given there
     follows InstantID's keypoint-image rule). Batch mode is not available combined.
     """
+    if request.persons:
+        if instantid is not None:
+            raise ParameterError(
+                "persons", "several people cannot be combined with InstantID in a FaceID call"
+            )
+        from idforge.engine.faceid_persons import generate_faceid_persons
+
+        return generate_faceid_persons(engine, request, progress)
     started = time.perf_counter()
     gen, params = request.generation, request.faceid
     if instantid is not None and params.batch:
@@ -445,7 +456,7 @@ def generate_faceid(
         iid_prepared = prepare_instantid(engine, iid_request, iid_models.projection)
         width, height = iid_prepared.width, iid_prepared.height
     else:
-        width, height = _output_size(gen, base.family)
+        width, height = faceid_output_size(gen, base.family)
 
     offload = gen.cpu_offload
     clip_model = models.clip[0] if models.clip is not None else None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from idforge.engine.persons import PreparedPerson, pick_in_region
+from idforge.engine.persons import Person, pick_in_region
 from idforge.engine.scoring import engine_reference
 from idforge.engine.session import Engine
 from idforge.errors import NoFaceError
@@ -31,24 +31,25 @@ IMAGE_SCORE_RULE = "lowest person score (no_face when any person has none)"
 def score_persons(
     engine: Engine,
     images: Sequence[Image.Image],
-    persons: Sequence[PreparedPerson],
+    persons: Sequence[Person],
+    regions: Sequence[np.ndarray],
     *,
+    pick: str | int,
     generation_pack: str | None,
+    default_pack: str,
     score_models: str | None,
     det_size: int = 640,
 ) -> IdentityReport:
-    """Every person scored in every image; the report's per-image entries combine them (the lowest)."""
-    generation = engine.face_analyzer(generation_pack)
-    analyzer = engine.face_analyzer(score_models) if score_models else generation
+    """Every person scored in every image; the report's per-image entries combine them (the lowest).
+    `regions` are the persons' 0/1 masks at the images' size."""
+    generation = engine.face_analyzer(generation_pack, default=default_pack)
+    analyzer = engine.face_analyzer(score_models, default=default_pack) if score_models else generation
     same = analyzer.pack_dir.resolve() == generation.pack_dir.resolve()
+    labels = [f"person {index}" for index in range(1, len(persons) + 1)]
     references = []
     for person in persons:
         try:
-            references.append(
-                engine_reference(
-                    engine, analyzer, person.person.faces, pick=person.params.pick, det_size=det_size
-                )
-            )
+            references.append(engine_reference(engine, analyzer, person.faces, pick=pick, det_size=det_size))
         except NoFaceError as exc:
             references.append(exc)
 
@@ -57,12 +58,13 @@ def score_persons(
         found = analyzer.find_faces(image, det_size=det_size, name="scored image")
         usable = [index for index, face in enumerate(found) if min(face_side(face)) >= MIN_FACE_PX]
         boxes = [found[index].bbox for index in usable]
-        for slot, (person, reference) in enumerate(zip(persons, references, strict=True)):
+        for slot, reference in enumerate(references):
+            where = f"{labels[slot]}'s region ({persons[slot].region_text()})"
             per_person[slot].append(
-                _person_score(analyzer, found, usable, boxes, person, reference, det_size)
+                _person_score(analyzer, found, usable, boxes, regions[slot], where, reference, det_size)
             )
 
-    combined = [_lowest([scores[i] for scores in per_person], persons) for i in range(len(images))]
+    combined = [_lowest([scores[i] for scores in per_person], labels) for i in range(len(images))]
     return IdentityReport(
         pack=pack_name(analyzer),
         pack_dir=str(analyzer.pack_dir),
@@ -74,11 +76,11 @@ def score_persons(
             "image_score": IMAGE_SCORE_RULE,
             "persons": [
                 {
-                    "label": person.label,
+                    "label": label,
                     "reference": reference.description if not isinstance(reference, Exception) else None,
                     "images": [score.to_json() for score in scores],
                 }
-                for person, reference, scores in zip(persons, references, per_person, strict=True)
+                for label, reference, scores in zip(labels, references, per_person, strict=True)
             ],
         },
     )
@@ -89,7 +91,8 @@ def _person_score(
     found: Sequence[Any],
     usable: Sequence[int],
     boxes: Sequence[np.ndarray],
-    person: PreparedPerson,
+    region: np.ndarray,
+    where: str,
     reference: Any,
     det_size: int,
 ) -> ImageScore:
@@ -97,12 +100,9 @@ def _person_score(
         return ImageScore(
             status="no_reference", reason=str(reference), sizes_tried=tuple(reference.sizes_tried)
         )
-    chosen = pick_in_region(person.region, boxes)
+    chosen = pick_in_region(region, boxes)
     if chosen is None:
-        reason = (
-            f"no face with its centre in {person.label}'s region ({person.person.region_text()}); "
-            f"{len(found)} face(s) in the image with pack {reference.pack}"
-        )
+        reason = f"no face with its centre in {where}; {len(found)} face(s) in the image with pack {reference.pack}"
         sizes = tuple(fallback_sizes(det_size, analyzer.largest_stride))
         return ImageScore(status="no_face", reason=reason, sizes_tried=sizes)
     face = found[usable[chosen]]
@@ -115,13 +115,13 @@ def _person_score(
     )
 
 
-def _lowest(scores: Sequence[ImageScore], persons: Sequence[PreparedPerson]) -> ImageScore:
+def _lowest(scores: Sequence[ImageScore], labels: Sequence[str]) -> ImageScore:
     """The image's entry: the lowest person score, or the first person's missing state, naming the person."""
-    for score, person in zip(scores, persons, strict=True):
+    for score, label in zip(scores, labels, strict=True):
         if score.status != "scored":
             return ImageScore(
                 status=score.status,
-                reason=f"{person.label}: {score.reason}",
+                reason=f"{label}: {score.reason}",
                 sizes_tried=score.sizes_tried,
             )
     return min(scores, key=lambda score: float(score.score))  # type: ignore[arg-type]

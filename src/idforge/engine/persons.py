@@ -134,52 +134,67 @@ class PreparedPerson:
 # ---- checks and decoding (before any model loads) ------------------------------------------------------------
 
 
-def check_person_request(request: InstantIDRequest) -> list[InstantIDParams]:
-    """Refuse what cannot work with persons; return each person's resolved InstantID parameters."""
-    persons = list(request.persons)
+def check_persons(persons: Sequence[Any]) -> None:
+    """What every multi-person method needs: 1..MAX_PERSONS Person objects, each with a face."""
     if not persons:
         raise ParameterError("persons", "no person given")
     if len(persons) > MAX_PERSONS:
         raise ParameterError("persons", f"{len(persons)} persons given, at most {MAX_PERSONS}")
+    for index, person in enumerate(persons, start=1):
+        if not isinstance(person, Person):
+            raise ParameterError(f"person {index}", f"expected a Person, got {type(person).__name__}")
+        if not person.faces:
+            raise ParameterError(f"person {index} face", "at least one reference face image is needed")
+
+
+def person_params(person: Person, label: str, defaults: Any, fields: dict[str, str]) -> Any:
+    """`defaults` (a parameter object) with the person's overrides; `fields` maps Person fields to its names."""
+    overrides = {
+        target: getattr(person, source)
+        for source, target in fields.items()
+        if getattr(person, source) is not None
+    }
+    try:
+        return replace(defaults, **overrides)
+    except ParameterError as exc:
+        raise ParameterError(f"{label} {exc.name}", exc.problem) from None
+
+
+def check_person_request(request: InstantIDRequest) -> list[InstantIDParams]:
+    """Refuse what cannot work with persons; return each person's resolved InstantID parameters."""
+    check_persons(request.persons)
     if request.faces:
         raise ParameterError("face", "give either reference faces or persons (each with its faces), not both")
     if request.mask is not None:
         raise ParameterError(
             "mask", "with persons, each person's region (region=, box= or mask=) replaces the mask"
         )
-    resolved = []
+    fields = {name: name for name in ("ip_weight", "cn_strength", "start_at", "end_at")}
+    return [
+        person_params(person, f"person {index}", request.instantid, fields)
+        for index, person in enumerate(request.persons, start=1)
+    ]
+
+
+def decode_persons(persons: Sequence[Person]) -> list[Person]:
+    """Copies of the persons with their faces decoded and their masks checked (before any model loads)."""
+    decoded = []
     for index, person in enumerate(persons, start=1):
-        label = f"person {index}"
-        if not isinstance(person, Person):
-            raise ParameterError(label, f"expected a Person, got {type(person).__name__}")
-        if not person.faces:
-            raise ParameterError(f"{label} face", "at least one reference face image is needed")
-        overrides = {
-            name: getattr(person, name)
-            for name in ("ip_weight", "cn_strength", "start_at", "end_at")
-            if getattr(person, name) is not None
-        }
-        try:
-            resolved.append(replace(request.instantid, **overrides))
-        except ParameterError as exc:
-            raise ParameterError(f"{label} {exc.name}", exc.problem) from None
-    return resolved
-
-
-def load_person_images(request: InstantIDRequest) -> InstantIDRequest:
-    """A copy of the request with every person's faces, the pose and the keypoint image decoded, and every mask
-    checked: a bad image fails, naming it, before any model loads."""
-    persons = []
-    for index, person in enumerate(request.persons, start=1):
         faces = [
             load_named(source, f"person {index} face image {i}") for i, source in enumerate(person.faces)
         ]
         if person.mask is not None:
             load_mask(person.mask, (8, 8), name=image_name(person.mask, f"person {index} mask"))
-        persons.append(replace(person, faces=faces))
+        decoded.append(replace(person, faces=faces))
+    return decoded
+
+
+def load_person_images(request: InstantIDRequest) -> InstantIDRequest:
+    """A copy of the request with every person's faces, the pose and the keypoint image decoded, and every mask
+    checked: a bad image fails, naming it, before any model loads."""
     pose = load_named(request.pose, "pose image") if request.pose is not None else None
     kps_image = load_named(request.kps_image, "keypoint image") if request.kps_image is not None else None
-    return replace(request, persons=persons, pose=pose, kps_image=kps_image)
+    return replace(request, persons=decode_persons(request.persons), pose=pose, kps_image=kps_image)
 
 
 def output_size(request: InstantIDRequest) -> tuple[int, int]:
@@ -252,9 +267,10 @@ def check_disjoint(labels: Sequence[str], masks: Sequence[np.ndarray], persons: 
                 )
 
 
-def person_regions(request: InstantIDRequest, size: tuple[int, int]) -> list[np.ndarray]:
-    """Every person's region mask at the output size, checked: inside the image, not empty, disjoint."""
-    persons = list(request.persons)
+def person_regions(persons: Sequence[Person], size: tuple[int, int]) -> list[np.ndarray]:
+    """Every person's region mask at the output size, checked: inside the image, not empty, disjoint
+    (InstantID and FaceID alike)."""
+    persons = list(persons)
     labels = [f"person {i}" for i in range(1, len(persons) + 1)]
     masks = [region_mask(person, label, size) for person, label in zip(persons, labels, strict=True)]
     check_disjoint(labels, masks, persons)
@@ -305,7 +321,7 @@ def prepare_persons(
     width, height = output_size(request)
     persons = list(request.persons)
     labels = [f"person {i}" for i in range(1, len(persons) + 1)]
-    masks = person_regions(request, (width, height))
+    masks = person_regions(request.persons, (width, height))
     warnings: list[str] = []
 
     pose_boxes: list[np.ndarray] = []
@@ -472,7 +488,7 @@ def generate_persons(
     started = time.perf_counter()
     params_list = check_person_request(request)
     request = load_person_images(request)
-    person_regions(request, output_size(request))  # size and region errors before any model loads
+    person_regions(request.persons, output_size(request))  # size and region errors before any model loads
     models = load_instantid_models(engine, request.base, request.instantid_model)
     persons, warnings = prepare_persons(engine, request, params_list, models.projection)
     run = run_persons(engine, models, persons, request, progress)
@@ -495,8 +511,11 @@ def generate_persons(
         result.identity = score_persons(
             engine,
             result.images,
-            persons,
+            [person.person for person in persons],
+            [person.region for person in persons],
+            pick=request.instantid.pick,
             generation_pack=request.face_models,
+            default_pack="antelopev2",
             score_models=request.generation.score_models,
         )
         recipe["identity"] = result.identity.to_json()
