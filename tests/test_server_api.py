@@ -26,7 +26,10 @@ from server_fixtures import b64, dark_png, face_b64, running_server, seed_reques
 @pytest.fixture(scope="module")
 def server(tiny_kit, tmp_path_factory):
     db = tmp_path_factory.mktemp("api") / "server.db"
-    warm = ("insta-depth", "instantid")  # what these tests use first (FaceID's default adapter is never run here)
+    warm = (
+        "insta-depth",
+        "instantid",
+    )  # what these tests use first (FaceID's default adapter is never run here)
     with running_server(db, None, models_dirs=[str(tiny_kit)], warm_up=warm) as (url, keys):
         record, token = keys.create_key(100)
         client = httpx.Client(base_url=url, headers={"x-api-key": token}, timeout=300)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from idforge.engine.inputs import ImageSource, image_name, load_named
+from idforge.engine.inputs import image_name, load_named
 from idforge.engine.instantid import (
     IdentityRun,
     InstantIDRequest,
@@ -37,84 +37,19 @@ from idforge.engine.instantid import (
     instantid_recipe,
     load_instantid_models,
 )
-from idforge.engine.params import InstantIDParams, params_to_dict
+from idforge.engine.params import MAX_PERSONS, InstantIDParams, Person, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import instantid_size, scale_box, scale_kps
-from idforge.errors import NoFaceError, ParameterError, check_choice, check_range
+from idforge.errors import NoFaceError, ParameterError
 from idforge.imageio import load_mask
 
-REGION_NAMES = ("left", "right", "top", "bottom")
-MAX_PERSONS = 8
 # The reference two-person workflow's canvas (SPEC.md section 8): 1280x960, one half per person.
 DEFAULT_SIZE = (1280, 960)
 # A mask image's pixel belongs to the region at or above this value (regions are sets of pixels: disjoint or not).
 MASK_THRESHOLD = 0.5
-
-
-@dataclass
-class Person:
-    """One person of a multi-person image: face image(s), own strengths and window, and one region.
-
-    The region is exactly one of `region` (left | right | top | bottom: that half of the image), `box`
-    (x1, y1, x2, y2 in output pixels) or `mask` (an image; white or opaque = the person's area, resized to the
-    output). Strengths and window left at None take the request's InstantID values.
-    """
-
-    faces: Sequence[ImageSource]
-    region: str | None = None
-    box: tuple[int, int, int, int] | None = None
-    mask: ImageSource | None = None
-    ip_weight: float | None = None
-    cn_strength: float | None = None
-    start_at: float | None = None
-    end_at: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.faces, str | bytes) or not isinstance(self.faces, Sequence):
-            self.faces = [self.faces]
-        self.faces = list(self.faces)
-        given = [name for name in ("region", "box", "mask") if getattr(self, name) is not None]
-        if len(given) != 1:
-            problem = "no region given" if not given else f"several regions given ({', '.join(given)})"
-            raise ParameterError(
-                "region", f"{problem}; give one: region=left|right|top|bottom, box=x1:y1:x2:y2 or mask=IMAGE"
-            )
-        if self.region is not None:
-            self.region = check_choice("region", str(self.region).strip().lower(), REGION_NAMES)
-        if self.box is not None:
-            self.box = _check_box(self.box)
-        for name, low, high in (("ip_weight", 0.0, 3.0), ("cn_strength", 0.0, 10.0)):
-            value = getattr(self, name)
-            if value is not None:
-                check_range(name, float(value), low, high)
-        for name in ("start_at", "end_at"):
-            value = getattr(self, name)
-            if value is not None:
-                check_range(name, float(value), 0.0, 1.0)
-
-    def region_text(self) -> str:
-        """How the region was given, for messages and the recipe."""
-        if self.region is not None:
-            return self.region
-        if self.box is not None:
-            return "box " + ":".join(str(v) for v in self.box)
-        return f"mask {image_name(self.mask, '<image>')}"
-
-
-def _check_box(box: Sequence[Any]) -> tuple[int, int, int, int]:
-    values = list(box)
-    if len(values) != 4:
-        raise ParameterError("box", f"expected 4 numbers x1:y1:x2:y2, got {len(values)}")
-    try:
-        x1, y1, x2, y2 = (int(round(float(v))) for v in values)
-    except (TypeError, ValueError):
-        raise ParameterError("box", f"{values!r} are not numbers x1:y1:x2:y2") from None
-    if x2 <= x1 or y2 <= y1:
-        raise ParameterError("box", f"{x1}:{y1}:{x2}:{y2} is empty (need x1 < x2 and y1 < y2)")
-    return x1, y1, x2, y2
 
 
 @dataclass
