@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ from idforge.engine.instantid import (
     instantid_recipe,
     load_instantid_models,
 )
-from idforge.engine.params import MAX_PERSONS, InstantIDParams, Person, params_to_dict
+from idforge.engine.params import MAX_PERSONS, InstantIDParams, Person
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.seeds import image_seeds, resolve_seed
@@ -63,7 +63,6 @@ class PreparedPerson:
     region_box: tuple[int, int, int, int]  # bounding box of the region
     prepared: PreparedInstantID  # tokens, this person's keypoint image, its face box
     kps_source: str  # "pose", "own", "own (pose fallback)" or "kps_image"
-    reference_faces: list[Any] = field(default_factory=list)  # analysed Face objects (for the score)
 
 
 # ---- checks and decoding (before any model loads) ------------------------------------------------------------
@@ -141,7 +140,7 @@ def output_size(request: InstantIDRequest) -> tuple[int, int]:
         raise ParameterError("width/height", "give both width and height, or neither")
     for source in (request.pose, request.kps_image):
         if source is not None:
-            return instantid_size(*load_named(source, "pose image").image.size)
+            return instantid_size(*load_named(source, "pose or keypoint image").image.size)
     if all(person.region in ("top", "bottom") for person in request.persons):
         return DEFAULT_SIZE[1], DEFAULT_SIZE[0]
     return DEFAULT_SIZE
@@ -338,7 +337,6 @@ def prepare_persons(
                     [],
                 ),
                 kps_source=source,
-                reference_faces=[face for _, face in identity.reference_faces],
             )
         )
     return prepared, warnings
@@ -430,7 +428,6 @@ def generate_persons(
     recipe = instantid_recipe(engine, request, models, persons[0].prepared, run, started)
     recipe["inputs"].pop("faces")
     recipe["inputs"].pop("mask")
-    recipe["params"] = params_to_dict(request.generation, request.instantid) | {"seed": run.seed}
     recipe["persons"] = [person_recipe(person) for person in persons]
     result = GenerationResult(
         images=run.images,
