@@ -30,6 +30,14 @@ def add_generation_arguments(
     group.add_argument(
         "--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="extra LoRA, e.g. LCM-LoRA"
     )
+    identity = parser.add_argument_group("identity score")
+    identity.add_argument(
+        "--score-models",
+        default=None,
+        metavar="PATH|NAME",
+        help="face pack for the identity score (default: the pack that conditioned the generation, which flatters it)",
+    )
+    identity.add_argument("--no-score", action="store_true", help="do not score the outputs")
     group.add_argument("-o", "--output", required=True, help="output PNG (several images: NAME_0.png ...)")
     group.add_argument("--json", action="store_true", help="print the full recipe as JSON")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -100,6 +108,8 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         cpu_offload=args.cpu_offload,
         vae_tiling=args.vae_tiling,
         loras=[parse_lora(text) for text in args.lora],
+        score=not args.no_score,
+        score_models=args.score_models,
     )
 
 
@@ -140,5 +150,14 @@ def report(args: argparse.Namespace, result, written) -> None:
         payload = result.recipe | {"files": [str(p) for p in written], "seeds": result.seeds}
         print(json.dumps(payload, indent=2, default=str))
     else:
-        for path, seed in zip(written, result.seeds, strict=True):
-            print(f"{path}  seed={seed}")
+        identity = result.identity.images if result.identity is not None else [None] * len(written)
+        for path, seed, score in zip(written, result.seeds, identity, strict=True):
+            print(f"{path}  seed={seed}{_score_text(score)}")
+
+
+def _score_text(score) -> str:
+    if score is None:
+        return ""
+    if score.score is None:
+        return f"  identity=none ({score.reason})"
+    return f"  identity={score.score:.4f}"

@@ -37,7 +37,7 @@ from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import GenerationParams, check_pick, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
-from idforge.engine.scoring import attach_identity
+from idforge.engine.scoring import attach_identity, reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import (
@@ -355,6 +355,9 @@ def prepare_faceid(
                 raise NoFaceError(name, exc.sizes_tried, hint) from None
             warnings.append(f"{name}: no face found; left out")
             continue
+        warnings += reference_advice(
+            engine, analyzer, image, name=name, pick=params.pick, det_size=params.det_size
+        )
         vector = face.embedding if ckpt.uses_raw_embedding else face.normed_embedding
         embeddings.append(torch.from_numpy(np.asarray(vector, dtype=np.float32)))
         crops.append(face_crops([np.asarray(image)], [face.kps], crop_size)[0])

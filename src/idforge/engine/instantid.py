@@ -29,7 +29,7 @@ from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
-from idforge.engine.scoring import attach_identity
+from idforge.engine.scoring import attach_identity, reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
@@ -113,6 +113,9 @@ def prepare_instantid(
             analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
         )
         reference_faces.append((named.image, face))
+        warnings += reference_advice(
+            engine, analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
+        )
         faces_info.append(
             {"image": named.name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)}
         )
