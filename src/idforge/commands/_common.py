@@ -38,6 +38,16 @@ def add_generation_arguments(
         help="face pack for the identity score (default: the pack that conditioned the generation, which flatters it)",
     )
     identity.add_argument("--no-score", action="store_true", help="do not score the outputs")
+    identity.add_argument(
+        "--best-of",
+        type=int,
+        default=1,
+        metavar="N",
+        help="generate N candidates (seeds seed..seed+N-1, at most 16) and keep the best identity score",
+    )
+    identity.add_argument(
+        "--best-of-batch", type=int, default=4, metavar="K", help="candidates per denoising pass (default 4)"
+    )
     group.add_argument("-o", "--output", required=True, help="output PNG (several images: NAME_0.png ...)")
     group.add_argument("--json", action="store_true", help="print the full recipe as JSON")
     group.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -109,6 +119,8 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         vae_tiling=args.vae_tiling,
         loras=[parse_lora(text) for text in args.lora],
         score=not args.no_score,
+        best_of=args.best_of,
+        best_of_batch=args.best_of_batch,
         score_models=args.score_models,
     )
 

@@ -433,6 +433,17 @@ def generate_faceid(
     """
     started = time.perf_counter()
     gen, params = request.generation, request.faceid
+    if gen.best_of > 1:
+        if params.batch:
+            raise ParameterError(
+                "best_of", "best-of-N cannot be combined with batch mode (one output per face)"
+            )
+        from idforge.engine.best_of import generate_best_of
+
+        def one_run(engine: Engine, request: FaceIDRequest, progress: ProgressCallback | None):
+            return generate_faceid(engine, request, progress, instantid=instantid)
+
+        return generate_best_of(engine, one_run, request, progress)
     if instantid is not None and params.batch:
         raise ParameterError("batch", "batch mode cannot be combined with InstantID (one identity per call)")
     request = decode_inputs(request)

@@ -378,6 +378,10 @@ def generate_instantid(
     engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
 ) -> GenerationResult:
     """Run InstantID end to end and return images with their recipe."""
+    if request.generation.best_of > 1:
+        from idforge.engine.best_of import generate_best_of
+
+        return generate_best_of(engine, generate_instantid, request, progress)
     started = time.perf_counter()
     request = load_request_images(request)
     models = load_instantid_models(engine, request.base, request.instantid_model)

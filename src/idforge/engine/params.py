@@ -18,6 +18,7 @@ INSTANTID_COMBINE = ("average", "norm average", "concat")
 FACE_PICKS = ("largest", "score")
 
 MAX_SEED = 999_999_999_999_999
+MAX_BEST_OF = 16  # candidates per best-of-N request (each costs a full generation)
 MAX_SIDE = 4096
 
 
@@ -34,6 +35,13 @@ def check_pick(pick: str | int) -> str | int:
             raise ParameterError("pick", f"face index {index} must be >= 0")
         return index
     return check_choice("pick", pick, FACE_PICKS)
+
+
+def check_best_of(value: int) -> int:
+    """1..MAX_BEST_OF candidates; anything else is a one-line error naming best_of."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BEST_OF:
+        raise ParameterError("best_of", f"{value!r} must be a whole number from 1 to {MAX_BEST_OF}")
+    return value
 
 
 @dataclass
@@ -67,6 +75,8 @@ class GenerationParams:
     loras: list[LoraSpec] = field(default_factory=list)
     score: bool = True  # face-match score of every output (faces/scoring.py)
     score_models: str | None = None  # a second face pack for scoring (default: the generation's own pack)
+    best_of: int = 1  # N candidates (seeds seed..seed+N-1) ranked by identity score; the best is returned
+    best_of_batch: int = 4  # candidates per denoising pass (the winner is re-run alone when > 1)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -84,6 +94,12 @@ class GenerationParams:
             if value % 8:
                 raise ParameterError(name, f"{value} must be a multiple of 8")
         check_range("num_images", self.num_images, 1, 64)
+        check_best_of(self.best_of)
+        check_range("best_of_batch", self.best_of_batch, 1, MAX_BEST_OF)
+        if self.best_of > 1 and self.num_images != 1:
+            raise ParameterError("best_of", f"best-of-{self.best_of} returns one image; num_images must be 1")
+        if self.best_of > 1 and not self.score:
+            raise ParameterError("best_of", "best-of-N ranks by the identity score; scoring cannot be off")
         self.dtype = check_choice("dtype", self.dtype, DTYPES)
         self.loras = [lora if isinstance(lora, LoraSpec) else LoraSpec(**lora) for lora in self.loras]
 
