@@ -18,6 +18,12 @@ def add_generation_arguments(
     group = parser.add_argument_group("generation")
     group.add_argument("--prompt", required=True, help="what the image shows")
     group.add_argument("--negative-prompt", default="", help="what to keep out of the image")
+    group.add_argument(
+        "--style",
+        default=None,
+        metavar="NAME",
+        help="a style template (list: idforge styles); wraps the prompt",
+    )
     group.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     group.add_argument(
         "--guidance", type=float, default=guidance, help=f"CFG scale (default {guidance}; <=1 disables CFG)"
@@ -118,6 +124,7 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         cpu_offload=args.cpu_offload,
         vae_tiling=args.vae_tiling,
         loras=[parse_lora(text) for text in args.lora],
+        style=args.style,
         score=not args.no_score,
         best_of=args.best_of,
         best_of_batch=args.best_of_batch,

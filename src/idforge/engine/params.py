@@ -75,6 +75,9 @@ class GenerationParams:
     loras: list[LoraSpec] = field(default_factory=list)
     score: bool = True  # face-match score of every output (faces/scoring.py)
     score_models: str | None = None  # a second face pack for scoring (default: the generation's own pack)
+    style: str | None = (
+        None  # a named prompt template (idforge/styles.py), applied when the prompt is encoded
+    )
     best_of: int = 1  # N candidates (seeds seed..seed+N-1) ranked by identity score; the best is returned
     best_of_batch: int = 4  # candidates per denoising pass (the winner is re-run alone when > 1)
 
@@ -94,6 +97,10 @@ class GenerationParams:
             if value % 8:
                 raise ParameterError(name, f"{value} must be a multiple of 8")
         check_range("num_images", self.num_images, 1, 64)
+        if self.style is not None:
+            from idforge.styles import get_style
+
+            self.style = get_style(self.style).name
         check_best_of(self.best_of)
         check_range("best_of_batch", self.best_of_batch, 1, MAX_BEST_OF)
         if self.best_of > 1 and self.num_images != 1:
@@ -102,6 +109,19 @@ class GenerationParams:
             raise ParameterError("best_of", "best-of-N ranks by the identity score; scoring cannot be off")
         self.dtype = check_choice("dtype", self.dtype, DTYPES)
         self.loras = [lora if isinstance(lora, LoraSpec) else LoraSpec(**lora) for lora in self.loras]
+
+    def styled_prompts(self) -> tuple[str, str]:
+        """(prompt, negative prompt) as the text encoder gets them: after the style template, if any."""
+        from idforge.styles import apply_style
+
+        return apply_style(self.style, self.prompt, self.negative_prompt)
+
+    def recipe_extras(self) -> dict[str, Any]:
+        """What the recipe records beside the fields: the styled prompts when a style is set."""
+        if self.style in (None, "none"):
+            return {}
+        prompt, negative = self.styled_prompts()
+        return {"styled_prompt": prompt, "styled_negative_prompt": negative}
 
     @property
     def do_cfg(self) -> bool:
@@ -143,4 +163,6 @@ def params_to_dict(*objects: Any) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for obj in objects:
         merged.update(asdict(obj))
+        if hasattr(obj, "recipe_extras"):
+            merged.update(obj.recipe_extras())
     return merged

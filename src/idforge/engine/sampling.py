@@ -46,7 +46,8 @@ def sample_and_decode(
     park_on_cpu([*text_encoders(base), base.unet, base.pipe.vae, *control_models], device, offload)
 
     with on_device(text_encoders(base), device, offload):
-        text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
+        prompt, negative = gen.styled_prompts()
+        text = encode_text(base, prompt, negative, batch, gen.do_cfg, width, height)
     scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
     scheduler.set_timesteps(gen.steps, device=device)
     latents = initial_noise(seeds, (base.unet.config.in_channels, *latent_hw), dtype, device)
