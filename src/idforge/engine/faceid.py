@@ -30,6 +30,7 @@ from PIL import Image
 
 from idforge import __version__
 from idforge.engine.base import BaseModel
+from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
 from idforge.engine.loop import ControlUnit
@@ -597,7 +598,8 @@ def faceid_recipe(
             "face_models": {
                 "source": str(engine.face_analyzer(request.face_models, default="buffalo_l").pack_dir)
             },
-        },
+        }
+        | few_step_models(engine, gen),
         "inputs": {
             "faces": prepared.faces_info,
             "batch_references": prepared.batch_references,

@@ -23,6 +23,7 @@ from PIL import Image
 
 from idforge import __version__
 from idforge.engine.base import BaseModel, pil_to_control_tensor
+from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
@@ -363,7 +364,8 @@ def instantid_recipe(
             },
             "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
             "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
-        },
+        }
+        | few_step_models(engine, gen),
         "inputs": {
             "faces": prepared.faces_info,
             "pose": image_name(request.pose, "<image>") if request.pose is not None else None,
