@@ -30,6 +30,7 @@ from PIL import Image
 
 from idforge import __version__
 from idforge.engine.base import BaseModel
+from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
 from idforge.engine.loop import ControlUnit
@@ -37,7 +38,7 @@ from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import GenerationParams, check_pick, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
-from idforge.engine.scoring import attach_identity
+from idforge.engine.scoring import attach_identity, reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import (
@@ -358,6 +359,9 @@ def prepare_faceid(
                 raise NoFaceError(name, exc.sizes_tried, hint) from None
             warnings.append(f"{name}: no face found; left out")
             continue
+        warnings += reference_advice(
+            engine, analyzer, image, name=name, pick=params.pick, det_size=params.det_size
+        )
         vector = face.embedding if ckpt.uses_raw_embedding else face.normed_embedding
         embeddings.append(torch.from_numpy(np.asarray(vector, dtype=np.float32)))
         crops.append(face_crops([np.asarray(image)], [face.kps], crop_size)[0])
@@ -431,6 +435,19 @@ def generate_faceid(
     mask and models; the prompt, sampler, size, seed and base come from `request` (a size not given there
     follows InstantID's keypoint-image rule). Batch mode is not available combined.
     """
+    started = time.perf_counter()
+    gen, params = request.generation, request.faceid
+    if gen.best_of > 1:
+        if params.batch:
+            raise ParameterError(
+                "best_of", "best-of-N cannot be combined with batch mode (one output per face)"
+            )
+        from idforge.engine.best_of import generate_best_of
+
+        def one_run(engine: Engine, request: FaceIDRequest, progress: ProgressCallback | None):
+            return generate_faceid(engine, request, progress, instantid=instantid)
+
+        return generate_best_of(engine, one_run, request, progress)
     if request.persons:
         if instantid is not None:
             raise ParameterError(
@@ -439,8 +456,6 @@ def generate_faceid(
         from idforge.engine.faceid_persons import generate_faceid_persons
 
         return generate_faceid_persons(engine, request, progress)
-    started = time.perf_counter()
-    gen, params = request.generation, request.faceid
     if instantid is not None and params.batch:
         raise ParameterError("batch", "batch mode cannot be combined with InstantID (one identity per call)")
     request = decode_inputs(request)
@@ -594,7 +609,8 @@ def faceid_recipe(
             "face_models": {
                 "source": str(engine.face_analyzer(request.face_models, default="buffalo_l").pack_dir)
             },
-        },
+        }
+        | few_step_models(engine, gen),
         "inputs": {
             "faces": prepared.faces_info,
             "batch_references": prepared.batch_references,

@@ -101,6 +101,10 @@ def generate_insta_depth(
     engine: Engine, request: InstaDepthRequest, progress: ProgressCallback | None = None
 ) -> GenerationResult:
     """Run Insta Depth end to end: images, recipe, the depth map and keypoint image as extras."""
+    if request.generation.best_of > 1:
+        from idforge.engine.best_of import generate_best_of
+
+        return generate_best_of(engine, generate_insta_depth, request, progress)
     started = time.perf_counter()
     params = request.instantid
     # Every input image is decoded before any model loads: bad input fails fast and costs nothing.

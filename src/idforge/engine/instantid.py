@@ -23,13 +23,14 @@ from PIL import Image
 
 from idforge import __version__
 from idforge.engine.base import BaseModel, pil_to_control_tensor
+from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
-from idforge.engine.scoring import attach_identity
+from idforge.engine.scoring import attach_identity, reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
@@ -106,6 +107,7 @@ class IdentityTokens:
     uncond_tokens: torch.Tensor  # (1, T, C)
     reference_faces: list[tuple[Image.Image, Any]]  # (image, Face) per reference
     faces_info: list[dict[str, Any]]
+    warnings: list[str]  # reference advice (small, blurred, turned faces; several faces)
 
 
 def identity_tokens(
@@ -122,12 +124,16 @@ def identity_tokens(
         raise ParameterError("face", "at least one reference face image is needed")
     reference_faces = []
     faces_info = []
+    warnings: list[str] = []
     for index, source in enumerate(faces):
         named = load_named(source, f"{label} {index}")
         face = engine.analyze_face(
             analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
         )
         reference_faces.append((named.image, face))
+        warnings += reference_advice(
+            engine, analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
+        )
         faces_info.append(
             {"image": named.name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)}
         )
@@ -142,7 +148,7 @@ def identity_tokens(
     with torch.no_grad():
         cond_tokens = projection(combined.to(device))
         uncond_tokens = projection(uncond.to(device=device, dtype=combined.dtype))
-    return IdentityTokens(cond_tokens, uncond_tokens, reference_faces, faces_info)
+    return IdentityTokens(cond_tokens, uncond_tokens, reference_faces, faces_info, warnings)
 
 
 def prepare_instantid(
@@ -151,8 +157,8 @@ def prepare_instantid(
     """Face analysis, embedding combination, projection and the keypoint image."""
     params = request.instantid
     analyzer = engine.face_analyzer(request.face_models)
-    warnings: list[str] = []
     identity = identity_tokens(engine, analyzer, request.faces, params, projection)
+    warnings = list(identity.warnings)
     cond_tokens, uncond_tokens = identity.cond_tokens, identity.uncond_tokens
     reference_faces, faces_info = identity.reference_faces, identity.faces_info
 
@@ -390,7 +396,8 @@ def instantid_recipe(
             },
             "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
             "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
-        },
+        }
+        | few_step_models(engine, gen),
         "inputs": {
             "faces": prepared.faces_info,
             "pose": image_name(request.pose, "<image>") if request.pose is not None else None,
@@ -405,6 +412,10 @@ def generate_instantid(
     engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
 ) -> GenerationResult:
     """Run InstantID end to end and return images with their recipe (several people: engine/persons.py)."""
+    if request.generation.best_of > 1:
+        from idforge.engine.best_of import generate_best_of
+
+        return generate_best_of(engine, generate_instantid, request, progress)
     if request.persons:
         from idforge.engine.persons import generate_persons
 

@@ -290,6 +290,7 @@ def prepare_persons(
             if exc.name.startswith(label):
                 raise
             raise NoFaceError(f"{label} face {exc.name}", exc.sizes_tried) from None
+        warnings += [f"{label}: {warning}" for warning in identity.warnings]
         box = mask_box(mask)
         face_box: np.ndarray | None
         if ready_kps is not None:

@@ -98,3 +98,19 @@ def attach_identity(
     result.identity = report
     result.recipe["identity"] = report.to_json()
     return result
+
+
+def reference_advice(
+    engine: Engine, analyzer, image, *, name: str, pick: str | int, det_size: int
+) -> list[str]:
+    """The reference check's advice for one reference photo, as warnings ("NAME: face is 80 px ..."),
+    cached by content like the face analysis itself."""
+    from idforge.engine.session import image_digest
+    from idforge.faces.quality import check_reference
+
+    key = ("reference-check", id(analyzer), image_digest(image), str(pick), det_size)
+    check = engine.face_cache.get(key)
+    if check is None:
+        check = check_reference(analyzer, image, name=name, pick=pick, det_size=det_size)
+        engine.face_cache.put(key, check)
+    return [f"{name}: {advice}" for advice in check.advice]
