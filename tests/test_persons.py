@@ -534,3 +534,23 @@ def test_cli_faceid_two_persons(tiny_kit, faces, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert [p["region"]["box"] for p in printed["persons"]] == [[0, 0, 64, 64], [0, 64, 64, 128]]
     assert read_recipe(out)["persons"][0]["weight"] == 0.5
+
+
+def test_best_of_ranks_persons_images_by_their_lowest_person_score(engine, faces, monkeypatch):
+    """Candidates whose decoded picture shows both faces score; the seed whose picture loses a face ranks last."""
+    picture = Image.open(faces["two"]).convert("RGB").resize((WIDTH * 2, HEIGHT * 2))
+    blank = Image.new("RGB", picture.size, (20, 20, 20))
+    one_face = blank.copy()
+    one_face.paste(picture.crop((0, 0, WIDTH, HEIGHT * 2)), (0, 0))
+
+    def stub(engine_, base, gen_, seeds, size_, attention, controls, progress):
+        return torch.zeros(len(seeds), 4, 1, 1), [(one_face if s % 2 else picture).copy() for s in seeds]
+
+    monkeypatch.setattr(persons_module, "sample_and_decode", stub)
+    result = generate_instantid(
+        engine, two_persons(faces, generation=gen(width=WIDTH * 2, height=HEIGHT * 2, seed=10, best_of=3))
+    )
+    ranking = result.recipe["best_of"]["ranking"]
+    assert [entry["seed"] for entry in ranking][-1] == 11  # its right half has no face: person 2 is no_face
+    assert ranking[-1]["status"] == "no_face" and ranking[0]["status"] == "scored"
+    assert result.recipe["best_of"]["chosen_seed"] in (10, 12) and len(result.recipe["persons"]) == 2
