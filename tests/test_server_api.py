@@ -284,6 +284,11 @@ FIELD_NAMES = st.sampled_from(
         "width",
         "height",
         "return_depth_map",
+        "style",
+        "webhook_url",
+        "steps",
+        "samples",
+        "identity_strength",
         "extra",
     ]
 )
@@ -296,7 +301,9 @@ FIELD_NAMES = st.sampled_from(
         JSON_VALUES,
         st.binary(max_size=64).map(lambda b: ("raw", b)),
     ),
-    path=st.sampled_from(["/v1/insta-depth", "/v2/insta-depth", "/v1/instantid", "/v1/faceid"]),
+    path=st.sampled_from(
+        ["/v1/insta-depth", "/v2/insta-depth", "/v1/instantid", "/v2/instantid", "/v1/faceid"]
+    ),
 )
 def test_malformed_bodies_never_crash_the_server(server, body, path):
     client, keys, record = server

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from idforge import __version__
-from idforge.errors import IdforgeError, ParameterError
+from idforge.errors import IdforgeError
 from idforge.server.contract import TERMINAL, result_body, status_body, submit_body
 from idforge.server.images import ImagePolicy
 from idforge.server.jobs import (
@@ -51,6 +51,7 @@ from idforge.server.schemas import (
     InstantIDBody,
     JobResultResponse,
     JobStatusResponse,
+    RequestFieldError,
     StyleInfo,
     WebhookListResponse,
 )
@@ -200,7 +201,10 @@ def create_app(
 
     @app.exception_handler(IdforgeError)
     async def on_idforge(request: Request, exc: IdforgeError):
-        return error_response(400, str(exc), request, field_for(getattr(exc, "name", None)))
+        name = getattr(exc, "name", None)
+        return error_response(
+            400, str(exc), request, name if isinstance(exc, RequestFieldError) else field_for(name)
+        )
 
     # -- auth -----------------------------------------------------------------------------------------------------
     async def api_key(
@@ -224,7 +228,9 @@ def create_app(
         webhook_url = body.webhook_url
         if webhook_url is not None:
             if sync:
-                raise ParameterError("webhook_url", "only /v2 requests can have a webhook; drop it for /v1")
+                raise RequestFieldError(
+                    "webhook_url", "only /v2 requests can have a webhook; drop it for /v1"
+                )
             webhook_url = await run_in_threadpool(check_webhook_url, webhook_url, webhook_policy)
         spec = await run_in_threadpool(build_spec, method, body, config.images)
         cost = config.pricing.price(method, body.num_inference_steps, output_count(method, body))

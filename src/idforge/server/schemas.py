@@ -13,10 +13,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from idforge.engine.params import INSTANTID_COMBINE, MAX_PERSONS, MAX_SEED, REGION_NAMES
+from idforge.errors import ParameterError
 from idforge.identity.attention import SCALING_MODES
 from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
 from idforge.styles import STYLES
+
+
+class RequestFieldError(ParameterError):
+    """A request-level problem whose `name` is already the request field (not an engine name to map)."""
+
 
 IMAGE_HELP = "base64 (optionally a data URL, data:image/...;base64,...) or an http(s) URL"
 

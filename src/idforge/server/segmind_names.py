@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from idforge.errors import ParameterError
+from idforge.server.schemas import RequestFieldError
 
 SEGMIND_TO_OURS = {
     "samples": "num_images",
@@ -33,7 +33,7 @@ SEGMIND_DEFAULTS: dict[str, Any] = {
 
 
 def resolve_names(method: str, body: Any) -> Any:
-    """The body in our names only (a copy); ParameterError when one parameter is given under both names."""
+    """The body in our names only (a copy); RequestFieldError when one parameter is given under both names."""
     if method != "instantid":
         return body
     given = body.model_fields_set
@@ -41,7 +41,7 @@ def resolve_names(method: str, body: Any) -> Any:
     for name in theirs:
         ours = SEGMIND_TO_OURS[name]
         if ours in given:
-            raise ParameterError(
+            raise RequestFieldError(
                 name, f"{name} (Segmind's name) and {ours} set the same parameter; send only one of them"
             )
     if not theirs:
