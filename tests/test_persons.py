@@ -554,3 +554,14 @@ def test_best_of_ranks_persons_images_by_their_lowest_person_score(engine, faces
     assert [entry["seed"] for entry in ranking][-1] == 11  # its right half has no face: person 2 is no_face
     assert ranking[-1]["status"] == "no_face" and ranking[0]["status"] == "scored"
     assert result.recipe["best_of"]["chosen_seed"] in (10, 12) and len(result.recipe["persons"]) == 2
+
+
+def test_ready_keypoint_image_is_cut_to_each_region(engine, faces, tmp_path):
+    posed = generate_instantid(engine, two_persons(faces, pose=faces["two"]))
+    drawn = tmp_path / "kps.png"
+    posed.extras["kps_image"].save(drawn)
+    ready = generate_instantid(engine, two_persons(faces, kps_image=drawn))
+    assert [p["kps"]["source"] for p in ready.recipe["persons"]] == ["kps_image", "kps_image"]
+    # The two halves together are the drawn image again; the same keypoints as from the pose, so the same latents.
+    assert np.array_equal(np.asarray(ready.extras["kps_image"]), np.asarray(posed.extras["kps_image"]))
+    assert torch.allclose(ready.latents, posed.latents, atol=1e-6)
