@@ -58,7 +58,9 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
     for name, value in body.model_dump().items():
         if name in NOT_PARAMS:
             continue
-        if name not in IMAGE_FIELDS:
+        if name == "persons":
+            params["persons"] = _person_fields(value, images, policy)
+        elif name not in IMAGE_FIELDS:
             params[name] = value
         elif isinstance(value, list):
             images[name] = [image_bytes(v, f"{name}[{i}]", policy) for i, v in enumerate(value)]
@@ -66,7 +68,76 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
             images[name] = image_bytes(value, name, policy)
         else:
             images[name] = None
-    return JobSpec(method=method, params=params, images=images)
+    spec = JobSpec(method=method, params=params, images=images)
+    if method == "instantid":
+        check_instantid_faces(spec)
+    return spec
+
+
+PERSON_IMAGE_FIELDS = ("face_image", "extra_face_images", "mask_image")
+
+
+def _person_fields(
+    persons: list[dict[str, Any]], images: dict[str, bytes | list[bytes] | None], policy: ImagePolicy
+) -> list[dict[str, Any]]:
+    """Decode each person's images into `images` under `persons[i].<field>`; return the other fields."""
+    params = []
+    for index, person in enumerate(persons):
+        prefix = f"persons[{index}]"
+        for name in PERSON_IMAGE_FIELDS:
+            value = person.pop(name)
+            if isinstance(value, list):
+                images[f"{prefix}.{name}"] = [
+                    image_bytes(v, f"{prefix}.{name}[{i}]", policy) for i, v in enumerate(value)
+                ]
+            elif value is not None:
+                images[f"{prefix}.{name}"] = image_bytes(value, f"{prefix}.{name}", policy)
+        params.append(person)
+    return params
+
+
+def persons_from_spec(spec: JobSpec) -> list[Any]:
+    """The engine's Person objects from a job's `persons` parameters and images."""
+    from idforge.engine.params import Person
+
+    persons = []
+    for index, fields in enumerate(spec.params.get("persons") or []):
+        prefix = f"persons[{index}]"
+        faces = [spec.images[f"{prefix}.face_image"], *(spec.images.get(f"{prefix}.extra_face_images") or [])]
+        box = fields.get("box")
+        persons.append(
+            Person(
+                faces=faces,
+                region=fields.get("region"),
+                box=tuple(box) if box is not None else None,
+                mask=spec.images.get(f"{prefix}.mask_image"),
+                ip_weight=fields.get("ip_weight"),
+                cn_strength=fields.get("cn_strength"),
+                start_at=fields.get("start_at"),
+                end_at=fields.get("end_at"),
+            )
+        )
+    return persons
+
+
+def check_instantid_faces(spec: JobSpec) -> None:
+    """face_image, or persons (with regions inside the image and disjoint): checked before anything is queued."""
+    has_face = spec.images.get("face_image") is not None
+    if not spec.params.get("persons"):
+        if not has_face:
+            raise ParameterError(
+                "face_image", "required (or `persons`: several people, each with a face_image)"
+            )
+        return
+    if has_face or spec.images.get("extra_face_images") or spec.images.get("mask_image") is not None:
+        raise ParameterError(
+            "persons", "replaces face_image, extra_face_images and mask_image: give each person's own instead"
+        )
+    from idforge.engine.persons import check_person_request, output_size, person_regions
+
+    request = instantid_request(spec)
+    check_person_request(request)
+    person_regions(request.persons, output_size(request))
 
 
 def warm_up_spec(method: str) -> JobSpec:
@@ -100,6 +171,11 @@ def _generation(params: dict[str, Any], num_images: int = 1) -> GenerationParams
 
 
 _NAME_TO_FIELD = (
+    (re.compile(r"^(persons\[\d+\]\.\w+)"), lambda m: m.group(1)),  # already a field path
+    (re.compile(r"^person (\d+) face"), lambda m: f"persons[{int(m.group(1)) - 1}].face_image"),
+    (re.compile(r"^person (\d+) mask"), lambda m: f"persons[{int(m.group(1)) - 1}].mask_image"),
+    (re.compile(r"^person (\d+) (\w+)"), lambda m: f"persons[{int(m.group(1)) - 1}].{m.group(2)}"),
+    (re.compile(r"^person (\d+)"), lambda m: f"persons[{int(m.group(1)) - 1}]"),
     (
         re.compile(r"^face image (\d+)$"),
         lambda m: "face_image" if m.group(1) == "0" else f"extra_face_images[{int(m.group(1)) - 1}]",
@@ -133,6 +209,32 @@ def make_generator(config: Any) -> EngineGenerator:
 
     models = ModelChoice(base=config.base, face_models=config.face_models, models_dirs=config.models_dirs)
     return EngineGenerator(models, device=config.device, dtype=config.dtype)
+
+
+def instantid_request(spec: JobSpec):
+    """The engine's InstantIDRequest for an InstantID job (one person, or several with `persons`)."""
+    from idforge.engine.instantid import InstantIDRequest
+
+    p = spec.params
+    face = spec.images.get("face_image")
+    return InstantIDRequest(
+        faces=[face, *(spec.images.get("extra_face_images") or [])] if face is not None else [],
+        persons=persons_from_spec(spec),
+        generation=_generation(p, num_images=p["num_images"]),
+        instantid=InstantIDParams(
+            ip_weight=p["ip_weight"],
+            cn_strength=p["cn_strength"],
+            start_at=p["start_at"],
+            end_at=p["end_at"],
+            noise=p["noise"],
+            combine_embeds=p["combine_embeds"],
+            enhance_face_region=p["enhance_face_region"],
+        ),
+        pose=spec.images.get("pose_image"),
+        kps_image=spec.images.get("kps_image"),
+        mask=spec.images.get("mask_image"),
+        pose_fallback=p["pose_fallback"],
+    )
 
 
 class EngineGenerator:
@@ -213,27 +315,9 @@ class EngineGenerator:
         return result, extras
 
     def _instantid(self, spec: JobSpec, progress: ProgressCallback):
-        from idforge.engine.instantid import InstantIDRequest, generate_instantid
+        from idforge.engine.instantid import generate_instantid
 
-        p = spec.params
-        request = InstantIDRequest(
-            faces=[spec.images["face_image"], *(spec.images.get("extra_face_images") or [])],
-            generation=_generation(p, num_images=p["num_images"]),
-            instantid=InstantIDParams(
-                ip_weight=p["ip_weight"],
-                cn_strength=p["cn_strength"],
-                start_at=p["start_at"],
-                end_at=p["end_at"],
-                noise=p["noise"],
-                combine_embeds=p["combine_embeds"],
-                enhance_face_region=p["enhance_face_region"],
-            ),
-            pose=spec.images.get("pose_image"),
-            kps_image=spec.images.get("kps_image"),
-            mask=spec.images.get("mask_image"),
-            pose_fallback=p["pose_fallback"],
-        )
-        return generate_instantid(self.engine, request, progress), {}
+        return generate_instantid(self.engine, instantid_request(spec), progress), {}
 
     def _faceid(self, spec: JobSpec, progress: ProgressCallback):
         from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from idforge.engine.params import INSTANTID_COMBINE, MAX_SEED
+from idforge.engine.params import INSTANTID_COMBINE, MAX_PERSONS, MAX_SEED, REGION_NAMES
 from idforge.errors import ParameterError
 from idforge.identity.attention import SCALING_MODES
 from idforge.identity.embeds import FACEID_COMBINE_MODES
@@ -79,6 +79,35 @@ class InstaDepthBody(_Common):
     )
 
 
+class PersonBody(BaseModel):
+    """One person of several in an InstantID image: its faces, its own strengths and window, and one region."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    face_image: str = Field(..., description=f"This person's reference face: {IMAGE_HELP}")
+    extra_face_images: list[str] = Field(
+        default_factory=list, max_length=4, description="More references of this person, combined"
+    )
+    region: Literal[REGION_NAMES] | None = Field(None, description="that half of the image")
+    box: list[int] | None = Field(
+        None, min_length=4, max_length=4, description="[x1, y1, x2, y2] in output pixels"
+    )
+    mask_image: str | None = Field(None, description=f"white (or opaque) = this person's area: {IMAGE_HELP}")
+    ip_weight: float | None = Field(None, ge=0, le=3, description="default: the request's ip_weight")
+    cn_strength: float | None = Field(None, ge=0, le=10, description="default: the request's cn_strength")
+    start_at: float | None = Field(None, ge=0, le=1, description="default: the request's start_at")
+    end_at: float | None = Field(None, ge=0, le=1, description="default: the request's end_at")
+
+    @model_validator(mode="after")
+    def _one_region(self) -> PersonBody:
+        given = [name for name in ("region", "box", "mask_image") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of region, box or mask_image (given: {', '.join(given) or 'none'})"
+            )
+        return self
+
+
 class InstantIDBody(_Common):
     """InstantID (seed 000, Apply InstantID Advanced)."""
 
@@ -86,9 +115,17 @@ class InstantIDBody(_Common):
         30, ge=4, le=100, description="Number of denoising steps. Affects pricing."
     )
     guidance_scale: float = Field(5.0, ge=1, le=15, description="Scale for classifier-free guidance")
-    face_image: str = Field(..., description=f"Reference face: {IMAGE_HELP}")
+    face_image: str | None = Field(
+        None, description=f"Reference face (required unless `persons` is given): {IMAGE_HELP}"
+    )
     extra_face_images: list[str] = Field(
         default_factory=list, max_length=4, description="More references of the same person, combined"
+    )
+    persons: list[PersonBody] = Field(
+        default_factory=list,
+        max_length=MAX_PERSONS,
+        description="(idforge extension) several people in one image, each acting only in its region; replaces "
+        "face_image, extra_face_images and mask_image. pose_image gives each person the face at its place",
     )
     pose_image: str | None = Field(None, description=f"Photo whose face gives the keypoints: {IMAGE_HELP}")
     kps_image: str | None = Field(None, description=f"An already drawn keypoint image: {IMAGE_HELP}")
