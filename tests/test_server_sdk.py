@@ -162,8 +162,11 @@ def test_segmind_instantid_names_and_style(client, started):
     assert (
         params["cn_strength"] == 0.7 and params["ip_weight"] == 0.6 and params["enhance_face_region"] is True
     )
-    assert "black and white film still" in params["prompt"] and params["prompt"].startswith("a man in a hat")
-    assert params["negative_prompt"].startswith("hands, ")
+    # the recipe keeps the prompt as given and records the styled one the text encoder saw
+    assert params["prompt"] == "a man in a hat" and params["style"] == "film-noir"
+    styled = params["styled_prompt"]
+    assert "black and white film still" in styled and styled.startswith("a man in a hat")
+    assert params["styled_negative_prompt"].startswith("hands, ")
 
     before = keys.get(record.id).balance
     with pytest.raises(SegmindError) as mixed:

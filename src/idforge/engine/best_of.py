@@ -67,7 +67,9 @@ def generate_best_of(
     result, index, chunk_size = chunks[best_seed]
     rerun = chunk_size > 1
     if rerun:  # the winner alone: bit-identical to a plain run at its seed
-        result = generate(engine, _with_generation(request, seed=best_seed, num_images=1, best_of=1), None)
+        # progress stays at "all candidates done" but is still called every step (the server cancels there)
+        hold = None if progress is None else (lambda step, _total: progress(total, total))
+        result = generate(engine, _with_generation(request, seed=best_seed, num_images=1, best_of=1), hold)
     else:
         result.recipe["params"] |= {"seed": best_seed, "num_images": 1}
     result.recipe["best_of"] = {

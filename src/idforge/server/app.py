@@ -38,7 +38,7 @@ from idforge.server.jobs import (
     QueueFull,
     ServerStopping,
 )
-from idforge.server.methods import build_spec, field_for, output_count
+from idforge.server.methods import billed_steps, build_spec, field_for, output_count
 from idforge.server.metrics import CONTENT_TYPE, metrics_registry, render
 from idforge.server.middleware import RequestContext, error_location, error_response
 from idforge.server.outbox import WebhookOutbox
@@ -269,7 +269,7 @@ def create_app(
                 )
             webhook_url = await run_in_threadpool(check_webhook_url, webhook_url, webhook_policy)
         spec = await run_in_threadpool(build_spec, method, body, config.images)
-        cost = config.pricing.price(method, body.num_inference_steps, output_count(method, body))
+        cost = config.pricing.price(method, billed_steps(body), output_count(method, body))
         try:
             submitted = queue.submit(
                 spec, key.id, cost, sync=sync, webhook_url=webhook_url, base_url=base_url(request)
@@ -324,6 +324,9 @@ def create_app(
             "x-inference-time": str(delivery.timings.get("inference_s", 0.0)),
             "x-job-id": submitted.job_id,
         }
+        identity = delivery.recipe.get("identity")
+        if identity:
+            headers["x-identity-score"] = identity_header(identity)
         if not body.base64:
             return Response(delivery.images[0], media_type="image/jpeg", headers=headers)
         payload = _image_payload(delivery) | {
@@ -545,7 +548,16 @@ def _image_payload(delivery: Delivery) -> dict[str, Any]:
     }
     if "depth_map" in delivery.extras:
         payload["depth_map"] = base64.b64encode(delivery.extras["depth_map"]).decode("ascii")
+    if delivery.recipe.get("identity"):
+        payload["identity"] = delivery.recipe["identity"]
     return payload
+
+
+def identity_header(identity: dict[str, Any]) -> str:
+    """`x-identity-score`: one value per image, comma-separated; `none` where no face was scored."""
+    return ",".join(
+        "none" if item.get("score") is None else f"{item['score']:.4f}" for item in identity["images"]
+    )
 
 
 def _install_openapi(app: FastAPI) -> None:

@@ -103,6 +103,7 @@ def result_body(row: dict[str, Any], *, position: int | None = None) -> dict[str
         body["seed"] = result["seeds"][0]
         body["seeds"] = result["seeds"]
         body["recipe"] = result.get("recipe") or {}
+        body["identity"] = body["recipe"].get("identity")
         body["warnings"] = result.get("warnings", [])
         body["credits_charged"] = row["cost"]
     return body

@@ -23,7 +23,7 @@ from idforge.errors import IdforgeError, ModelFormatError, ModelNotFoundError, P
 from idforge.server.images import ImagePolicy, image_bytes
 from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback, WarmUpReport
 from idforge.server.segmind_names import SEGMIND_TO_OURS
-from idforge.styles import apply_style, get_style
+from idforge.styles import get_style
 
 log = logging.getLogger("idforge.server.methods")
 WARM_UP_METHODS = ("insta-depth", "instantid", "faceid")
@@ -33,11 +33,37 @@ NOT_PARAMS = ("webhook_url", *SEGMIND_TO_OURS)  # about the job, or already mapp
 
 
 def output_count(method: str, body: Any) -> int:
-    """How many images a request delivers (the price is per delivered image)."""
+    """How many images a request generates (the price is per image): best-of-N generates N per delivered one."""
     if method == "faceid":
         refs = 1 + len(body.extra_face_images)
-        return max(body.num_images, refs) if body.batch else body.num_images  # as FaceID's batch rule
-    return getattr(body, "num_images", 1)
+        delivered = max(body.num_images, refs) if body.batch else body.num_images  # as FaceID's batch rule
+    else:
+        delivered = getattr(body, "num_images", 1)
+    return delivered * getattr(body, "best_of", 1)
+
+
+def billed_steps(body: Any) -> int:
+    """Steps per image for pricing: the preset's when the body names one and gives no num_inference_steps."""
+    if getattr(body, "preset", None) and "num_inference_steps" not in body.model_fields_set:
+        from idforge.engine.fewstep import get_few_step_preset
+
+        return get_few_step_preset(body.preset).steps
+    return body.num_inference_steps
+
+
+def check_identity_options(method: str, body: Any) -> None:
+    """best_of / preset rules the schema cannot express, checked before anything is queued or charged."""
+    if body.preset is not None:
+        from idforge.engine.fewstep import get_few_step_preset
+
+        get_few_step_preset(body.preset)  # unknown: 400 naming preset, listing the known ones
+    if body.best_of > 1:
+        if getattr(body, "num_images", 1) != 1:
+            raise ParameterError("best_of", f"best-of-{body.best_of} returns one image; num_images must be 1")
+        if method == "faceid" and body.batch:
+            raise ParameterError(
+                "best_of", "best-of-N cannot be combined with batch mode (one output per face)"
+            )
 
 
 def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
@@ -48,6 +74,7 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
         )
     if body.style is not None:
         get_style(body.style)  # an unknown name is a 400 that lists the known ones
+    check_identity_options(method, body)
     start, end = getattr(body, "start_at", None), getattr(body, "end_at", None)
     if start is not None and end is not None and end < start:
         raise ParameterError("end_at", f"{end} is before start_at {start}")
@@ -55,8 +82,16 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
         raise ParameterError("base64", "several images need base64 true (a JPEG body holds one image)")
     images: dict[str, bytes | list[bytes] | None] = {}
     params: dict[str, Any] = {}
+    given = body.model_fields_set
     for name, value in body.model_dump().items():
         if name in NOT_PARAMS:
+            continue
+        if (
+            body.preset is not None
+            and name in ("num_inference_steps", "guidance_scale")
+            and name not in given
+        ):
+            params[name] = None  # the preset's (GenerationParams fills it)
             continue
         if name == "persons":
             params["persons"] = _person_fields(value, images, policy)
@@ -157,16 +192,21 @@ def warm_up_spec(method: str) -> JobSpec:
 
 
 def _generation(params: dict[str, Any], num_images: int = 1) -> GenerationParams:
-    prompt, negative = apply_style(params.get("style"), params["prompt"], params.get("negative_prompt"))
+    """Sampler settings; the style is applied where the prompt is encoded (GenerationParams.style), so the recipe
+    keeps the prompt as given beside the styled one."""
     return GenerationParams(
-        prompt=prompt,
-        negative_prompt=negative,
+        prompt=params["prompt"],
+        negative_prompt=params.get("negative_prompt") or "",
         steps=params["num_inference_steps"],
         guidance=params["guidance_scale"],
         seed=None if params["seed"] < 0 else params["seed"],
         width=params.get("width"),
         height=params.get("height"),
         num_images=num_images,
+        style=params.get("style"),
+        preset=params.get("preset"),
+        best_of=params.get("best_of", 1),
+        score_models=params.get("score_models"),
     )
 
 

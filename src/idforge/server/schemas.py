@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from idforge.engine.params import INSTANTID_COMBINE, MAX_PERSONS, MAX_SEED, REGION_NAMES
+from idforge.engine.params import INSTANTID_COMBINE, MAX_BEST_OF, MAX_PERSONS, MAX_SEED, REGION_NAMES
 from idforge.errors import ParameterError
 from idforge.identity.attention import SCALING_MODES
 from idforge.identity.embeds import FACEID_COMBINE_MODES
@@ -53,6 +53,25 @@ class _Common(BaseModel):
         max_length=64,
         description="a style template by name: wraps the prompt and adds to the negative prompt; one of "
         f"{', '.join(STYLES)} (GET /v1/styles shows each template)",
+    )
+    best_of: int = Field(
+        1,
+        ge=1,
+        le=MAX_BEST_OF,
+        description="(idforge) generate N candidates (seeds seed..seed+N-1) and return the one with the best "
+        "identity score; the ranking is in the recipe; costs N images",
+    )
+    preset: str | None = Field(
+        None,
+        max_length=32,
+        description="(idforge) few-step preset: lcm, lightning-1/2/4/8, lightning-N-unet, hyper-1/2/4/8, "
+        "hyper-8-cfg, hyper-12-cfg; sets scheduler, steps and guidance unless they are given",
+    )
+    score_models: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="(idforge) face pack name for the identity score (default: the method's own pack)",
     )
     webhook_url: str | None = Field(
         None,
@@ -227,6 +246,7 @@ class ImageResponse(BaseModel):
     warnings: list[str] = []
     timings: dict[str, float] = {}
     depth_map: str | None = Field(None, description="(return_depth_map) base64 JPEG depth map")
+    identity: dict[str, Any] | None = Field(None, description="identity score per image (see the v2 result)")
 
 
 class ErrorResponse(BaseModel):
@@ -283,6 +303,11 @@ class JobResultResponse(JobStatusResponse):
     seed: int | None = None
     seeds: list[int] | None = None
     recipe: dict[str, Any] | None = Field(None, description="every parameter, seeds and model ids")
+    identity: dict[str, Any] | None = Field(
+        None,
+        description="identity score: {pack, reference, images: [{status: scored, score, face_index, box} | "
+        "{status: no_face, score: null, reason, sizes_tried}]}",
+    )
     warnings: list[str] | None = None
     credits_charged: int | None = None
 
