@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from idforge import __version__
 from idforge.errors import IdforgeError
+from idforge.server import previews, studio
 from idforge.server.images import ImagePolicy
 from idforge.server.jobs import (
     Delivery,
@@ -411,6 +412,8 @@ def create_app(
             status_code=200 if status == "ok" else 503,
         )
 
+    previews.install(app)
+    studio.install(app)
     _install_openapi(app)
     return app
 
