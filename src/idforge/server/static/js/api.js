@@ -17,7 +17,8 @@ export function explain(status, body, headers) {
   if (status === 401) return "The API key was refused (missing, unknown or revoked). Enter a valid key at the top.";
   if (status === 406) {
     const left = headers && headers.get("x-remaining-credits");
-    return `Not enough credits: ${said || "this request costs more than the key has"}` +
+    const reason = said.replace(/^not enough credits:?\s*/i, "") || "this request costs more than the key has";
+    return `Not enough credits: ${reason}` +
       (left !== null && left !== undefined ? ` (the key has ${left} left).` : ".");
   }
   if (status === 503) {

@@ -584,8 +584,8 @@ function galleryCard(item) {
     return button;
   };
   action("Download PNG", "Download PNG with recipe", () => downloadPng(item), "download");
-  action("Again", "Again with this seed", () => generate(formFromItem(item, item.seed)), "again");
-  action("Vary seed", "Same parameters, new random seed", () => generate(formFromItem(item, -1)), "vary");
+  action("Again", "Again with this seed", () => generate(formFromItem(item, true)), "again");
+  action("Vary seed", "Same parameters, new random seed", () => generate(formFromItem(item, false)), "vary");
   const compare = action("Compare", "Select for side-by-side compare", () => toggleCompare(item.id), "compare-toggle");
   compare.setAttribute("aria-pressed", String(state.compare.includes(item.id)));
   action("Delete", "Delete from history", () => removeItem(item.id), "quiet");
@@ -599,10 +599,11 @@ function galleryCard(item) {
   return li;
 }
 
-function formFromItem(item, seed) {
+// The form values that made `item` ("again": its own seed, or its batch's for a FaceID batch), or a new seed.
+function formFromItem(item, again) {
   const values = { ...(item.recipe.request ? item.recipe.request.body : {}) };
   delete values.images;
-  values.seed = seed;
+  if (!again) values.seed = -1;
   return { slug: item.slug, values };
 }
 

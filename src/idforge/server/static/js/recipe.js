@@ -23,8 +23,11 @@ export function imageRecipe({ slug, request, result, index, version }) {
   recipe.params.seed = seed;
   recipe.params.num_images = 1;
   const body = copy(request);
-  body.seed = seed;
-  if ("num_images" in body && !body.batch) body.num_images = 1;
+  if (body.batch) body.seed = seeds[0]; // FaceID batch: output i = reference i at seed + i; the batch is the unit
+  else {
+    body.seed = seed;
+    if ("num_images" in body) body.num_images = 1;
+  }
   recipe.request = { endpoint: `/v2/${slug}`, method: slug, body, request_id: result.request_id };
   if (result.identity) {
     recipe.identity = { ...copy(result.identity), images: [copy((result.identity.images || [])[index])] };
