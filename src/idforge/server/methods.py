@@ -19,6 +19,7 @@ from idforge.server.images import ImagePolicy, image_bytes
 from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback
 
 IMAGE_FIELDS = ("face_image", "pose_image", "kps_image", "mask_image", "negative_image", "extra_face_images")
+NOT_PARAMS = ("webhook_url",)  # about the job, not the generation
 
 
 def output_count(method: str, body: Any) -> int:
@@ -43,6 +44,8 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
     images: dict[str, bytes | list[bytes] | None] = {}
     params: dict[str, Any] = {}
     for name, value in body.model_dump().items():
+        if name in NOT_PARAMS:
+            continue
         if name not in IMAGE_FIELDS:
             params[name] = value
         elif isinstance(value, list):
@@ -130,6 +133,7 @@ class EngineGenerator:
             extras=extras,
             warnings=list(result.warnings),
             timings={"engine_s": float(result.recipe.get("timings", {}).get("total_s", 0.0))},
+            recipe=dict(result.recipe),
         )
 
     def _insta_depth(self, spec: JobSpec, progress: ProgressCallback):

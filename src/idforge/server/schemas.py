@@ -8,7 +8,7 @@ Unknown fields are refused (400 naming them): a misspelt parameter should not be
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,6 +40,12 @@ class _Common(BaseModel):
     )
     height: int | None = Field(
         None, ge=64, le=2048, multiple_of=8, description="(idforge extension) output height; with width"
+    )
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="(/v2 only) http(s) URL that receives the final status body by POST, signed as Standard "
+        "Webhooks specify with the key's whsec_ secret; retried with backoff until delivered",
     )
 
     @field_validator("prompt")
@@ -158,28 +164,97 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-class AcceptedResponse(BaseModel):
+JobState = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"]
+
+
+class _JobURLs(BaseModel):
+    status_url: str = Field(..., description="absolute URL of GET /v2/requests/{id}/status")
+    response_url: str = Field(..., description="absolute URL of GET /v2/requests/{id} (the result)")
+    poll_url: str = Field(..., description="the URL to poll (= status_url)")
+    cancel_url: str = Field(..., description="absolute URL of POST /v2/requests/{id}/cancel")
+    webhooks_url: str = Field(..., description="absolute URL of GET /v2/requests/{id}/webhooks")
+
+
+class AcceptedResponse(_JobURLs):
     request_id: str
-    status: Literal["queued"]
-    position: int
-    status_url: str
+    status: Literal["QUEUED"]
+    position: int = Field(..., description="place in the queue, 1 = next")
     credits_reserved: int
 
 
-class JobStatusResponse(BaseModel):
+class JobStatusResponse(_JobURLs):
     request_id: str
+    status: JobState
     method: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    position: int | None = None
-    step: int | None = None
+    position: int | None = Field(None, description="QUEUED: place in the queue, 1 = next")
+    step: int | None = Field(None, description="PROCESSING: denoising steps done")
     total_steps: int | None = None
-    image: str | None = None
-    images: list[str] | None = None
+    error: str | None = Field(None, description="FAILED or CANCELED: what happened")
+    field: str | None = Field(None, description="FAILED by bad input: the request field at fault")
+    error_status: int | None = Field(None, description="FAILED: the HTTP status /v1 would have answered")
+    metrics: dict[str, float] = Field(default_factory=dict, description="timings in seconds")
+    credits: int = Field(..., description="credits reserved or charged (0 once failed or canceled)")
+    finished_at: float | None = None
+
+
+class JobOutputBody(BaseModel):
+    image: str = Field(..., description="base64 JPEG (the first image)")
+    images: list[str]
+    mime_type: str = "image/jpeg"
+    depth_map: str | None = Field(None, description="(return_depth_map) base64 JPEG depth map")
+
+
+class JobResultResponse(JobStatusResponse):
+    output: JobOutputBody | None = Field(None, description="COMPLETED: the image(s)")
+    seed: int | None = None
     seeds: list[int] | None = None
-    depth_map: str | None = None
+    recipe: dict[str, Any] | None = Field(None, description="every parameter, seeds and model ids")
     warnings: list[str] | None = None
-    timings: dict[str, float] | None = None
-    error: str | None = None
-    error_status: int | None = None
-    field: str | None = None
-    credits: int
+    credits_charged: int | None = None
+
+
+class CancelResponse(BaseModel):
+    request_id: str
+    action: Literal["removed", "stopped", "stopping", "already_finished"] = Field(
+        ...,
+        description="removed from the queue, stopped while running (or stopping), or it had already ended",
+    )
+    status: JobState
+    credits_released: bool
+
+
+class WebhookDeliveryInfo(BaseModel):
+    id: str = Field(..., description="the webhook-id header, the same on every retry")
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    created: float
+    next_attempt: float | None = None
+    last_attempt: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered: float | None = None
+
+
+class WebhookListResponse(BaseModel):
+    request_id: str
+    webhook_url: str | None
+    deliveries: list[WebhookDeliveryInfo]
+
+
+class StyleInfo(BaseModel):
+    name: str
+    description: str
+    prompt: str
+    negative: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["loading", "ready", "degraded"]
+    ready: bool
+    version: str
+    loading: str | None = Field(None, description="while loading: what is being loaded")
+    unavailable: dict[str, str] = Field(default_factory=dict, description="methods whose models are missing")
+    warm_up_s: float | None = None
+    queue: dict[str, Any]
+    webhooks: dict[str, Any] = Field(default_factory=dict)

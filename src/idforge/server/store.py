@@ -1,6 +1,8 @@
 """API keys and credits: a small `KeyStore` interface and its SQLite implementation (the embedded default).
 
-Keys are stored hashed (sha256 of a random 32-byte token): the token is shown once, at creation. Credits move
+Keys are stored hashed (sha256 of a random 32-byte token): the token is shown once, at creation. Each key also has
+a webhook signing secret (`whsec_` + base64 of 24 random bytes, Standard Webhooks): it must be readable to sign, so
+it is stored as is, and shown by `idforge keys create` and `idforge keys webhook-secret KEY`. Credits move
 by reserve-then-commit: `reserve` debits the balance at once in one `BEGIN IMMEDIATE` transaction (so concurrent
 requests can never overdraw), `commit` makes the charge final when the image is delivered, `release` gives it back
 when the generation failed. Reservations are rows keyed by the job id, so a restart can settle what was in flight.
@@ -9,6 +11,7 @@ A PostgreSQL store only has to implement the same methods (`SELECT ... FOR UPDAT
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import secrets
@@ -25,6 +28,7 @@ from idforge.errors import IdforgeError, ParameterError
 
 DB_ENV = "IDFORGE_DB"
 TOKEN_PREFIX = "idf_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 class NotEnoughCredits(IdforgeError):
@@ -57,6 +61,10 @@ def default_db_path() -> Path:
     """IDFORGE_DB, else ~/.idforge/idforge.db."""
     value = os.environ.get(DB_ENV, "").strip()
     return Path(value) if value else Path.home() / ".idforge" / "idforge.db"
+
+
+def new_webhook_secret() -> str:
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode("ascii")
 
 
 def hash_token(token: str) -> str:
@@ -130,6 +138,7 @@ class KeyStore(Protocol):
     def commit(self, ref: str) -> None: ...
     def release(self, ref: str) -> None: ...
     def held(self) -> dict[str, tuple[str, int]]: ...
+    def webhook_secret(self, ref: str) -> str: ...
     def close(self) -> None: ...
 
 
@@ -161,7 +170,11 @@ class SQLiteKeyStore:
 
     def __init__(self, path: str | Path) -> None:
         self.pool = ConnectionPool(path)
-        self.pool.get().executescript(_SCHEMA)
+        conn = self.pool.get()
+        conn.executescript(_SCHEMA)
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(api_keys)").fetchall()}
+        if "webhook_secret" not in columns:  # databases from before webhooks
+            conn.execute("ALTER TABLE api_keys ADD COLUMN webhook_secret TEXT")
 
     def create_key(self, credits: int, name: str = "") -> tuple[KeyRecord, str]:
         """A new key with `credits`; returns the record and the token (shown once, stored only hashed)."""
@@ -171,8 +184,8 @@ class SQLiteKeyStore:
         key_id = "k_" + secrets.token_hex(6)
         with self.pool.transaction() as conn:
             conn.execute(
-                "INSERT INTO api_keys (id, hash, name, balance, created) VALUES (?, ?, ?, ?, ?)",
-                (key_id, hash_token(token), name, credits, time.time()),
+                "INSERT INTO api_keys (id, hash, name, balance, created, webhook_secret) VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, hash_token(token), name, credits, time.time(), new_webhook_secret()),
             )
         return self.get(key_id), token
 
@@ -262,6 +275,16 @@ class SQLiteKeyStore:
         """Open reservations: ref -> (key id, amount)."""
         rows = self.pool.get().execute("SELECT * FROM credit_reservations").fetchall()
         return {row["ref"]: (row["key_id"], int(row["amount"])) for row in rows}
+
+    def webhook_secret(self, ref: str) -> str:
+        """The key's webhook signing secret (made now for a key created before webhooks existed)."""
+        with self.pool.transaction() as conn:
+            row = self._find(conn, ref)
+            if row["webhook_secret"]:
+                return str(row["webhook_secret"])
+            secret = new_webhook_secret()
+            conn.execute("UPDATE api_keys SET webhook_secret = ? WHERE id = ?", (secret, row["id"]))
+            return secret
 
     def close(self) -> None:
         self.pool.close()
