@@ -93,7 +93,7 @@ def studio(tiny_kit, tmp_path_factory):
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                if httpx.get(url + "/health/ready", timeout=2).status_code == 200:  # models loaded
                     break
             except httpx.HTTPError:
                 pass
@@ -436,7 +436,9 @@ def test_the_whole_flow(page, studio, slug):
     if slug == "instantid":  # again with this seed: the same picture
         count = gallery_count(page)
         card.locator("button.again").click()
-        page.wait_for_function(f"document.querySelectorAll('#gallery > li').length > {count}", timeout=120_000)
+        page.wait_for_function(
+            f"document.querySelectorAll('#gallery > li').length > {count}", timeout=120_000
+        )
         page.wait_for_function(
             "/Done/.test(document.querySelector('#job-status').textContent)", timeout=120_000
         )

@@ -641,6 +641,7 @@ function flatBody(item) {
   const body = item.recipe.request ? { ...item.recipe.request.body } : { ...(item.recipe.params || {}) };
   delete body.images;
   body.method = METHOD_NAMES[item.slug];
+  body.seed = item.seed; // the image's own seed (in a FaceID batch, the batch's seed + its index)
   return body;
 }
 

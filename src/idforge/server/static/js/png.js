@@ -58,18 +58,18 @@ function* chunks(bytes) {
   }
 }
 
-// A copy of `png` (bytes) with text chunks added before IEND.
+// A copy of `png` (bytes) with text chunks added right after IHDR, before the pixels, as PIL writes them (so
+// readers that stop at the first IDAT, PIL's Image.open among them, see the recipe).
 export function withText(png, entries) {
-  let iend = -1;
-  for (const chunk of chunks(png)) if (chunk.type === "IEND") iend = chunk.offset;
-  if (iend < 0) throw new Error("not a complete PNG");
+  const first = chunks(png).next().value;
+  if (!isPng(png) || !first || first.type !== "IHDR") throw new Error("not a PNG");
+  const at = first.offset + 12 + first.length;
   const extra = Object.entries(entries).map(([k, v]) => textChunk(k, v));
-  const size = png.length + extra.reduce((n, c) => n + c.length, 0);
-  const out = new Uint8Array(size);
-  out.set(png.subarray(0, iend), 0);
-  let at = iend;
-  for (const c of extra) { out.set(c, at); at += c.length; }
-  out.set(png.subarray(iend), at);
+  const out = new Uint8Array(png.length + extra.reduce((n, c) => n + c.length, 0));
+  out.set(png.subarray(0, at), 0);
+  let offset = at;
+  for (const c of extra) { out.set(c, offset); offset += c.length; }
+  out.set(png.subarray(at), offset);
   return out;
 }
 
