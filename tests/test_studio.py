@@ -87,6 +87,7 @@ def studio(tiny_kit, tmp_path_factory):
     port = free_port()
     log = open(root / "serve.log", "w")
     command = [sys.executable, "-m", "idforge.cli", "serve", "--port", str(port), "--models", str(tiny_kit)]
+    command += ["--queue-size", "2"]  # small, so that a full queue (503) takes two jobs to reach
     process = subprocess.Popen(command + ["--db", str(db)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -160,9 +161,10 @@ def page(browser, studio, console):
 
 def open_studio(page, studio) -> None:
     """The page as a new user finds it: no key kept from an earlier test (the history stays: it is shared)."""
+    page.add_init_script(  # once per tab (sessionStorage survives a reload): forget an earlier test's key
+        "if (!sessionStorage.getItem('fresh')) { localStorage.clear(); sessionStorage.setItem('fresh', '1'); }"
+    )
     page.goto(studio.url + "/")
-    page.evaluate("localStorage.clear()")
-    page.reload()
     page.wait_for_selector("body[data-ready=true]", timeout=30_000)
 
 
@@ -382,13 +384,13 @@ def test_previews_show_faces_keypoints_and_clear_messages(page, studio):
     upload(page, studio, "pose_image", "pose.png")
     wait_preview(page, 4)  # two references, the pose, the keypoint image
     captions = page.locator("#preview-faces figcaption").all_inner_texts()
-    assert "OK: face_image: one face found" in captions[0]
-    assert "No face" in captions[1] and "extra_face_images[0]: no face found" in captions[1]
-    assert "pose_image: one face found" in captions[2]
+    assert "Reference 1 (main)\nOK: one face found; it is used" in captions[0]
+    assert "Reference 2\nNo face: no face found (detection sizes tried: 640" in captions[1]
+    assert "Pose image\nOK: one face found" in captions[2]
     assert "Keypoints IdentityNet sees (from the pose image" in page.inner_text("#preview-extra")
     assert "Generation would fail" in page.inner_text("#preview-status")
     assert credits(page) == 5  # previews are free
-    studio.shot(page, "studio-previews")
+    studio.shot(page, "studio-previews", full_page=True)
 
     # A second face in one photo: the message says which one is used.
     two = synthetic_face(size=(320, 192), box=(20, 40, 100, 120))
@@ -411,7 +413,8 @@ def test_previews_show_faces_keypoints_and_clear_messages(page, studio):
 
 @pytest.mark.parametrize("slug", ["instantid", "faceid", "insta-depth"])
 def test_the_whole_flow(page, studio, slug):
-    enter_key(page, studio.key(50))
+    key = studio.key(50)
+    enter_key(page, key)
     choose(page, slug)
     upload(page, studio, "face_image", "face.png")
     if slug != "faceid":
@@ -430,9 +433,21 @@ def test_the_whole_flow(page, studio, slug):
     assert card.locator(".meta-seed").inner_text() == "1234"
     assert re.search(r"\d+\.\d\d s", card.locator(".meta-time").inner_text())
     assert credits(page) == start - 2  # 20 steps: two started blocks of ten
-    studio.shot(page, f"studio-{slug}")
+    studio.shot(page, f"studio-{slug}", full_page=True)
 
     recipe, pixels = download_png(page, card)
+    # The identity score, when the server reports one (the shared `identity` object), is shown on the card.
+    served = httpx.get(
+        f"{studio.url}/v2/requests/{recipe['request']['request_id']}", headers={"x-api-key": key}
+    ).json()
+    identity = served.get("identity") or served["recipe"].get("identity")
+    if identity:
+        score = identity["images"][0]["score"]
+        expected = f"Identity {score:.3f}" if score is not None else "Identity: no face"
+        assert card.locator(".meta-score").inner_text().startswith(expected)
+        assert recipe["identity"]["images"] == identity["images"][:1]
+    else:
+        assert card.locator(".meta-score").count() == 0
     if slug == "instantid":  # again with this seed: the same picture
         count = gallery_count(page)
         card.locator("button.again").click()
@@ -529,17 +544,7 @@ def test_queue_position_and_cancel(page, studio, console):
 
     # A queued job behind someone else's: the page shows its position, and cancel removes it.
     other = studio.key(100)
-    blocker = httpx.post(
-        studio.url + "/v2/instantid",
-        headers={"x-api-key": other},
-        json={
-            "prompt": "blocker",
-            "face_image": base64.b64encode(png_bytes(synthetic_face())).decode(),
-            "num_inference_steps": 100,
-            "width": 64,
-            "height": 64,
-        },
-    ).json()
+    blocker = blocking_job(studio, other)
     watch_job(page)
     page.click("#generate")
     page.wait_for_function(
@@ -555,6 +560,38 @@ def test_queue_position_and_cancel(page, studio, console):
     page.click("#key-form button[type=submit]")  # refresh the balance
     page.wait_for_function(f"document.querySelector('#credits').textContent === 'Credits: {start}'")
     assert credits(page) == start  # both canceled jobs released their credits
+
+
+def blocking_job(studio, key: str) -> dict:
+    """A long job submitted by someone else, straight to the API."""
+    body = {
+        "prompt": "blocker",
+        "face_image": base64.b64encode(png_bytes(synthetic_face())).decode(),
+        "num_inference_steps": 100,
+        "width": 64,
+        "height": 64,
+    }
+    response = httpx.post(studio.url + "/v2/instantid", headers={"x-api-key": key}, json=body)
+    assert response.status_code in (200, 201, 202), response.text
+    return response.json()
+
+
+def test_a_full_queue_is_a_clear_503(page, studio, console):
+    console.allow(503)
+    other = studio.key(100)
+    blockers = [blocking_job(studio, other) for _ in range(2)]  # the queue holds two
+    try:
+        enter_key(page, studio.key(10))
+        upload(page, studio, "face_image", "face.png")
+        small_job(page, steps=4)
+        page.click("#generate")
+        page.locator("#error").wait_for(state="visible")
+        text = page.inner_text("#error")
+        assert "The server is busy" in text and re.search(r"Try again in \d+ s", text), text
+        assert not page.locator("#generate").is_disabled()
+    finally:
+        for job in blockers:
+            httpx.post(job["cancel_url"], headers={"x-api-key": other})
 
 
 def test_a_400_is_shown_at_its_field(page, studio, console):

@@ -64,18 +64,23 @@ function reportError(err) {
   if (err.field) {
     const { slot, control } = fieldErrorTarget(err.field);
     if (slot) {
-      slot.textContent = err.message;
+      slot.textContent = withoutField(err.message);
       if (control) {
         control.setAttribute("aria-invalid", "true");
         const advanced = control.closest("details");
         if (advanced) advanced.open = true;
         control.focus({ preventScroll: false });
       }
-      showError(`Please fix ${err.field}: ${err.message}`);
+      showError(`Please fix ${err.field}: ${withoutField(err.message)}`);
       return;
     }
   }
   showError(err.message);
+}
+
+// "extra_face_images[0]: no face found" -> "no face found", where the place already says which input it is.
+function withoutField(message) {
+  return message.replace(/^[a-z_]+(\[\d+\])?(\.[a-z_]+)*: /, "");
 }
 
 function setJobStatus(text) {
@@ -354,7 +359,7 @@ function previewCard(title, src, message, status) {
   if (message) {
     const text = document.createElement("span");
     const badge = { no_face: "No face: ", several_faces: "Several faces: ", one_face: "OK: " }[status] || "";
-    text.textContent = badge + message;
+    text.textContent = badge + withoutField(message);
     caption.append(text);
   }
   figure.append(caption);

@@ -29,8 +29,9 @@ export function imageRecipe({ slug, request, result, index, version }) {
     if ("num_images" in body) body.num_images = 1;
   }
   recipe.request = { endpoint: `/v2/${slug}`, method: slug, body, request_id: result.request_id };
-  if (result.identity) {
-    recipe.identity = { ...copy(result.identity), images: [copy((result.identity.images || [])[index])] };
+  const identity = result.identity || (result.recipe && result.recipe.identity); // the shared `identity` object
+  if (identity && identity.images) {
+    recipe.identity = { ...copy(identity), images: [copy(identity.images[index])] };
   }
   if (!recipe.timings && result.metrics) recipe.timings = copy(result.metrics);
   return recipe;
