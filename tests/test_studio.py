@@ -120,7 +120,7 @@ def browser(tmp_path_factory):
             executable_path=CHROMIUM,
             args=CHROMIUM_ARGS,
             accept_downloads=True,
-            viewport={"width": 1280, "height": 900},
+            viewport={"width": 1360, "height": 1100},
         )
         yield context
         context.close()
