@@ -161,6 +161,17 @@ def test_previews_are_authenticated_and_name_bad_fields(server):
     assert missing.status_code == 400 and missing.json()["field"] == "pose_image"
     half = client.post("/v1/preview/depth", json={"pose_image": b64(POSE), "width": 64})
     assert half.status_code == 400 and half.json()["field"] == "height"
+    strip = io.BytesIO()
+    Image.new("RGB", (3000, 2), 128).save(
+        strip, format="PNG"
+    )  # extreme aspect ratio: a 400 or no face, never a 500
+    strip_b64 = b64(strip.getvalue())
+    assert (
+        client.post("/v1/preview/faces", json={"face_image": strip_b64}).json()["references"][0]["status"]
+        == "no_face"
+    )
+    narrow = client.post("/v1/preview/depth", json={"pose_image": strip_b64})
+    assert narrow.status_code == 400 and narrow.json()["field"] == "pose_image", narrow.text
     unknown = client.post("/v1/preview/faces", json={"face_image": face_b64(), "mehtod": "faceid"})
     assert unknown.status_code == 400 and unknown.json()["field"] == "mehtod"
     schema = client.get("/openapi.json").json()

@@ -63,6 +63,7 @@ class Studio:
 
     def shot(self, page, name: str, **kwargs) -> Path:
         path = self.shots / f"{name}.png"
+        page.evaluate("window.scrollTo(0, 0)")  # sticky panels are drawn where they stick
         page.screenshot(path=str(path), **kwargs)
         keep = os.environ.get("IDFORGE_STUDIO_SCREENSHOTS")
         if keep:

@@ -11,7 +11,7 @@ import { history } from "./history.js";
 const $ = (selector) => document.querySelector(selector);
 const METHOD_NAMES = { instantid: "InstantID", faceid: "FaceID", "insta-depth": "Insta Depth" };
 const ZONES = [
-  { field: "face_image", label: "Reference face(s)", multiple: true, help: "One or several photos of the same person." },
+  { field: "face_image", label: "Reference face(s)", multiple: true, help: "One or several photos of the same person.", helpOne: "A photo of the person." },
   { field: "pose_image", label: "Pose image", help: "The photo whose face position (and depth) the result follows." },
   { field: "mask_image", label: "Mask", help: "White where the identity applies.", advanced: true },
   { field: "kps_image", label: "Keypoint image", help: "An already drawn keypoint image (instead of a pose photo).", advanced: true },
@@ -277,7 +277,7 @@ function zoneElement(zone, maxRefs) {
   wrap.innerHTML = `
     <div class="zone-head">
       <label for="${inputId}" class="zone-label">${multiple ? zone.label : zone.label.replace("(s)", "")}${required ? " <span class=\"req\">(required)</span>" : ""}</label>
-      <span class="hint">${zone.help}${multiple ? ` Up to ${maxRefs}.` : ""} Drop files here or choose.</span>
+      <span class="hint">${multiple ? `${zone.help} Up to ${maxRefs}.` : zone.helpOne || zone.help} Drop ${multiple ? "files" : "a file"} here or choose.</span>
     </div>
     <input type="file" id="${inputId}" accept="image/*" ${multiple ? "multiple" : ""} aria-describedby="error-${zone.field}">
     <ul class="thumbs"></ul>
@@ -366,6 +366,18 @@ function previewCard(title, src, message, status) {
   return figure;
 }
 
+// The preview's verdict, shown in the preview panel and, in one line, next to Generate (on a phone the panel is
+// below the form).
+function setPreviewStatus(text, kind = "muted") {
+  const status = $("#preview-status");
+  status.textContent = text;
+  status.className = kind;
+  const summary = $("#preview-summary");
+  summary.hidden = !text;
+  summary.className = kind;
+  summary.querySelector("span").textContent = text;
+}
+
 async function runPreview() {
   const serial = ++previewSerial;
   const faces = $("#preview-faces");
@@ -374,14 +386,14 @@ async function runPreview() {
   if (!refs.length) {
     faces.replaceChildren();
     extra.replaceChildren();
-    $("#preview-status").textContent = "Add a reference face to see what the model will use.";
+    setPreviewStatus("Add a reference face to see what the model will use.");
     return;
   }
   if (!api.key) {
-    $("#preview-status").textContent = "Enter your API key to see previews (they are free).";
+    setPreviewStatus("Enter your API key to see previews (they are free).");
     return;
   }
-  $("#preview-status").textContent = "Looking for faces…";
+  setPreviewStatus("Looking for faces…");
   const all = state.fields.all;
   const values = Object.fromEntries(currentControls().map((c) => [c.name, readControl(c)]));
   const body = { method: state.slug, face_image: refs[0].data, extra_face_images: all.extra_face_images ? refs.slice(1).map((r) => r.data) : [] };
@@ -402,8 +414,8 @@ async function runPreview() {
     }
     extra.replaceChildren(...more);
     const notes = [...result.problems.map((p) => `Generation would fail: ${p}`), ...result.warnings];
-    $("#preview-status").textContent = notes.length ? notes.join(" ") : "Faces found. Ready to generate.";
-    $("#preview-status").className = result.problems.length ? "problem" : result.warnings.length ? "warning" : "muted";
+    const kind = result.problems.length ? "problem" : result.warnings.length ? "warning" : "muted";
+    setPreviewStatus(notes.length ? notes.join(" ") : "Faces found. Ready to generate.", kind);
     if (state.slug === "insta-depth" && state.images.pose_image) {
       const depthBody = { pose_image: state.images.pose_image.data };
       if (body.width) { depthBody.width = body.width; depthBody.height = body.height; }
@@ -413,8 +425,7 @@ async function runPreview() {
     }
   } catch (err) {
     if (serial !== previewSerial) return;
-    $("#preview-status").textContent = `Preview failed: ${err.message}`;
-    $("#preview-status").className = "problem";
+    setPreviewStatus(`Preview failed: ${err.message}`, "problem");
     if (err.field) reportError(err);
   }
 }
