@@ -26,7 +26,11 @@ from server_fixtures import b64, dark_png, face_b64, running_server, seed_reques
 @pytest.fixture(scope="module")
 def server(tiny_kit, tmp_path_factory):
     db = tmp_path_factory.mktemp("api") / "server.db"
-    with running_server(db, None, models_dirs=[str(tiny_kit)]) as (url, keys):
+    warm = (
+        "insta-depth",
+        "instantid",
+    )  # what these tests use first (FaceID's default adapter is never run here)
+    with running_server(db, None, models_dirs=[str(tiny_kit)], warm_up=warm) as (url, keys):
         record, token = keys.create_key(100)
         client = httpx.Client(base_url=url, headers={"x-api-key": token}, timeout=300)
         yield client, keys, record
@@ -280,6 +284,11 @@ FIELD_NAMES = st.sampled_from(
         "width",
         "height",
         "return_depth_map",
+        "style",
+        "webhook_url",
+        "steps",
+        "samples",
+        "identity_strength",
         "extra",
     ]
 )
@@ -292,7 +301,9 @@ FIELD_NAMES = st.sampled_from(
         JSON_VALUES,
         st.binary(max_size=64).map(lambda b: ("raw", b)),
     ),
-    path=st.sampled_from(["/v1/insta-depth", "/v2/insta-depth", "/v1/instantid", "/v1/faceid"]),
+    path=st.sampled_from(
+        ["/v1/insta-depth", "/v2/insta-depth", "/v1/instantid", "/v2/instantid", "/v1/faceid"]
+    ),
 )
 def test_malformed_bodies_never_crash_the_server(server, body, path):
     client, keys, record = server

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from server_fixtures import FakeGenerator, running_server, seed_request, wait_for
+from server_fixtures import FakeGenerator, face_b64, running_server, seed_request, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +285,73 @@ def test_bad_webhook_urls_are_400_naming_the_field(server, path, webhook_url, pr
     assert response.status_code == 400, response.text
     assert response.json()["field"] == "webhook_url" and problem in response.json()["error"]
     assert keys.get(record.id).balance == 5
+
+
+def instantid_body(**overrides):
+    body = {
+        "prompt": "a photo",
+        "face_image": face_b64(),
+        "num_inference_steps": 4,
+        "width": 64,
+        "height": 64,
+    }
+    return {k: v for k, v in (body | overrides).items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"samples": 5}, "samples"),
+        ({"samples": 0}, "samples"),
+        ({"num_inference_steps": None, "steps": 3}, "steps"),
+        ({"num_inference_steps": None, "steps": 101}, "steps"),
+        ({"guidance": 26}, "guidance"),
+        ({"identity_strength": 1.01}, "identity_strength"),
+        ({"adapter_strength": -0.1}, "adapter_strength"),
+        ({"num_images": 5}, "num_images"),
+        ({"style": "baroque"}, "style"),
+        ({"style": 3}, "style"),
+        ({"webhook_url": "not a url"}, "webhook_url"),
+    ],
+)
+def test_new_fields_are_validated_with_a_400_naming_them(server, change, field):
+    url, keys = server
+    record, token = keys.create_key(5)
+    for path in ("/v1/instantid", "/v2/instantid"):
+        response = httpx.post(url + path, json=instantid_body(**change), headers={"x-api-key": token})
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == field and field in response.json()["error"]
+    assert keys.get(record.id).balance == 5
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours"),
+    [
+        ({"steps": 4}, {"num_inference_steps": 4}),
+        ({"samples": 1}, {"num_images": 1}),
+        ({"guidance": 5}, {"guidance_scale": 5}),
+        ({"identity_strength": 0.5}, {"cn_strength": 0.5}),
+        ({"adapter_strength": 0.5}, {"ip_weight": 0.5}),
+    ],
+)
+def test_one_parameter_under_both_names_is_a_400_naming_both(server, theirs, ours):
+    url, keys = server
+    _, token = keys.create_key(5)
+    body = instantid_body(num_inference_steps=None) | theirs | ours
+    response = httpx.post(url + "/v1/instantid", json=body, headers={"x-api-key": token})
+    assert response.status_code == 400
+    (their_name,), (our_name,) = theirs, ours
+    error = response.json()["error"]
+    assert response.json()["field"] == their_name and their_name in error and our_name in error
+
+
+def test_segmind_body_gets_segmind_defaults(server):
+    url, keys = server
+    record, token = keys.create_key(10)
+    body = {"prompt": "a photo", "face_image": face_b64(), "samples": 1, "width": 64, "height": 64}
+    response = httpx.post(url + "/v1/instantid", json=body, headers={"x-api-key": token})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"  # base64 false
+    assert response.headers["x-credits-charged"] == "1"  # Segmind's default: 10 steps
+    ours = httpx.post(url + "/v1/instantid", json=body | {"samples": None}, headers={"x-api-key": token})
+    assert ours.status_code == 200 and ours.headers["content-type"] == "application/json"  # our defaults
+    assert ours.headers["x-credits-charged"] == "3"  # 30 steps

@@ -264,6 +264,7 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
     import httpx
 
     from idforge.server.runner import free_port
+    from server_fixtures import seed_request
 
     port = free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
@@ -276,6 +277,9 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
         str(port),
         "--db",
         str(tmp_path / "s.db"),
+        "--public-url",
+        "https://gen.example.org/",
+        "--no-warm-up",
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     try:
@@ -287,7 +291,13 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
                 time.sleep(0.1)
         assert health.status_code == 200 and health.json()["status"] in ("loading", "ready")
         assert health.headers["x-request-id"] == "probe-42"
+        assert httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200  # --no-warm-up: at once
         assert httpx.get(f"http://127.0.0.1:{port}/v1/insta-depth").status_code == 405
+        _, token = SQLiteKeyStore(tmp_path / "s.db").create_key(5)
+        job = httpx.post(
+            f"http://127.0.0.1:{port}/v2/insta-depth", json=seed_request(), headers={"x-api-key": token}
+        ).json()
+        assert job["status_url"] == f"https://gen.example.org/v2/requests/{job['request_id']}/status"
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)

@@ -38,14 +38,77 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="HOST|CIDR",
-        help="permit image URLs on this private host or network (refused by default: SSRF)",
+        help="permit image and webhook URLs on this private host or network (refused by default: SSRF)",
     )
     parser.add_argument("--url-timeout", type=float, default=10.0, help="image URL fetch limit in seconds")
     parser.add_argument(
         "--steps-per-credit", type=int, default=10, help="price: 1 credit per started N steps"
     )
+    parser.add_argument(
+        "--public-url",
+        default=None,
+        metavar="URL",
+        help="base of the absolute URLs in /v2 answers, e.g. https://api.example.com (default: the request's host)",
+    )
+    parser.add_argument(
+        "--trust-proxy",
+        action="store_true",
+        help="take scheme and host from X-Forwarded-Proto / X-Forwarded-Host (only behind a proxy that sets them)",
+    )
+    parser.add_argument(
+        "--result-ttl",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long a finished /v2 job's result is kept (default 3600, as the hosted API)",
+    )
+    parser.add_argument(
+        "--webhook-retry-for",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="keep retrying a webhook this long after the job ended (exponential backoff; default 3600)",
+    )
+    parser.add_argument(
+        "--webhook-timeout", type=float, default=10.0, help="one webhook attempt's time limit (default 10 s)"
+    )
+    parser.add_argument(
+        "--warm-up",
+        default="insta-depth,instantid,faceid",
+        metavar="METHODS",
+        help="methods whose models load before the server reports ready (comma-separated; default all)",
+    )
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="report ready at once; models then load on the first request (which may time out clients)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from idforge.errors import ParameterError
+    from idforge.server.methods import WARM_UP_METHODS
+
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    for method in methods:
+        if method not in WARM_UP_METHODS:
+            raise ParameterError("--warm-up", f"{method!r} is not one of {', '.join(WARM_UP_METHODS)}")
+    return methods
+
+
+def _public_url(text: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    from idforge.errors import ParameterError
+
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ParameterError("--public-url", f"{text!r} must be http(s)://host[:port][/prefix]")
+    return text.rstrip("/")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from idforge.server.pricing import Pricing
     from idforge.server.runner import uvicorn_config
     from idforge.server.store import default_db_path
+    from idforge.server.webhooks import WebhookPolicy
 
     setup_logging(args.log_level)
     config = ServerConfig(
@@ -78,6 +142,15 @@ def run(args: argparse.Namespace) -> int:
             allow_hosts=tuple(args.allow_url_host),
         ),
         pricing=Pricing(steps_per_block=args.steps_per_credit),
+        public_url=_public_url(args.public_url),
+        trust_proxy=args.trust_proxy,
+        result_ttl=args.result_ttl,
+        webhooks=WebhookPolicy(
+            allow_hosts=tuple(args.allow_url_host),
+            timeout=args.webhook_timeout,
+            retry_for=args.webhook_retry_for,
+        ),
+        warm_up=() if args.no_warm_up else _methods(args.warm_up),
     )
     app = create_app(config)
     uvicorn.Server(uvicorn_config(app, args.host, args.port, log_level=args.log_level)).run()

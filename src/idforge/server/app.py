@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from idforge import __version__
-from idforge.errors import IdforgeError, ParameterError
+from idforge.errors import IdforgeError
 from idforge.server import previews, studio
 from idforge.server.contract import TERMINAL, result_body, status_body, submit_body
 from idforge.server.images import ImagePolicy
@@ -52,9 +52,11 @@ from idforge.server.schemas import (
     InstantIDBody,
     JobResultResponse,
     JobStatusResponse,
+    RequestFieldError,
     StyleInfo,
     WebhookListResponse,
 )
+from idforge.server.segmind_names import resolve_names
 from idforge.server.store import KeyRecord, KeyStore, NotEnoughCredits, SQLiteKeyStore
 from idforge.server.urls import public_base_url
 from idforge.server.webhooks import WebhookDispatcher, WebhookPolicy, check_webhook_url
@@ -82,7 +84,11 @@ class ServerConfig:
     trust_proxy: bool = False  # honour X-Forwarded-Proto / X-Forwarded-Host
     result_ttl: float = 3600.0  # seconds a finished /v2 job's result is kept
     webhooks: WebhookPolicy | None = None  # None: the image URL allow-list, default timings
-    warm_up: bool = True  # load the models before reporting ready
+    warm_up: tuple[str, ...] = (
+        "insta-depth",
+        "instantid",
+        "faceid",
+    )  # methods whose models load before ready
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -196,7 +202,10 @@ def create_app(
 
     @app.exception_handler(IdforgeError)
     async def on_idforge(request: Request, exc: IdforgeError):
-        return error_response(400, str(exc), request, field_for(getattr(exc, "name", None)))
+        name = getattr(exc, "name", None)
+        return error_response(
+            400, str(exc), request, name if isinstance(exc, RequestFieldError) else field_for(name)
+        )
 
     # -- auth -----------------------------------------------------------------------------------------------------
     async def api_key(
@@ -216,10 +225,13 @@ def create_app(
 
     # -- generation -----------------------------------------------------------------------------------------------
     async def submit(method: str, body: Any, key: KeyRecord, request: Request, *, sync: bool):
+        body = resolve_names(method, body)
         webhook_url = body.webhook_url
         if webhook_url is not None:
             if sync:
-                raise ParameterError("webhook_url", "only /v2 requests can have a webhook; drop it for /v1")
+                raise RequestFieldError(
+                    "webhook_url", "only /v2 requests can have a webhook; drop it for /v1"
+                )
             webhook_url = await run_in_threadpool(check_webhook_url, webhook_url, webhook_policy)
         spec = await run_in_threadpool(build_spec, method, body, config.images)
         cost = config.pricing.price(method, body.num_inference_steps, output_count(method, body))
@@ -236,7 +248,7 @@ def create_app(
                 503, "the server is shutting down", request, headers={"Retry-After": "10"}
             )
         request.state.job_id = submitted.job_id
-        return (submitted, cost), None
+        return (submitted, cost, body), None
 
     async def wait_for_client(job_id: str, waiting: asyncio.Future, request: Request) -> bool:
         """Wait for the job while watching the connection (Starlette does not cancel a handler whose client
@@ -254,7 +266,7 @@ def create_app(
         outcome, failure = await submit(method, body, key, request, sync=True)
         if failure is not None:
             return failure
-        submitted, cost = outcome
+        submitted, cost, body = outcome  # the body in our names (segmind_names)
         waiting = asyncio.wrap_future(submitted.future)
         waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # always retrieved
         if not await wait_for_client(submitted.job_id, waiting, request):
@@ -288,7 +300,7 @@ def create_app(
         outcome, failure = await submit(method, body, key, request, sync=False)
         if failure is not None:
             return failure
-        submitted, cost = outcome
+        submitted, cost, _ = outcome
         return JSONResponse(
             submit_body(submitted.job_id, base_url(request), submitted.position, cost), status_code=202
         )

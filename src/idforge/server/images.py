@@ -65,7 +65,7 @@ def resolve_checked(host: str, port: int, field_name: str, policy: ImagePolicy) 
     """Resolve `host` and return an address that may be contacted, or raise InputImageError."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise InputImageError(field_name, f"cannot resolve URL host {host!r} ({exc})") from None
     addresses = []
     for info in infos:
@@ -95,11 +95,14 @@ class PinnedURL:
 def pin_url(url: str, field_name: str, policy: ImagePolicy) -> PinnedURL:
     """Check an http(s) URL (scheme, host, port, no credentials, public address) and pin its address; raises
     InputImageError naming `field_name`. Image URLs and webhook URLs both go through here."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise InputImageError(field_name, "not a valid URL") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise InputImageError(field_name, f"URL scheme {parts.scheme!r} is not http or https")
-    host = parts.hostname
     if not host:
         raise InputImageError(field_name, "URL has no host")
     try:

@@ -25,7 +25,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +74,7 @@ class JobOutput:
 
 
 class Generator(Protocol):
-    """Runs one job; called only from the worker thread. May also have `warm_up(report) -> dict[str, str]`,
+    """Runs one job; called only from the worker thread. May also have `warm_up(report, methods) -> dict`,
     called once on the worker thread before the first job (returns methods that cannot run, with the reason)."""
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput: ...
@@ -441,14 +441,14 @@ class JobQueue:
         *,
         capacity: int = 32,
         retry_after: int = 5,
-        warm_up: bool = True,
+        warm_up: Sequence[str] = ("insta-depth", "instantid", "faceid"),
     ) -> None:
         self.jobs = jobs
         self.keys = keys
         self.generator = generator
         self.capacity = capacity
         self.retry_after = retry_after
-        self.warm_up = warm_up
+        self.warm_up = tuple(warm_up)
         self._pending: deque[str] = deque()
         self._futures: dict[str, Future] = {}
         self._running: str | None = None
@@ -552,9 +552,12 @@ class JobQueue:
     def cancel(self, job_id: str, reason: str = "canceled by the client", wait: float = 0.0) -> CancelOutcome:
         """Remove a queued job or stop a running one at its next step; its credits are released either way.
         With `wait`, wait that long for a running job to stop, so the answer can say it has."""
-        with self._cond:
-            if job_id in self._pending and self.jobs.cancel(job_id, reason, only_if=(QUEUED,)):
-                self._pending.remove(job_id)
+        with (
+            self._cond
+        ):  # QUEUED -> CANCELED in the store first: a worker that just popped it cannot claim it
+            if self.jobs.cancel(job_id, reason, only_if=(QUEUED,)):
+                if job_id in self._pending:
+                    self._pending.remove(job_id)
                 self.keys.release(job_id)
                 self.canceled += 1
                 future = self._futures.pop(job_id, None)
@@ -616,7 +619,7 @@ class JobQueue:
                 log.info("loading", extra={"fields": {"loading": what}})
 
             try:
-                self.readiness["unavailable"] = dict(warm(report) or {})
+                self.readiness["unavailable"] = dict(warm(report, self.warm_up) or {})
             except Exception:  # a warm-up bug must not keep the server from serving what it can
                 log.error("warm-up failed", extra={"fields": {"trace": traceback.format_exc()}})
         self.readiness.update(state="ready", loading=None, warm_up_s=round(time.perf_counter() - started, 3))

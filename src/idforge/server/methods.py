@@ -2,13 +2,18 @@
 
 `build_spec` runs on the HTTP side (in a thread: it may fetch URLs and decodes every image once, so bad images
 fail with 400 before anything is queued or charged). `EngineGenerator` runs on the worker thread: it owns the
-`Engine` (created on first use, so models load once, in the thread that uses them) and calls the method's
-`generate_*` function.
+`Engine` (created there, so models load once, in the thread that uses them) and calls the method's `generate_*`
+function. `warm_up` runs one tiny generation per method on a synthetic face before the server reports ready, so
+every model (and the first-call set-up of torch and onnxruntime) is paid before the first request, not by it.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 import re
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
@@ -16,10 +21,15 @@ from PIL import Image
 from idforge.engine.params import GenerationParams, InstantIDParams
 from idforge.errors import IdforgeError, ModelFormatError, ModelNotFoundError, ParameterError
 from idforge.server.images import ImagePolicy, image_bytes
-from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback
+from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback, WarmUpReport
+from idforge.server.segmind_names import SEGMIND_TO_OURS
+from idforge.styles import apply_style, get_style
+
+log = logging.getLogger("idforge.server.methods")
+WARM_UP_METHODS = ("insta-depth", "instantid", "faceid")
 
 IMAGE_FIELDS = ("face_image", "pose_image", "kps_image", "mask_image", "negative_image", "extra_face_images")
-NOT_PARAMS = ("webhook_url",)  # about the job, not the generation
+NOT_PARAMS = ("webhook_url", *SEGMIND_TO_OURS)  # about the job, or already mapped onto our names
 
 
 def output_count(method: str, body: Any) -> int:
@@ -27,7 +37,7 @@ def output_count(method: str, body: Any) -> int:
     if method == "faceid":
         refs = 1 + len(body.extra_face_images)
         return max(body.num_images, refs) if body.batch else body.num_images  # as FaceID's batch rule
-    return 1
+    return getattr(body, "num_images", 1)
 
 
 def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
@@ -36,6 +46,8 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
         raise ParameterError(
             "width" if body.width is None else "height", "give both width and height, or neither"
         )
+    if body.style is not None:
+        get_style(body.style)  # an unknown name is a 400 that lists the known ones
     start, end = getattr(body, "start_at", None), getattr(body, "end_at", None)
     if start is not None and end is not None and end < start:
         raise ParameterError("end_at", f"{end} is before start_at {start}")
@@ -57,10 +69,27 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
     return JobSpec(method=method, params=params, images=images)
 
 
+def warm_up_spec(method: str) -> JobSpec:
+    """A tiny job for `method` on a synthetic face (not the one the tests and demos send, so no cache is primed
+    for them), with every other parameter at the API's defaults."""
+    from idforge.demo.samples import square_face_png
+    from idforge.server.schemas import METHOD_BODIES
+
+    face = base64.b64encode(square_face_png(size=160, box=(40, 36, 120, 116))).decode("ascii")
+    fields: dict[str, Any] = {"prompt": "warm-up", "face_image": face, "width": 64, "height": 64, "seed": 0}
+    if method == "insta-depth":
+        fields["pose_image"] = face
+    body = METHOD_BODIES[method](**fields)
+    spec = build_spec(method, body, ImagePolicy(allow_urls=False))
+    spec.params["num_inference_steps"] = 2  # below the API's minimum: only the warm-up may do this
+    return spec
+
+
 def _generation(params: dict[str, Any], num_images: int = 1) -> GenerationParams:
+    prompt, negative = apply_style(params.get("style"), params["prompt"], params.get("negative_prompt"))
     return GenerationParams(
-        prompt=params["prompt"],
-        negative_prompt=params.get("negative_prompt") or "",
+        prompt=prompt,
+        negative_prompt=negative,
         steps=params["num_inference_steps"],
         guidance=params["guidance_scale"],
         seed=None if params["seed"] < 0 else params["seed"],
@@ -115,6 +144,32 @@ class EngineGenerator:
             self._engine = Engine(self.models, device=self.device, dtype=self.dtype)
         return self._engine
 
+    def warm_up(self, report: WarmUpReport, methods: Sequence[str] = WARM_UP_METHODS) -> dict[str, str]:
+        """Load each method's default models with a 64x64, 2-step generation; returns the methods that cannot
+        run here, with the reason (their requests will fail with 500 until the models are set up)."""
+        unavailable: dict[str, str] = {}
+        for method in methods:
+            report(f"{method} models")
+            started = time.perf_counter()
+            try:
+                self.generate(warm_up_spec(method), lambda step, total: None)
+            except (ModelFormatError, ModelNotFoundError) as exc:
+                unavailable[method] = str(exc)
+                log.warning(
+                    "warm-up: method unavailable", extra={"fields": {"method": method, "error": str(exc)}}
+                )
+                continue
+            except (JobError, IdforgeError) as exc:  # e.g. real face models see no face in the synthetic one:
+                log.info(  # the models are loaded by then (every method loads before it analyses faces)
+                    "warm-up generation stopped early",
+                    extra={"fields": {"method": method, "error": getattr(exc, "message", str(exc))}},
+                )
+            log.info(
+                "warm-up: loaded",
+                extra={"fields": {"method": method, "seconds": round(time.perf_counter() - started, 3)}},
+            )
+        return unavailable
+
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput:
         run = {"insta-depth": self._insta_depth, "instantid": self._instantid, "faceid": self._faceid}.get(
             spec.method
@@ -133,7 +188,7 @@ class EngineGenerator:
             extras=extras,
             warnings=list(result.warnings),
             timings={"engine_s": float(result.recipe.get("timings", {}).get("total_s", 0.0))},
-            recipe=dict(result.recipe),
+            recipe=dict(result.recipe) | {"style": spec.params.get("style")},
         )
 
     def _insta_depth(self, spec: JobSpec, progress: ProgressCallback):
@@ -155,7 +210,7 @@ class EngineGenerator:
         p = spec.params
         request = InstantIDRequest(
             faces=[spec.images["face_image"], *(spec.images.get("extra_face_images") or [])],
-            generation=_generation(p),
+            generation=_generation(p, num_images=p["num_images"]),
             instantid=InstantIDParams(
                 ip_weight=p["ip_weight"],
                 cn_strength=p["cn_strength"],

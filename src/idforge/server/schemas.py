@@ -13,9 +13,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from idforge.engine.params import INSTANTID_COMBINE, MAX_SEED
+from idforge.errors import ParameterError
 from idforge.identity.attention import SCALING_MODES
 from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
+from idforge.styles import STYLES
+
+
+class RequestFieldError(ParameterError):
+    """A request-level problem whose `name` is already the request field (not an engine name to map)."""
+
 
 IMAGE_HELP = "base64 (optionally a data URL, data:image/...;base64,...) or an http(s) URL"
 
@@ -40,6 +47,12 @@ class _Common(BaseModel):
     )
     height: int | None = Field(
         None, ge=64, le=2048, multiple_of=8, description="(idforge extension) output height; with width"
+    )
+    style: str | None = Field(
+        None,
+        max_length=64,
+        description="a style template by name: wraps the prompt and adds to the negative prompt; one of "
+        f"{', '.join(STYLES)} (GET /v1/styles shows each template)",
     )
     webhook_url: str | None = Field(
         None,
@@ -89,7 +102,29 @@ class InstantIDBody(_Common):
     end_at: float = Field(1.0, ge=0, le=1, description="end of the schedule window")
     noise: float = Field(0.0, ge=0, le=1, description="noise in the unconditional face embedding")
     combine_embeds: Literal[INSTANTID_COMBINE] = Field("average")
-    enhance_face_region: bool = Field(False, description="limit IdentityNet to the face box")
+    enhance_face_region: bool = Field(
+        False, description="limit IdentityNet to the face box (default true with Segmind's field names)"
+    )
+    num_images: int = Field(1, ge=1, le=4, description="images to generate (each delivered image is charged)")
+    base64: bool = Field(
+        True,
+        description="true: JSON with the base64 JPEG; false: the image/jpeg bytes as the body "
+        "(default false with Segmind's field names)",
+    )
+    # Segmind's InstantID names (SPEC.md section 6), accepted beside ours; one body uses one name per parameter.
+    samples: int | None = Field(None, ge=1, le=4, description="(Segmind's name) = num_images; default 1")
+    steps: int | None = Field(
+        None, ge=4, le=100, description="(Segmind's name) = num_inference_steps; default 10"
+    )
+    guidance: float | None = Field(
+        None, ge=1, le=25, description="(Segmind's name) = guidance_scale; default 5"
+    )
+    identity_strength: float | None = Field(
+        None, ge=0, le=1, description="(Segmind's name) = cn_strength (IdentityNet); default 0.8"
+    )
+    adapter_strength: float | None = Field(
+        None, ge=0, le=1, description="(Segmind's name) = ip_weight (image adapter); default 0.8"
+    )
 
 
 FACEID_ADAPTERS = Literal[
