@@ -92,7 +92,7 @@ def studio(tiny_kit, tmp_path_factory):
     process = subprocess.Popen(command + ["--db", str(db)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 400  # warm-up loads every method's models first
         while True:
             try:
                 if httpx.get(url + "/health/ready", timeout=2).status_code == 200:  # models loaded
@@ -328,6 +328,26 @@ def test_form_comes_from_the_schema_and_every_control_is_labelled(page, studio):
     assert unlabelled == []
 
 
+def test_keyboard_alone_reaches_the_method_and_generate(page, studio):
+    page.keyboard.press("Tab")  # the skip link comes first
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.activeElement.id === 'generate'")  # it jumps to Generate
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate("document.activeElement.id") != "generate"
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("Tab")  # from the top again
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.name") == "method":
+            break
+    page.keyboard.press("ArrowRight")  # radio group: arrows move between methods
+    assert page.is_checked("input[name=method][value=faceid]")
+    assert page.locator("#param-adapter").is_visible()  # the form follows the method
+    outline = page.evaluate("getComputedStyle(document.activeElement.closest('label')).outlineStyle")
+    assert outline != "none"  # the focused method is visibly marked
+
+
 def test_readable_contrast_and_phone_width(page, studio):
     def luminance(color: str) -> float:
         value = color.strip().lstrip("#")
@@ -422,6 +442,9 @@ def test_the_whole_flow(page, studio, slug):
         upload(page, studio, "pose_image", "pose.png")
     wait_preview(page, 1 if slug == "faceid" else 3)
     page.fill("#prompt", f"a studio portrait, {slug}")
+    styles = [s["name"] for s in httpx.get(studio.url + "/v1/styles").json()]
+    assert page.eval_on_selector_all("#style option", "els => els.map(e => e.value)") == styles
+    page.select_option("#style", "watercolor")
     small_job(page, steps=20, seed=1234)
     start = credits(page)
     seen = generate(page, keyboard=slug == "insta-depth")  # Insta Depth is started from the keyboard
@@ -464,6 +487,7 @@ def test_the_whole_flow(page, studio, slug):
     assert recipe["seed"] == 1234 and recipe["request"]["method"] == slug
     assert recipe["request"]["body"]["prompt"] == f"a studio portrait, {slug}"
     assert recipe["request"]["body"]["num_inference_steps"] == 20
+    assert recipe["request"]["body"]["style"] == "watercolor"  # the server applies the template
     assert recipe["params"]["seed"] == 1234
     assert recipe["method"] in (slug, slug.replace("-", "_"))
     assert pixels.shape == (64, 64, 3) and pixels.std() > 0

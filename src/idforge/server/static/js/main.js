@@ -767,6 +767,10 @@ async function start() {
   setupKey();
   setupMethods();
   setupRestore();
+  $(".skip").addEventListener("click", (event) => {
+    event.preventDefault();
+    $("#generate").focus();
+  });
   $("#generate").addEventListener("click", () => generate());
   $("#cancel").addEventListener("click", cancel);
   $("#clear-history").addEventListener("click", async () => {
