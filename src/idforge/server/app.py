@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from idforge import __version__
 from idforge.errors import IdforgeError
+from idforge.server import previews, studio
 from idforge.server.contract import TERMINAL, result_body, status_body, submit_body
 from idforge.server.db import Store
 from idforge.server.images import ImagePolicy
@@ -531,6 +532,8 @@ def create_app(
     async def metrics():
         return Response(await run_in_threadpool(render, registry), media_type=CONTENT_TYPE)
 
+    previews.install(app)
+    studio.install(app)
     _install_openapi(app)
     return app
 
