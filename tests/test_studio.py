@@ -31,7 +31,7 @@ from PIL import Image
 
 from idforge.demo.samples import png_bytes, synthetic_face, synthetic_pose
 from idforge.server.runner import free_port
-from idforge.server.store import SQLiteKeyStore
+from idforge.server.db import Store
 from server_fixtures import dark_png
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,7 +52,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's ch
 class Studio:
     """The running `idforge serve` (a subprocess), its key store and a folder of input images."""
 
-    def __init__(self, url: str, keys: SQLiteKeyStore, files: Path, shots: Path) -> None:
+    def __init__(self, url: str, keys: Store, files: Path, shots: Path) -> None:
         self.url = url
         self.keys = keys
         self.files = files
@@ -84,7 +84,7 @@ def studio(tiny_kit, tmp_path_factory):
     shots = root / "screenshots"
     shots.mkdir()
     db = root / "studio.db"
-    keys = SQLiteKeyStore(db)
+    keys = Store.open(db)
     port = free_port()
     log = open(root / "serve.log", "w")
     command = [sys.executable, "-m", "idforge.cli", "serve", "--port", str(port), "--models", str(tiny_kit)]
