@@ -164,7 +164,7 @@ export function readControl(control) {
     const value = Number(control.value);
     return Number.isFinite(value) ? value : control.value;
   }
-  return control.value;
+  return control.value === "" ? undefined : control.value; // an empty optional text or choice: the server's default
 }
 
 export function writeControl(control, value) {
