@@ -127,6 +127,7 @@ class Engine:
             path = Path(self.store.default("base", "sdxl-base" if family == "sdxl" else "sd15").path)
         else:
             path = self.resolve("base", spec)
+
         def load():
             return prepare_base(load_base_model(path, self.dtype, self.device), self.fast, self.device)
 
