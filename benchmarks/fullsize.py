@@ -450,13 +450,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--depth", default="mid", choices=("full", "mid", "small"))
     parser.add_argument("--methods", default="instantid,insta_depth,faceid")
-    parser.add_argument("--variants", default="default,fast", help="default: exact switches; fast: preset")
+    parser.add_argument(
+        "--variants",
+        default="default,fast",
+        help="default: exact switches; fast: the preset; fp8: fast + FP8",
+    )
+    parser.add_argument(
+        "--fast-methods", default=None, help="methods run in the fast variants (default: all)"
+    )
     parser.add_argument("--kit", default=None, help="tiny kit for paths and face packs (built if not given)")
     parser.add_argument("--out", default="benchmarks/results/fullsize_cpu.json")
     parser.add_argument("--plot", default=None, help="PNG (default: --out with .png)")
     args = parser.parse_args()
     methods = args.methods.split(",")
     variants = args.variants.split(",")
+    fast_methods = args.fast_methods.split(",") if args.fast_methods else methods
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    raw_path = out.with_suffix(".raw.json")
+    raw: dict[str, list] = {}
 
     started = time.perf_counter()
     if args.kit is None:
@@ -488,8 +500,10 @@ def main() -> None:
 
     results: dict[str, dict[str, Any]] = {}
     for variant in variants:
-        if variant == "fast":
+        if variant in ("fast", "fp8"):
             fast = FastPath.preset("fast", setup.engine.device)
+            if variant == "fp8":
+                fast = fast.with_changes(fp8=True)
             base = setup.engine.base_model()
             base.pipe.unet.__dict__.pop("_idforge_fastpath", None)
             prepare_base(base, fast, setup.engine.device)
@@ -497,8 +511,17 @@ def main() -> None:
                 net.__dict__.pop("_idforge_fastpath", None)
                 prepare_controlnet(net, fast, setup.engine.device)
             setup.engine.fast = fast
-        for method in methods:
+        for method in methods if variant == "default" else fast_methods:
             runs: dict[str, list] = {"idforge": [], "diffusers": []}
+            if setup.engine.fast.compile:  # compiled once per shape: the first call compiles, unmeasured
+                compile_started = time.perf_counter()
+                call, _ = run_idforge(setup, method, seed=99)
+                call()
+                del setup.engine.analyze_face
+                print(
+                    f"{variant} {method}: compiled in {time.perf_counter() - compile_started:.0f} s",
+                    flush=True,
+                )
             for round_index in range(args.rounds):
                 call, extra = run_idforge(setup, method, seed=round_index)
                 runs["idforge"].append(measure(call, parts_of(setup, method), setup.engine.device, extra))
@@ -519,6 +542,8 @@ def main() -> None:
                     + f" (at {time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
+            raw[f"{method}|{variant}"] = runs
+            raw_path.write_text(json.dumps(raw, indent=1) + "\n")  # kept even if a later part fails
             for side, side_runs in runs.items():
                 if side_runs:
                     results[f"{method}|{side}|{variant}"] = summarise(
@@ -570,8 +595,6 @@ def main() -> None:
             "a step = UNet end to UNet end (the first from the first ControlNet/UNet start)",
         ],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(ratios, indent=2))
     plot(result, Path(args.plot) if args.plot else out.with_suffix(".png"))

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--steps-per-credit", type=int, default=10, help="price: 1 credit per started N steps"
     )
+    from idforge.commands._common import add_fast_arguments
+
+    add_fast_arguments(parser)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
 
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from idforge.commands._common import fast_path
     from idforge.server.app import ServerConfig, create_app
     from idforge.server.images import ImagePolicy
     from idforge.server.logs import setup_logging
@@ -61,13 +65,15 @@ def run(args: argparse.Namespace) -> int:
     from idforge.server.store import default_db_path
 
     setup_logging(args.log_level)
+    fast, dtype = fast_path(args, args.device)
     config = ServerConfig(
         db_path=Path(args.db) if args.db else default_db_path(),
         models_dirs=list(args.models),
         base=args.base,
         face_models=args.face_models,
         device=args.device,
-        dtype=args.dtype,
+        dtype=dtype,
+        fast=fast,
         queue_size=args.queue_size,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         images=ImagePolicy(

@@ -210,12 +210,12 @@ def prepare_controlnet(controlnet: torch.nn.Module, fast: FastPath, device: torc
     """Apply the switches to a ControlNet (once; the engine caches the result)."""
     if _already(controlnet, fast):
         return controlnet
-    if fast.fp8:
-        quantize_fp8(controlnet, device)
     if fast.channels_last:
         controlnet.to(memory_format=torch.channels_last)
     if fast.fused_qkv:
         fuse_qkv(controlnet)
+    if fast.fp8:  # after fusing: the fused projections are the linears that run
+        quantize_fp8(controlnet, device)
     if fast.cache_control_embedding:
         cache_conditioning_embedding(controlnet)
     if fast.compile:
@@ -229,8 +229,6 @@ def prepare_base(base: Any, fast: FastPath, device: torch.device) -> Any:
     unet, vae = base.pipe.unet, base.pipe.vae
     if _already(unet, fast):
         return base
-    if fast.fp8:
-        quantize_fp8(unet, device)
     if fast.vae_dtype is not None:
         vae.to(VAE_DTYPES[fast.vae_dtype])
         vae.idforge_keep_dtype = True  # engine/base.py decode_latents: no fp32 upcast of this VAE
@@ -239,6 +237,8 @@ def prepare_base(base: Any, fast: FastPath, device: torch.device) -> Any:
         vae.to(memory_format=torch.channels_last)
     if fast.fused_qkv:
         fuse_qkv(unet)
+    if fast.fp8:  # after fusing; a LoRA cannot be merged into FP8 weights (FaceID's LoRA: keep fp8 off)
+        quantize_fp8(unet, device)
     if fast.compile:
         _compile(unet, "forward", fast)
         _compile(vae.decoder, "forward", fast)

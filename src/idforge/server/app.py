@@ -61,6 +61,7 @@ class ServerConfig:
     face_models: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    fast: Any = None  # engine/fastpath.py FastPath (None: the engine's exact defaults)
     queue_size: int = 32
     retry_after: int = 5
     max_body_bytes: int = 32 * 1024 * 1024
@@ -196,7 +197,7 @@ def create_app(
         from idforge.server.methods import EngineGenerator
 
         models = ModelChoice(base=config.base, face_models=config.face_models, models_dirs=config.models_dirs)
-        generator = EngineGenerator(models, device=config.device, dtype=config.dtype)
+        generator = EngineGenerator(models, device=config.device, dtype=config.dtype, fast=config.fast)
     queue = JobQueue(jobs, keys, generator, capacity=config.queue_size, retry_after=config.retry_after)
 
     @asynccontextmanager

@@ -98,10 +98,13 @@ def field_for(name: str | None) -> str | None:
 class EngineGenerator:
     """The real generator: one Engine, created and used only on the worker thread."""
 
-    def __init__(self, models: Any = None, *, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self, models: Any = None, *, device: str = "auto", dtype: str = "auto", fast: Any = None
+    ) -> None:
         self.models = models
         self.device = device
         self.dtype = dtype
+        self.fast = fast  # FastPath: models are prepared (and compiled) once, reused by every job
         self._engine = None
 
     @property
@@ -109,7 +112,7 @@ class EngineGenerator:
         if self._engine is None:
             from idforge.engine.session import Engine
 
-            self._engine = Engine(self.models, device=self.device, dtype=self.dtype)
+            self._engine = Engine(self.models, device=self.device, dtype=self.dtype, fast=self.fast)
         return self._engine
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput:
