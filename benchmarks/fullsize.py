@@ -343,9 +343,10 @@ def measure(
     with RssPeak() as rss, PartClock(parts, sync) as clock:
         sync()
         started = time.perf_counter()
-        call()
+        output = call()
         sync()
         total = time.perf_counter() - started
+    latents = getattr(output, "latents", None)
     seconds = dict(clock.seconds)
     if extra:
         seconds |= extra
@@ -356,6 +357,7 @@ def measure(
         "calls": dict(clock.calls),
         "peak_rss_gb": rss.peak / 2**30,
         "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "latents": latents,  # idforge's final latents (the output check between variants); dropped from JSON
     }
 
 
@@ -469,6 +471,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     raw_path = out.with_suffix(".raw.json")
     raw: dict[str, list] = {}
+    finals: dict[tuple[str, str], torch.Tensor] = {}
+    output_checks: dict[str, dict[str, float]] = {}
 
     started = time.perf_counter()
     if args.kit is None:
@@ -542,6 +546,19 @@ def main() -> None:
                     + f" (at {time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )
+            last = runs["idforge"][-1].pop("latents")
+            for run in runs["idforge"] + runs["diffusers"]:
+                run.pop("latents", None)
+            if last is not None:
+                finals[(method, variant)] = last
+                reference = finals.get((method, "default"))
+                if variant != "default" and reference is not None:
+                    diff = (last.float() - reference.float()).abs()
+                    output_checks[f"{method}|{variant}"] = {
+                        "max_abs_diff_latents_vs_default": round(float(diff.max()), 5),
+                        "mean_abs_diff_latents_vs_default": round(float(diff.mean()), 6),
+                        "reference_abs_mean": round(float(reference.float().abs().mean()), 5),
+                    }
             raw[f"{method}|{variant}"] = runs
             raw_path.write_text(json.dumps(raw, indent=1) + "\n")  # kept even if a later part fails
             for side, side_runs in runs.items():
@@ -585,6 +602,7 @@ def main() -> None:
         "build_seconds": setup.full.build_seconds,
         "results": results,
         "ratios": ratios,
+        "output_checks": output_checks,
         "wall_s": round(time.perf_counter() - started, 1),
         "notes": [
             "diffusers InstantID/InstantID+depth: StableDiffusionXLControlNetPipeline; IdentityNet gets the text as "

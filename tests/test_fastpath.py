@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from instantid_fixtures import square_face
 from PIL import Image
 
 from idforge.engine.faceid import FaceIDRequest, generate_faceid
@@ -13,6 +12,7 @@ from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import ParameterError
+from instantid_fixtures import square_face
 
 SIZE = 64
 EAGER = FastPath(cache_control_embedding=False)
@@ -160,3 +160,20 @@ def test_options_refuse_what_would_be_wrong():
         FastPath.preset("fastest", torch.device("cpu"))
     assert FastPath.preset("fast", torch.device("cuda")).compile
     assert not FastPath.preset("fast", torch.device("cpu")).compile
+
+
+def test_cli_switches_build_the_fast_path():
+    import argparse
+
+    from idforge.commands._common import add_generation_arguments, fast_path
+
+    parser = argparse.ArgumentParser()
+    add_generation_arguments(parser)
+    base = ["--prompt", "x", "-o", "out.png", "--device", "cpu"]
+    fast, dtype = fast_path(parser.parse_args(base), "cpu")
+    assert fast == FastPath() and dtype == "auto"
+    fast, _ = fast_path(parser.parse_args([*base, "--fast"]), "cpu")
+    assert fast == FastPath.preset("fast", torch.device("cpu"))
+    args = parser.parse_args([*base, "--compile", "--vae-dtype", "bfloat16", "--no-control-embedding-cache"])
+    fast, _ = fast_path(args, "cpu")
+    assert fast.compile and fast.vae_dtype == "bfloat16" and not fast.cache_control_embedding
