@@ -38,20 +38,30 @@ KIT=/tmp/idforge-tiny-kit
 log "tiny kit (paths and face packs)"
 "$PY" -c "from idforge.models.kit import build_kit; build_kit('$KIT', force=True)" >> "$OUT/gpu_log.txt" 2>&1
 
-log "stage 1: fast-path equality tests on CUDA"
+BUDGET=${BUDGET:-470}  # seconds for the whole script (the device allows 10 min a call; the issue asks < 8 min)
+left() { echo $(( BUDGET - (SECONDS - started) )); }
+limit() { local want=$1 rest; rest=$(left); (( rest < want )) && want=$rest; echo $want; }
+
+log "stage 1: fast-path equality tests on CUDA (compile included)"
 if "$PY" -c "import pytest" 2>/dev/null; then
-    timeout 90 "$PY" -m pytest -q -x tests/test_fastpath.py -p no:cacheprovider >> "$OUT/gpu_log.txt" 2>&1
+    IDFORGE_TEST_COMPILE=1 timeout "$(limit 120)" "$PY" -m pytest -q -x tests/test_fastpath.py -p no:cacheprovider \
+        >> "$OUT/gpu_log.txt" 2>&1
     log "stage 1 exit $?"
 fi
 
-log "stage 2: fullsize bf16, default vs fast (compile)"
-timeout 300 "$PY" benchmarks/fullsize.py --device cuda --dtype bfloat16 --size 1024 --steps 10 --rounds 2 \
-    --depth full --kit "$KIT" --variants default,fast --out "$OUT/fullsize_cuda.json" >> "$OUT/gpu_log.txt" 2>&1
+log "stage 2: fullsize bf16, diffusers eager vs idforge default vs idforge fast (compile)"
+timeout "$(limit 270)" "$PY" benchmarks/fullsize.py --device cuda --dtype bfloat16 --size 1024 --steps 10 \
+    --rounds 2 --depth full --kit "$KIT" --variants default,fast --out "$OUT/fullsize_cuda.json" \
+    >> "$OUT/gpu_log.txt" 2>&1
 log "stage 2 exit $?"
 
-log "stage 3: fullsize FP8 (torchao)"
-timeout 150 "$PY" benchmarks/fullsize.py --device cuda --dtype bfloat16 --size 1024 --steps 10 --rounds 2 \
-    --depth full --kit "$KIT" --methods instantid,insta_depth --variants default,fp8 \
-    --out "$OUT/fullsize_cuda_fp8.json" >> "$OUT/gpu_log.txt" 2>&1
-log "stage 3 exit $?"
+if (( $(left) > 60 )); then
+    log "stage 3: fullsize FP8 (torchao), checked against bf16"
+    timeout "$(limit 200)" "$PY" benchmarks/fullsize.py --device cuda --dtype bfloat16 --size 1024 --steps 10 \
+        --rounds 1 --depth full --kit "$KIT" --methods instantid,insta_depth --variants default,fp8 \
+        --out "$OUT/fullsize_cuda_fp8.json" >> "$OUT/gpu_log.txt" 2>&1
+    log "stage 3 exit $?"
+else
+    log "stage 3 skipped: $(left) s left"
+fi
 log "done in $((SECONDS - started)) s"
