@@ -443,6 +443,57 @@ def build_setup(args, kit: Path) -> Setup:
     )
 
 
+def compute_ratios(results: dict[str, dict], methods: list[str], variants: list[str]) -> dict[str, dict]:
+    """idforge / diffusers (eager, same weights, same run) per method and variant: step and image time."""
+    ratios = {}
+    for method in methods:
+        ref = results.get(f"{method}|diffusers|default")
+        for variant in variants:
+            ours = results.get(f"{method}|idforge|{variant}")
+            if ref and ours and ref["step_s_median"]:
+                ratios[f"{method}|{variant}"] = {
+                    "step_ratio_idforge_over_diffusers": round(
+                        ours["step_s_median"] / ref["step_s_median"], 4
+                    ),
+                    "image_ratio_idforge_over_diffusers": round(
+                        ours["image_s_median"] / ref["image_s_median"], 4
+                    ),
+                }
+    return ratios
+
+
+def report_from_raw(args: argparse.Namespace) -> None:
+    """Summary JSON and plot from a run's .raw.json (a run stopped before its end keeps what it measured)."""
+    raw = json.loads(Path(args.from_raw).read_text())
+    flops = meta_flops(args.size, args.depth)
+    results = {}
+    for key, runs in raw.items():
+        method, variant = key.split("|")
+        for side, side_runs in runs.items():
+            if side_runs:
+                results[f"{method}|{side}|{variant}"] = summarise(side_runs, flops, method, side, args.depth)
+    methods = list(dict.fromkeys(key.split("|")[0] for key in raw))
+    variants = list(dict.fromkeys(key.split("|")[1] for key in raw))
+    result = {
+        "benchmark": "fullsize",
+        "from_raw": str(args.from_raw),
+        "device": args.device,
+        "device_name": platform.processor() or platform.machine(),
+        "dtype": args.dtype,
+        "size": args.size,
+        "steps": args.steps,
+        "depth_controlnet": args.depth,
+        "torch": torch.__version__,
+        "flops_per_forward_tflop": {k: round(v / 1e12, 4) for k, v in flops.items()},
+        "results": results,
+        "ratios": compute_ratios(results, methods, variants),
+    }
+    out = Path(args.out)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["ratios"], indent=2))
+    plot(result, Path(args.plot) if args.plot else out.with_suffix(".png"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -463,7 +514,11 @@ def main() -> None:
     parser.add_argument("--kit", default=None, help="tiny kit for paths and face packs (built if not given)")
     parser.add_argument("--out", default="benchmarks/results/fullsize_cpu.json")
     parser.add_argument("--plot", default=None, help="PNG (default: --out with .png)")
+    parser.add_argument("--from-raw", default=None, help="only summarise and plot this .raw.json")
     args = parser.parse_args()
+    if args.from_raw:
+        report_from_raw(args)
+        return
     methods = args.methods.split(",")
     variants = args.variants.split(",")
     fast_methods = args.fast_methods.split(",") if args.fast_methods else methods
@@ -567,20 +622,7 @@ def main() -> None:
                         side_runs, flops, method, f"{side}", args.depth
                     )
 
-    ratios = {}
-    for method in methods:
-        ref = results.get(f"{method}|diffusers|default")
-        for variant in variants:
-            ours = results.get(f"{method}|idforge|{variant}")
-            if ref and ours and ref["step_s_median"]:
-                ratios[f"{method}|{variant}"] = {
-                    "step_ratio_idforge_over_diffusers": round(
-                        ours["step_s_median"] / ref["step_s_median"], 4
-                    ),
-                    "image_ratio_idforge_over_diffusers": round(
-                        ours["image_s_median"] / ref["image_s_median"], 4
-                    ),
-                }
+    ratios = compute_ratios(results, methods, variants)
     peak = 989.0 if setup.engine.device.type == "cuda" else None
     result = {
         "benchmark": "fullsize",
@@ -637,7 +679,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             left += width
         other = max(r["image_s_median"] - left, 0.0)
         ax.barh(y, other, left=left, color="lightgrey", label="other" if y == 0 else None)
-        text = f"{r['image_s_median']:.1f} s/image, {r['step_s_median']:.2f} s/step, {r['achieved_tflop_per_s_image']:.2f} TFLOP/s"
+        step = f"{r['step_s_median']:.2f} s/step, " if r["step_s_median"] else ""
+        text = f"{r['image_s_median']:.1f} s/image, {step}{r['achieved_tflop_per_s_image']:.2f} TFLOP/s"
         ax.text(left + other, y, "  " + text, va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
     ax.invert_yaxis()
