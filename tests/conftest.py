@@ -21,3 +21,7 @@ def tiny_kit(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("kit") / "kit"
     build_kit(out, seed=0)
     return out
+
+
+from pg_server import db_url, postgres  # noqa: E402,F401 - session PostgreSQL server and per-test databases
+from ray_cluster import ray_serve_url  # noqa: E402,F401 - one Ray cluster per session, started on first use

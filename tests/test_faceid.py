@@ -329,13 +329,13 @@ def test_combined_refuses_batch_mode_and_sd15(engine, faces):
 
 
 def test_default_size_follows_the_family():
-    from idforge.engine.faceid import _output_size
+    from idforge.engine.faceid import faceid_output_size
 
-    assert _output_size(GenerationParams(), "sdxl") == (1024, 1024)
-    assert _output_size(GenerationParams(), "sd15") == (512, 512)
-    assert _output_size(GenerationParams(width=640, height=448), "sd15") == (640, 448)
+    assert faceid_output_size(GenerationParams(), "sdxl") == (1024, 1024)
+    assert faceid_output_size(GenerationParams(), "sd15") == (512, 512)
+    assert faceid_output_size(GenerationParams(width=640, height=448), "sd15") == (640, 448)
     with pytest.raises(ParameterError):
-        _output_size(GenerationParams(width=640), "sdxl")
+        faceid_output_size(GenerationParams(width=640), "sdxl")
 
 
 def test_bad_inputs_fail_before_any_model_loads(tiny_kit, faces, tmp_path):

@@ -504,3 +504,22 @@ def test_mask_for_feature_map_matches_the_token_rule() -> None:
     assert feature.shape == (2, 1, 8, 6)
     assert torch.equal(feature.reshape(2, 48, 1), tokens_view)
     assert mask_for_feature_map(mask[0], (5, 7), (3, 4)).shape == (1, 1, 3, 4)  # rule would say 2 x 6
+
+
+def test_adapters_from_one_checkpoint_share_their_weights(sdxl_unet) -> None:
+    """One adapter per person from the same IP weights: one cast copy for all, and each keeps its own inputs."""
+    ida = IdentityAttention(sdxl_unet)
+    ip_layers = random_ip_layers(ida.layers, cross_dim(sdxl_unet), seed=8)
+    ida.add_adapter("person1", ip_layers)
+    ida.add_adapter("person2", ip_layers)
+    ida.add_adapter("other", random_ip_layers(ida.layers, cross_dim(sdxl_unet), seed=9))
+    index = ida.cross_layers[0].index
+    first = ida.layer_ip_weights("person1", index, torch.float16, torch.device("cpu"))
+    second = ida.layer_ip_weights("person2", index, torch.float16, torch.device("cpu"))
+    other = ida.layer_ip_weights("other", index, torch.float16, torch.device("cpu"))
+    assert first[0] is second[0] and first[1] is second[1]
+    assert other[0] is not first[0]
+    width = cross_dim(sdxl_unet)
+    ida.set_adapter_inputs("person1", tokens(1, 4, width, 1), tokens(1, 4, width, 2), weight=0.5)
+    ida.set_adapter_inputs("person2", tokens(1, 4, width, 3), tokens(1, 4, width, 4), weight=0.9)
+    assert ida.adapter_inputs("person1").weights != ida.adapter_inputs("person2").weights

@@ -74,13 +74,14 @@ def test_queue_full_answers_503_with_retry_after(server, fake):
     finally:
         fake.gate.set()
     for response in accepted:
-        status_url = url + response.json()["status_url"]
+        status_url = response.json()["status_url"]
+        assert status_url.startswith(url + "/v2/requests/req_")  # absolute, from the request's host
         for _ in range(100):
             state = httpx.get(status_url, headers={"x-api-key": token}).json()
-            if state["status"] == "succeeded":
+            if state["status"] == "COMPLETED":
                 break
             time.sleep(0.05)
-        assert state["status"] == "succeeded"
+        assert state["status"] == "COMPLETED"
     assert keys.get(record.id).spent == 4
 
 
@@ -102,14 +103,19 @@ def test_v2_failure_reports_error_and_refunds(server):
     record, token = keys.create_key(2)
     job = post(url, token, path="/v2/insta-depth", prompt="fail").json()
     for _ in range(100):
-        state = httpx.get(url + job["status_url"], headers={"x-api-key": token}).json()
-        if state["status"] == "failed":
+        state = httpx.get(job["status_url"], headers={"x-api-key": token}).json()
+        if state["status"] == "FAILED":
             break
         time.sleep(0.05)
-    assert state["status"] == "failed" and state["field"] == "face_image" and state["error_status"] == 400
+    assert state["status"] == "FAILED" and state["field"] == "face_image" and state["error_status"] == 400
+    assert "no face" in state["error"] and state["credits"] == 0
     assert keys.get(record.id).balance == 2
+    result = httpx.get(job["response_url"], headers={"x-api-key": token}).json()
+    assert result["status"] == "FAILED" and result["output"] is None
     other, other_token = keys.create_key(1)
-    assert httpx.get(url + job["status_url"], headers={"x-api-key": other_token}).status_code == 404
+    for resource in (job["status_url"], job["response_url"], job["webhooks_url"]):
+        assert httpx.get(resource, headers={"x-api-key": other_token}).status_code == 404
+    assert httpx.post(job["cancel_url"], headers={"x-api-key": other_token}).status_code == 404
 
 
 def test_body_size_limit(server):
@@ -150,7 +156,7 @@ def test_restart_with_queued_jobs_loses_nothing(tmp_path):
         jobs = [post(url, token, path="/v2/insta-depth", seed=i).json()["request_id"] for i in range(4)]
         time.sleep(0.2)
         assert keys.get(record.id).balance == 6  # reserved, not spent
-    first.gate.set()  # the abandoned worker finishes late: its result must be discarded
+    first.gate.set()  # the abandoned worker finishes late
     time.sleep(0.2)
     second = FakeGenerator()
     with running_server(db, second) as (url, keys):
@@ -158,11 +164,13 @@ def test_restart_with_queued_jobs_loses_nothing(tmp_path):
         for job_id in jobs:
             for _ in range(200):
                 states[job_id] = httpx.get(f"{url}/v2/requests/{job_id}", headers={"x-api-key": token}).json()
-                if states[job_id]["status"] == "succeeded":
+                if states[job_id]["status"] == "COMPLETED":
                     break
                 time.sleep(0.05)
-        assert [states[j]["status"] for j in jobs] == ["succeeded"] * 4
+        assert [states[j]["status"] for j in jobs] == ["COMPLETED"] * 4
         assert [states[j]["seed"] for j in jobs] == [0, 1, 2, 3]
-        assert sorted(second.calls) == ["Photo of a woman wearing a Superman costume"] * 4
+        # The abandoned job either finished late on the stopped worker (its lease was still valid, so its result
+        # stands) or ran again here after the restart requeued it; either way it is charged exactly once.
+        assert len(second.calls) in (3, 4) and len(first.calls) + len(second.calls) in (4, 5)
         after = keys.get(record.id)
         assert (after.balance, after.spent) == (6, 4) and keys.held() == {}

@@ -15,9 +15,10 @@ import pytest
 from idforge.cli import main
 from idforge.demo.samples import square_face_png
 from idforge.errors import InputImageError, ParameterError
+from idforge.server.db import Store
 from idforge.server.images import ImagePolicy, image_bytes, is_public_address
 from idforge.server.pricing import Pricing
-from idforge.server.store import NotEnoughCredits, SQLiteKeyStore, UnknownKey, hash_token
+from idforge.server.store import NotEnoughCredits, UnknownKey, hash_token
 from server_fixtures import b64, dark_png
 
 # -- pricing ------------------------------------------------------------------------------------------------------
@@ -44,7 +45,7 @@ def test_price_is_configurable():
 
 @pytest.fixture
 def store(tmp_path):
-    s = SQLiteKeyStore(tmp_path / "keys.db")
+    s = Store.open(tmp_path / "keys.db")
     yield s
     s.close()
 
@@ -92,9 +93,9 @@ def test_reserve_commit_release(store):
 
 def test_concurrent_reservations_never_overdraw(tmp_path):
     path = tmp_path / "race.db"
-    owner = SQLiteKeyStore(path)
+    owner = Store.open(path)
     record, _ = owner.create_key(7)
-    stores = [SQLiteKeyStore(path) for _ in range(4)]  # several connections, as several processes would have
+    stores = [Store.open(path) for _ in range(4)]  # several connections, as several processes would have
 
     def attempt(i: int) -> bool:
         try:
@@ -117,7 +118,7 @@ def test_keys_cli(tmp_path, capsys):
     db = str(tmp_path / "cli.db")
     assert main(["keys", "create", "--credits", "4", "--name", "bob", "--db", db]) == 0
     token = capsys.readouterr().out.strip()
-    store = SQLiteKeyStore(db)
+    store = Store.open(db)
     record = store.authenticate(token)
     assert record is not None and record.balance == 4 and record.name == "bob"
     assert main(["keys", "topup", record.id, "6", "--db", db]) == 0
@@ -264,6 +265,7 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
     import httpx
 
     from idforge.server.runner import free_port
+    from server_fixtures import seed_request
 
     port = free_port()
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
@@ -276,6 +278,9 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
         str(port),
         "--db",
         str(tmp_path / "s.db"),
+        "--public-url",
+        "https://gen.example.org/",
+        "--no-warm-up",
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     try:
@@ -285,9 +290,15 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.status_code == 200 and health.json()["status"] in ("loading", "ready")
         assert health.headers["x-request-id"] == "probe-42"
+        assert httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200  # --no-warm-up: at once
         assert httpx.get(f"http://127.0.0.1:{port}/v1/insta-depth").status_code == 405
+        _, token = Store.open(tmp_path / "s.db").create_key(5)
+        job = httpx.post(
+            f"http://127.0.0.1:{port}/v2/insta-depth", json=seed_request(), headers={"x-api-key": token}
+        ).json()
+        assert job["status_url"] == f"https://gen.example.org/v2/requests/{job['request_id']}/status"
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
@@ -295,3 +306,17 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
     probe = [e for e in entries if e.get("request_id") == "probe-42"]
     assert probe and probe[0]["path"] == "/health" and probe[0]["status"] == 200
     assert any(e.get("status") == 405 for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--result-ttl", "0"], "--result-ttl"),
+        (["--webhook-timeout", "-1"], "--webhook-timeout"),
+        (["--warm-up", "insta-depth,bogus"], "--warm-up"),
+        (["--public-url", "ftp://example.com"], "--public-url"),
+    ],
+)
+def test_serve_refuses_bad_flags_before_starting(tmp_path, capsys, flags, named):
+    code = main(["serve", "--db", str(tmp_path / "s.db"), *flags])
+    assert code != 0 and named in capsys.readouterr().err

@@ -10,6 +10,10 @@ from collections.abc import Callable
 from tqdm.auto import tqdm
 
 from idforge.engine.params import SCHEDULERS, GenerationParams, InstantIDParams, LoraSpec
+from idforge.errors import ParameterError
+
+DEFAULT_IP_WEIGHT = 0.8
+DEFAULT_CN_STRENGTH = 0.8
 
 
 def add_generation_arguments(
@@ -18,17 +22,56 @@ def add_generation_arguments(
     group = parser.add_argument_group("generation")
     group.add_argument("--prompt", required=True, help="what the image shows")
     group.add_argument("--negative-prompt", default="", help="what to keep out of the image")
-    group.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     group.add_argument(
-        "--guidance", type=float, default=guidance, help=f"CFG scale (default {guidance}; <=1 disables CFG)"
+        "--style",
+        default=None,
+        metavar="NAME",
+        help="a style template (list: idforge styles); wraps the prompt",
     )
-    group.add_argument("--scheduler", default="euler", choices=SCHEDULERS, help="sampler (default euler)")
+    group.add_argument(
+        "--steps", type=int, default=None, help=f"denoising steps (default {steps}, or the preset's)"
+    )
+    group.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help=f"CFG scale (default {guidance}, or the preset's; <=1 disables CFG)",
+    )
+    group.add_argument(
+        "--scheduler", default=None, choices=SCHEDULERS, help="sampler (default euler, or the preset's)"
+    )
+    group.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="few-step preset: lcm, lightning-1/2/4/8, lightning-N-unet, hyper-1/2/4/8, hyper-8-cfg, hyper-12-cfg "
+        "(loads its LoRA or UNet; sets scheduler, steps and guidance)",
+    )
+    parser.set_defaults(method_steps=steps, method_guidance=guidance)
     group.add_argument("--seed", type=int, default=None, help="random when not given; image i uses seed+i")
     group.add_argument("--width", type=int, default=None)
     group.add_argument("--height", type=int, default=None)
     group.add_argument("--num-images", type=int, default=1)
     group.add_argument(
         "--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="extra LoRA, e.g. LCM-LoRA"
+    )
+    identity = parser.add_argument_group("identity score")
+    identity.add_argument(
+        "--score-models",
+        default=None,
+        metavar="PATH|NAME",
+        help="face pack for the identity score (default: the pack that conditioned the generation, which flatters it)",
+    )
+    identity.add_argument("--no-score", action="store_true", help="do not score the outputs")
+    identity.add_argument(
+        "--best-of",
+        type=int,
+        default=1,
+        metavar="N",
+        help="generate N candidates (seeds seed..seed+N-1, at most 16) and keep the best identity score",
+    )
+    identity.add_argument(
+        "--best-of-batch", type=int, default=4, metavar="K", help="candidates per denoising pass (default 4)"
     )
     group.add_argument("-o", "--output", required=True, help="output PNG (several images: NAME_0.png ...)")
     group.add_argument("--json", action="store_true", help="print the full recipe as JSON")
@@ -105,8 +148,15 @@ def fast_path(args: argparse.Namespace, device: str) -> tuple[object, str]:
 def add_instantid_arguments(parser: argparse.ArgumentParser) -> None:
     """The controls of "Apply InstantID Advanced" that every InstantID-based command takes."""
     group = parser.add_argument_group("InstantID")
-    group.add_argument("--ip-weight", type=float, default=0.8, help="0..3 (default 0.8)")
-    group.add_argument("--cn-strength", type=float, default=0.8, help="IdentityNet, 0..10 (default 0.8)")
+    group.add_argument(
+        "--ip-weight", type=float, default=None, help="0..3 (default 0.8, or the preset's recommendation)"
+    )
+    group.add_argument(
+        "--cn-strength",
+        type=float,
+        default=None,
+        help="IdentityNet, 0..10 (default 0.8, or the preset's recommendation)",
+    )
     group.add_argument("--start-at", type=float, default=0.0, help="IP and IdentityNet, 0..1 (default 0)")
     group.add_argument("--end-at", type=float, default=1.0, help="IP and IdentityNet, 0..1 (default 1)")
     group.add_argument("--noise", type=float, default=0.0, help="0..1 (default 0)")
@@ -114,10 +164,25 @@ def add_instantid_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--instantid", default=None, help="InstantX/InstantID-style folder or hub id")
 
 
+def recommended_identity(args: argparse.Namespace) -> dict[str, float]:
+    """The preset's recommended identity strengths (engine/fewstep.py), {} without a preset."""
+    if not getattr(args, "preset", None):
+        return {}
+    from idforge.engine.fewstep import get_few_step_preset
+
+    return dict(get_few_step_preset(args.preset).identity)
+
+
 def instantid_params(args: argparse.Namespace, **extra: object) -> InstantIDParams:
+    """InstantID's controls: given on the command line, else the preset's recommendation, else the defaults."""
+    advice = recommended_identity(args)
+    ip_weight = args.ip_weight if args.ip_weight is not None else advice.get("ip_weight", DEFAULT_IP_WEIGHT)
+    cn_strength = (
+        args.cn_strength if args.cn_strength is not None else advice.get("cn_strength", DEFAULT_CN_STRENGTH)
+    )
     return InstantIDParams(
-        ip_weight=args.ip_weight,
-        cn_strength=args.cn_strength,
+        ip_weight=ip_weight,
+        cn_strength=cn_strength,
         start_at=args.start_at,
         end_at=args.end_at,
         noise=args.noise,
@@ -138,13 +203,61 @@ def parse_lora(text: str) -> LoraSpec:
     return LoraSpec(path=path, strength=strength)
 
 
+PERSON_KEYS = ("face", "region", "box", "mask", "ip_weight", "cn_strength", "start_at", "end_at")
+
+
+def parse_person(text: str, index: int):
+    """`--person face=A.jpg,region=left,ip_weight=0.9` -> a Person; errors name the --person (1-based)."""
+    from idforge.engine.persons import Person
+
+    label = f"--person {index}"
+    values: dict[str, object] = {}
+    faces: list[str] = []
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower().replace("-", "_"), value.strip()
+        if not sep or not key or not value:
+            raise ParameterError(label, f"{item.strip()!r} in {text!r} is not KEY=VALUE")
+        if key not in PERSON_KEYS:
+            raise ParameterError(label, f"unknown key {key!r} (keys: {', '.join(PERSON_KEYS)})")
+        if key == "face":
+            faces.append(value)
+            continue
+        if key in values:
+            raise ParameterError(label, f"{key} given twice")
+        if key == "box":
+            parts = value.split(":")
+            try:
+                values[key] = tuple(float(v) for v in parts)
+            except ValueError:
+                raise ParameterError(label, f"box {value!r} is not x1:y1:x2:y2 in pixels") from None
+        elif key in ("ip_weight", "cn_strength", "start_at", "end_at"):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ParameterError(label, f"{key} {value!r} is not a number") from None
+        else:
+            values[key] = value
+    if not faces:
+        raise ParameterError(label, f"no face in {text!r} (add face=IMG)")
+    try:
+        return Person(faces=faces, **values)
+    except ParameterError as exc:
+        raise ParameterError(label, str(exc)) from None
+
+
 def generation_params(args: argparse.Namespace) -> GenerationParams:
+    """Sampler settings: given on the command line, else the preset's, else the command's defaults."""
+    with_preset = args.preset is not None
+    steps = args.steps if args.steps is not None or with_preset else args.method_steps
+    guidance = args.guidance if args.guidance is not None or with_preset else args.method_guidance
     return GenerationParams(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
-        steps=args.steps,
-        guidance=args.guidance,
+        steps=steps,
+        guidance=guidance,
         scheduler=args.scheduler,
+        preset=args.preset,
         seed=args.seed,
         width=args.width,
         height=args.height,
@@ -154,6 +267,11 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
         cpu_offload=args.cpu_offload,
         vae_tiling=args.vae_tiling,
         loras=[parse_lora(text) for text in args.lora],
+        style=args.style,
+        score=not args.no_score,
+        best_of=args.best_of,
+        best_of_batch=args.best_of_batch,
+        score_models=args.score_models,
     )
 
 
@@ -195,5 +313,14 @@ def report(args: argparse.Namespace, result, written) -> None:
         payload = result.recipe | {"files": [str(p) for p in written], "seeds": result.seeds}
         print(json.dumps(payload, indent=2, default=str))
     else:
-        for path, seed in zip(written, result.seeds, strict=True):
-            print(f"{path}  seed={seed}")
+        identity = result.identity.images if result.identity is not None else [None] * len(written)
+        for path, seed, score in zip(written, result.seeds, identity, strict=True):
+            print(f"{path}  seed={seed}{_score_text(score)}")
+
+
+def _score_text(score) -> str:
+    if score is None:
+        return ""
+    if score.score is None:
+        return f"  identity=none ({score.reason})"
+    return f"  identity={score.score:.4f}"

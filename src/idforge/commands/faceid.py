@@ -11,9 +11,11 @@ from idforge.commands._common import (
     add_generation_arguments,
     generation_params,
     make_engine,
+    parse_person,
     progress_bar,
     report,
 )
+from idforge.errors import ParameterError
 
 WEIGHT_TYPE_HELP = (
     "linear | ease in | ease out | ease in-out | reverse in-out | weak input | weak output | weak middle | "
@@ -34,9 +36,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--face",
         action="append",
-        required=True,
+        default=[],
         metavar="IMG",
         help="reference face image or a folder of them (repeatable)",
+    )
+    parser.add_argument(
+        "--person",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="one person of several in the image (repeatable), e.g. face=A.jpg,region=left; keys: face "
+        "(repeatable), region (left|right|top|bottom), box (x1:y1:x2:y2 px), mask (IMG), ip_weight (the "
+        "FaceID weight), start_at, end_at",
     )
     parser.add_argument(
         "--batch", action="store_true", help="reference i conditions output i (one output per face)"
@@ -99,9 +110,17 @@ def run(args: argparse.Namespace) -> int:
     from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
 
     # generation_params reads the extra LoRAs from `lora`, which is the FaceID LoRA here
+    persons = [parse_person(text, index) for index, text in enumerate(args.person, start=1)]
+    if not args.face and not persons:
+        raise ParameterError(
+            "--face", "give a reference face (--face IMG) or persons (--person face=IMG,...)"
+        )
+    if persons and args.with_instantid:
+        raise ParameterError("--person", "several people cannot be combined with --with-instantid")
     generation = generation_params(argparse.Namespace(**{**vars(args), "lora": args.lora_files}))
     request = FaceIDRequest(
         faces=args.face,
+        persons=persons,
         generation=generation,
         faceid=FaceIDParams(
             weight=args.weight,

@@ -1,4 +1,9 @@
-"""`idforge faces IMAGE`: list the faces a model pack finds, with boxes, scores, keypoints and embedding norms."""
+"""`idforge faces`: inspect faces with a model pack.
+
+- `idforge faces IMAGE`: list the faces found, with boxes, scores, keypoints and embedding norms;
+- `idforge faces --check IMAGE [...]`: the reference check (face size, sharpness, yaw, several faces) with advice;
+- `idforge faces compare REF IMAGE [...]`: the identity score of each IMAGE against REF (files or folders).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Detect faces with an insightface model pack (antelopev2, buffalo_l or a folder). "
         "Note: the published insightface packs are licensed for non-commercial research use only.",
     )
-    parser.add_argument("image", help="image file")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image file; with --check several; `compare REF IMAGE...` scores IMAGEs against REF (files or folders)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="reference check: face size, sharpness, yaw, several faces, advice",
+    )
     parser.add_argument(
         "--face-models", default=None, metavar="PATH|NAME", help="pack folder, or antelopev2 / buffalo_l"
     )
@@ -67,13 +82,60 @@ def _parse_pick(text: str) -> str | int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from idforge.faces.analysis import FaceAnalyzer, pick_index
+    if args.images[0] == "compare" and not Path("compare").exists():
+        from idforge.commands.faces_compare import run_compare
+
+        return run_compare(args, _analyzer(args), _parse_pick(args.pick))
+    if args.check:
+        return run_check(args)
+    if len(args.images) != 1:
+        raise ParameterError("IMAGE", "give one image (several with --check, or `compare REF IMAGE...`)")
+    args.image = args.images[0]
+    return run_list(args)
+
+
+def _analyzer(args: argparse.Namespace):
+    from idforge.faces.analysis import FaceAnalyzer
+
+    return FaceAnalyzer(_pack_dir(args.face_models, args.models), providers=args.providers)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """The reference check of every image: one line each (or JSON), advice indented below."""
+    from idforge.commands.faces_compare import expand_images
+    from idforge.faces.quality import check_reference
+
+    analyzer = _analyzer(args)
+    pick = _parse_pick(args.pick)
+    checks = [
+        check_reference(analyzer, path, name=str(path), pick=pick, det_size=args.det_size)
+        for path in expand_images(args.images)
+    ]
+    if args.json:
+        print(json.dumps([check.to_json() for check in checks], indent=2))
+        return 0
+    for check in checks:
+        if check.face_px is None:
+            print(f"{check.image}: {check.advice[0]}")
+            continue
+        verdict = "ok" if check.ok else "check the advice"
+        print(
+            f"{check.image}: face {check.face_px:.0f} px, sharpness {check.sharpness:.0f}, yaw {check.yaw_deg:+.0f} deg, "
+            f"{check.faces_found} face(s): {verdict}"
+        )
+        for advice in check.advice:
+            print(f"  - {advice}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from idforge.faces.analysis import pick_index
     from idforge.faces.draw import draw_faces, draw_kps
     from idforge.imageio import load_image
 
     pick = _parse_pick(args.pick)
     image = load_image(args.image, name=args.image)
-    analyzer = FaceAnalyzer(_pack_dir(args.face_models, args.models), providers=args.providers)
+    analyzer = _analyzer(args)
     if args.no_fallback:
         faces = analyzer.analyze(image, det_size=args.det_size, name=args.image)
     else:

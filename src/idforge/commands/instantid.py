@@ -10,9 +10,11 @@ from idforge.commands._common import (
     generation_params,
     instantid_params,
     make_engine,
+    parse_person,
     progress_bar,
     report,
 )
+from idforge.errors import ParameterError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +22,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "instantid", help="generate with InstantID (identity from one or more face photos)"
     )
     parser.add_argument(
-        "--face", action="append", required=True, metavar="IMG", help="reference face (repeatable)"
+        "--face", action="append", default=[], metavar="IMG", help="reference face (repeatable)"
+    )
+    parser.add_argument(
+        "--person",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="one person of several in the image (repeatable), e.g. face=A.jpg,region=left; keys: face "
+        "(repeatable), region (left|right|top|bottom), box (x1:y1:x2:y2 px), mask (IMG), ip_weight, "
+        "cn_strength, start_at, end_at",
     )
     pose = parser.add_mutually_exclusive_group()
     pose.add_argument("--pose", default=None, metavar="IMG", help="photo whose face gives the keypoints")
@@ -43,8 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from idforge.engine.instantid import InstantIDRequest, generate_instantid
 
+    persons = [parse_person(text, index) for index, text in enumerate(args.person, start=1)]
+    if not args.face and not persons:
+        raise ParameterError(
+            "--face", "give a reference face (--face IMG) or persons (--person face=IMG,...)"
+        )
     request = InstantIDRequest(
         faces=args.face,
+        persons=persons,
         generation=generation_params(args),
         instantid=instantid_params(args, combine_embeds=args.combine_embeds, pick=args.pick),
         pose=args.pose,

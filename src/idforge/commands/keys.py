@@ -1,15 +1,18 @@
-"""`idforge keys`: create, list, top up and revoke API keys in the server's SQLite database."""
+"""`idforge keys`: create, list, top up and revoke API keys (and show their webhook secrets), on SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 
 def _db_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--db", default=None, help="SQLite database (default: $IDFORGE_DB or ~/.idforge/idforge.db)"
+        "--db",
+        default=None,
+        help="SQLite file or postgresql://user@host:port/db (default: $IDFORGE_DB or ~/.idforge/idforge.db)",
     )
 
 
@@ -35,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _db_argument(topup)
     topup.set_defaults(func=run_topup)
 
+    secret = actions.add_parser(
+        "webhook-secret", help="print the key's webhook signing secret (whsec_..., Standard Webhooks)"
+    )
+    secret.add_argument("key", help="key id (k_...) or the key itself")
+    _db_argument(secret)
+    secret.set_defaults(func=run_webhook_secret)
+
     revoke = actions.add_parser("revoke", help="revoke a key (requests with it get 401)")
     revoke.add_argument("key", help="key id (k_...) or the key itself")
     _db_argument(revoke)
@@ -43,18 +53,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _store(args: argparse.Namespace):
-    from idforge.server.store import SQLiteKeyStore, default_db_path
+    from idforge.server.db import Store
 
-    return SQLiteKeyStore(args.db or default_db_path())
+    return Store.open(args.db)
 
 
 def run_create(args: argparse.Namespace) -> int:
     store = _store(args)
     record, token = store.create_key(args.credits, args.name)
+    secret = store.webhook_secret(record.id)
     if args.json:
-        print(json.dumps({"key": token, "id": record.id, "credits": record.balance, "name": record.name}))
+        print(
+            json.dumps(
+                {
+                    "key": token,
+                    "id": record.id,
+                    "credits": record.balance,
+                    "name": record.name,
+                    "webhook_secret": secret,
+                }
+            )
+        )
     else:
-        print(token)
+        print(token)  # alone on stdout, so KEY=$(idforge keys create ...) keeps working
+        print(f"webhook secret (verify webhook signatures with it): {secret}", file=sys.stderr)
+    return 0
+
+
+def run_webhook_secret(args: argparse.Namespace) -> int:
+    print(_store(args).webhook_secret(args.key))
     return 0
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from idforge.errors import ModelFormatError
+from idforge.errors import InputImageError, ModelFormatError
 
 
 def normalise_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -88,9 +88,15 @@ class DepthEstimator:
         self.model = model.to(self.device).eval()
 
     @torch.no_grad()
-    def predict(self, image: Image.Image) -> torch.Tensor:
+    def predict(self, image: Image.Image, name: str = "pose image") -> torch.Tensor:
         """The raw predicted depth (1, h, w) at the model's own resolution (float32)."""
-        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
+        try:
+            inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
+        except ValueError as exc:  # e.g. a 2x3000 strip resizes to a zero side: the input's fault, not a bug
+            reason = " ".join(str(exc).split())[:160]
+            raise InputImageError(
+                name, f"{image.width}x{image.height} cannot go through the depth estimator ({reason})"
+            ) from None
         pixels = inputs["pixel_values"].to(self.device, torch.float32)
         return self.model(pixel_values=pixels).predicted_depth.float()
 

@@ -30,6 +30,7 @@ from PIL import Image
 
 from idforge import __version__
 from idforge.engine.base import BaseModel
+from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
 from idforge.engine.loop import ControlUnit
@@ -37,6 +38,7 @@ from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import GenerationParams, check_pick, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
+from idforge.engine.scoring import attach_identity, reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import (
@@ -118,7 +120,7 @@ def _default_generation() -> GenerationParams:
 class FaceIDRequest:
     """One FaceID call: reference faces (files, images or folders of images), parameters and models."""
 
-    faces: Sequence[ImageSource]
+    faces: Sequence[ImageSource] = ()
     generation: GenerationParams = field(default_factory=_default_generation)
     faceid: FaceIDParams = field(default_factory=FaceIDParams)
     negative_image: ImageSource | None = None  # image_negative: CLIP uncond input (plus models)
@@ -128,6 +130,9 @@ class FaceIDRequest:
     clip_vision: str | None = None
     base: str | None = None
     face_models: str | None = None  # default buffalo_l
+    # Several people in one image (engine/faceid_persons.py): each Person with its faces, weight, window and
+    # region; `faces` and `attn_mask` stay empty then.
+    persons: Sequence[Any] = ()
 
 
 @dataclass
@@ -354,6 +359,9 @@ def prepare_faceid(
                 raise NoFaceError(name, exc.sizes_tried, hint) from None
             warnings.append(f"{name}: no face found; left out")
             continue
+        warnings += reference_advice(
+            engine, analyzer, image, name=name, pick=params.pick, det_size=params.det_size
+        )
         vector = face.embedding if ckpt.uses_raw_embedding else face.normed_embedding
         embeddings.append(torch.from_numpy(np.asarray(vector, dtype=np.float32)))
         crops.append(face_crops([np.asarray(image)], [face.kps], crop_size)[0])
@@ -405,7 +413,7 @@ def prepare_faceid(
 # ---- generation --------------------------------------------------------------------------------------------
 
 
-def _output_size(gen: GenerationParams, family: str) -> tuple[int, int]:
+def faceid_output_size(gen: GenerationParams, family: str) -> tuple[int, int]:
     if gen.width is not None and gen.height is not None:
         return gen.width, gen.height
     if gen.width is not None or gen.height is not None:
@@ -429,6 +437,25 @@ def generate_faceid(
     """
     started = time.perf_counter()
     gen, params = request.generation, request.faceid
+    if gen.best_of > 1:
+        if params.batch:
+            raise ParameterError(
+                "best_of", "best-of-N cannot be combined with batch mode (one output per face)"
+            )
+        from idforge.engine.best_of import generate_best_of
+
+        def one_run(engine: Engine, request: FaceIDRequest, progress: ProgressCallback | None):
+            return generate_faceid(engine, request, progress, instantid=instantid)
+
+        return generate_best_of(engine, one_run, request, progress)
+    if request.persons:
+        if instantid is not None:
+            raise ParameterError(
+                "persons", "several people cannot be combined with InstantID in a FaceID call"
+            )
+        from idforge.engine.faceid_persons import generate_faceid_persons
+
+        return generate_faceid_persons(engine, request, progress)
     if instantid is not None and params.batch:
         raise ParameterError("batch", "batch mode cannot be combined with InstantID (one identity per call)")
     request = decode_inputs(request)
@@ -444,7 +471,7 @@ def generate_faceid(
         iid_prepared = prepare_instantid(engine, iid_request, iid_models.projection)
         width, height = iid_prepared.width, iid_prepared.height
     else:
-        width, height = _output_size(gen, base.family)
+        width, height = faceid_output_size(gen, base.family)
 
     offload = gen.cpu_offload
     clip_model = models.clip[0] if models.clip is not None else None
@@ -509,13 +536,27 @@ def generate_faceid(
         recipe["instantid"] = _instantid_part(engine, iid_request, iid_models, iid_prepared)
         extras["kps_image"] = iid_prepared.kps_image
         warnings += iid_prepared.warnings
-    return GenerationResult(
+    result = GenerationResult(
         images=images,
         seeds=seeds,
         recipe=recipe,
         extras=extras,
         warnings=warnings,
         latents=latents,
+    )
+    used = {info["image"] for info in prepared.faces_info}  # skip_missing may have left references out
+    references = [face for face in request.faces if image_name(face, "") in used]
+    per_image = None
+    if prepared.batch_references is not None:  # batch: reference i conditioned output i, so it scores it
+        per_image = [[references[i]] for i in prepared.batch_references]
+    return attach_identity(
+        engine,
+        result,
+        references,
+        generation_pack=request.face_models,
+        default_pack="buffalo_l",
+        pick=params.pick,
+        per_image_references=per_image,
     )
 
 
@@ -568,7 +609,8 @@ def faceid_recipe(
             "face_models": {
                 "source": str(engine.face_analyzer(request.face_models, default="buffalo_l").pack_dir)
             },
-        },
+        }
+        | few_step_models(engine, gen),
         "inputs": {
             "faces": prepared.faces_info,
             "batch_references": prepared.batch_references,

@@ -33,6 +33,7 @@ from idforge.engine.instantid import (
 )
 from idforge.engine.params import GenerationParams, InstantIDParams
 from idforge.engine.result import GenerationResult
+from idforge.engine.scoring import attach_identity
 from idforge.engine.session import Engine
 from idforge.engine.sizing import instantid_size
 from idforge.errors import NoFaceError, ParameterError, check_range
@@ -100,6 +101,10 @@ def generate_insta_depth(
     engine: Engine, request: InstaDepthRequest, progress: ProgressCallback | None = None
 ) -> GenerationResult:
     """Run Insta Depth end to end: images, recipe, the depth map and keypoint image as extras."""
+    if request.generation.best_of > 1:
+        from idforge.engine.best_of import generate_best_of
+
+        return generate_best_of(engine, generate_insta_depth, request, progress)
     started = time.perf_counter()
     params = request.instantid
     # Every input image is decoded before any model loads: bad input fails fast and costs nothing.
@@ -170,11 +175,19 @@ def generate_insta_depth(
         "depth_map": image_name(request.depth_map, "<image>") if request.depth_map is not None else None,
     }
     recipe["timings"] = {"total_s": round(time.perf_counter() - started, 3)}
-    return GenerationResult(
+    result = GenerationResult(
         images=run.images,
         seeds=run.seeds,
         recipe=recipe,
         extras={"depth_map": depth_map, "kps_image": prepared.kps_image},
         warnings=warnings + prepared.warnings,
         latents=run.latents,
+    )
+    return attach_identity(
+        engine,
+        result,
+        [face],
+        generation_pack=request.face_models,
+        default_pack="antelopev2",
+        pick=params.pick,
     )

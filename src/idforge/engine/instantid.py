@@ -23,12 +23,14 @@ from PIL import Image
 
 from idforge import __version__
 from idforge.engine.base import BaseModel, pil_to_control_tensor
+from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
+from idforge.engine.scoring import attach_identity, reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
@@ -43,7 +45,7 @@ ProgressCallback = Callable[[int, int], None]
 class InstantIDRequest:
     """One InstantID call: reference faces, optional pose/keypoints and mask, and all parameters."""
 
-    faces: Sequence[ImageSource]
+    faces: Sequence[ImageSource] = ()
     generation: GenerationParams = field(default_factory=GenerationParams)
     instantid: InstantIDParams = field(default_factory=InstantIDParams)
     pose: ImageSource | None = None  # a photo whose face gives the keypoints
@@ -53,6 +55,9 @@ class InstantIDRequest:
     base: str | None = None
     instantid_model: str | None = None
     face_models: str | None = None
+    # Several people in one image (engine/persons.py): each with its own faces, strengths, window and region;
+    # `faces` and `mask` stay empty then, and pose/kps_image give the keypoints of every person.
+    persons: Sequence[Any] = ()
 
 
 @dataclass
@@ -94,24 +99,41 @@ def instantid_paths(engine: Engine, spec: str | None) -> tuple[Path, Path]:
     return Path(parts["identitynet"]), Path(parts["ipadapter"])
 
 
-def prepare_instantid(
-    engine: Engine, request: InstantIDRequest, projection: torch.nn.Module
-) -> PreparedInstantID:
-    """Face analysis, embedding combination, projection and the keypoint image."""
-    params = request.instantid
-    analyzer = engine.face_analyzer(request.face_models)
-    warnings: list[str] = []
-    if not request.faces:
-        raise ParameterError("face", "at least one reference face image is needed")
+@dataclass
+class IdentityTokens:
+    """One identity's reference faces and its projected tokens (InstantID's face path, steps 1-2)."""
 
+    cond_tokens: torch.Tensor  # (1, T, C)
+    uncond_tokens: torch.Tensor  # (1, T, C)
+    reference_faces: list[tuple[Image.Image, Any]]  # (image, Face) per reference
+    faces_info: list[dict[str, Any]]
+    warnings: list[str]  # reference advice (small, blurred, turned faces; several faces)
+
+
+def identity_tokens(
+    engine: Engine,
+    analyzer: Any,
+    faces: Sequence[ImageSource],
+    params: InstantIDParams,
+    projection: torch.nn.Module,
+    label: str = "face image",
+) -> IdentityTokens:
+    """Analyse the reference faces, combine their raw embeddings and project cond and uncond through the
+    Resampler. `label` names in-memory images in error messages ("person 2 face image 0")."""
+    if not faces:
+        raise ParameterError("face", "at least one reference face image is needed")
     reference_faces = []
     faces_info = []
-    for index, source in enumerate(request.faces):
-        named = load_named(source, f"face image {index}")
+    warnings: list[str] = []
+    for index, source in enumerate(faces):
+        named = load_named(source, f"{label} {index}")
         face = engine.analyze_face(
             analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
         )
         reference_faces.append((named.image, face))
+        warnings += reference_advice(
+            engine, analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
+        )
         faces_info.append(
             {"image": named.name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)}
         )
@@ -126,6 +148,19 @@ def prepare_instantid(
     with torch.no_grad():
         cond_tokens = projection(combined.to(device))
         uncond_tokens = projection(uncond.to(device=device, dtype=combined.dtype))
+    return IdentityTokens(cond_tokens, uncond_tokens, reference_faces, faces_info, warnings)
+
+
+def prepare_instantid(
+    engine: Engine, request: InstantIDRequest, projection: torch.nn.Module
+) -> PreparedInstantID:
+    """Face analysis, embedding combination, projection and the keypoint image."""
+    params = request.instantid
+    analyzer = engine.face_analyzer(request.face_models)
+    identity = identity_tokens(engine, analyzer, request.faces, params, projection)
+    warnings = list(identity.warnings)
+    cond_tokens, uncond_tokens = identity.cond_tokens, identity.uncond_tokens
+    reference_faces, faces_info = identity.reference_faces, identity.faces_info
 
     # Keypoints: pose photo > ready keypoint image > first reference face.
     from idforge.faces.draw import draw_kps
@@ -254,10 +289,12 @@ def attach_instantid(
     mask_source: ImageSource | None,
     batch: int,
     latent_hw: tuple[int, int],
+    name: str = "instantid",
 ) -> ControlUnit:
-    """InstantID's two halves on a generation: its IP adapter registered on `attention` (ip_weight, window,
-    mask) and IdentityNet as a ControlUnit with the face tokens as context (cn_strength, window, mask and the
-    optional face-box region). Used alone, with a depth ControlNet, or beside FaceID."""
+    """InstantID's two halves on a generation: its IP adapter registered on `attention` as `name` (ip_weight,
+    window, mask) and IdentityNet as a ControlUnit with the face tokens as context (cn_strength, window, mask and
+    the optional face-box region). Used alone, with a depth ControlNet, beside FaceID, or once per person
+    (`mask_source` then is the person's region as an (H, W) array)."""
     width, height = prepared.width, prepared.height
     dtype = models.base.unet.dtype
     mask = load_mask(mask_source, (width, height)) if mask_source is not None else None
@@ -267,9 +304,9 @@ def attach_instantid(
         control_mask = region if control_mask is None else control_mask * region
     cond_tokens = prepared.cond_tokens.to(dtype).repeat(batch, 1, 1)
     uncond_tokens = prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1)
-    attention.add_adapter("instantid", models.adapter.ip_layers)
+    attention.add_adapter(name, models.adapter.ip_layers)
     attention.set_adapter_inputs(
-        "instantid",
+        name,
         cond_tokens=cond_tokens,
         uncond_tokens=uncond_tokens,
         weight=params.ip_weight,
@@ -280,7 +317,7 @@ def attach_instantid(
         mask=None if mask is None else torch.from_numpy(mask),
     )
     return ControlUnit(
-        name="identitynet",
+        name="identitynet" if name == "instantid" else f"identitynet:{name}",
         model=models.identitynet,
         image=pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype),
         strength=params.cn_strength,
@@ -359,7 +396,8 @@ def instantid_recipe(
             },
             "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
             "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
-        },
+        }
+        | few_step_models(engine, gen),
         "inputs": {
             "faces": prepared.faces_info,
             "pose": image_name(request.pose, "<image>") if request.pose is not None else None,
@@ -373,7 +411,15 @@ def instantid_recipe(
 def generate_instantid(
     engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
 ) -> GenerationResult:
-    """Run InstantID end to end and return images with their recipe."""
+    """Run InstantID end to end and return images with their recipe (several people: engine/persons.py)."""
+    if request.generation.best_of > 1:
+        from idforge.engine.best_of import generate_best_of
+
+        return generate_best_of(engine, generate_instantid, request, progress)
+    if request.persons:
+        from idforge.engine.persons import generate_persons
+
+        return generate_persons(engine, request, progress)
     started = time.perf_counter()
     request = load_request_images(request)
     models = load_instantid_models(engine, request.base, request.instantid_model)
@@ -381,11 +427,19 @@ def generate_instantid(
     run = run_identity_generation(
         engine, models, prepared, request.generation, request.instantid, request.mask, progress=progress
     )
-    return GenerationResult(
+    result = GenerationResult(
         images=run.images,
         seeds=run.seeds,
         recipe=instantid_recipe(engine, request, models, prepared, run, started),
         extras={"kps_image": prepared.kps_image},
         warnings=prepared.warnings,
         latents=run.latents,
+    )
+    return attach_identity(
+        engine,
+        result,
+        request.faces,
+        generation_pack=request.face_models,
+        default_pack="antelopev2",
+        pick=request.instantid.pick,
     )

@@ -58,6 +58,7 @@ class DenoiseJob:
     on_timestep: Callable[[float], None] | None = None
     # Called after each step with (step_index, total_steps).
     on_step: Callable[[int, int], None] | None = None
+    step_kwargs: dict = field(default_factory=dict)  # extra scheduler.step arguments (TCD's eta)
 
 
 def _cfg_batch(uncond: torch.Tensor | None, cond: torch.Tensor, do_cfg: bool) -> torch.Tensor:
@@ -175,7 +176,9 @@ def denoise(unet: UNet2DConditionModel, job: DenoiseJob) -> torch.Tensor:
         if do_cfg:
             noise_uncond, noise_cond = noise_pred.chunk(2)
             noise_pred = noise_uncond + job.guidance * (noise_cond - noise_uncond)
-        latents = job.scheduler.step(noise_pred, t, latents, generator=job.generators, return_dict=False)[0]
+        latents = job.scheduler.step(
+            noise_pred, t, latents, generator=job.generators, return_dict=False, **job.step_kwargs
+        )[0]
         if job.on_step is not None:
             job.on_step(index + 1, total)
     return latents

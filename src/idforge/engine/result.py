@@ -24,6 +24,16 @@ class GenerationResult:
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. kps_image, depth_map, face_images
     warnings: list[str] = field(default_factory=list)
     latents: Any = None  # final latents (CPU tensor) before VAE decoding: for parity checks and re-decoding
+    identity: Any = (
+        None  # faces.scoring.IdentityReport: the face-match score of every image (None: not scored)
+    )
+
+    @property
+    def scores(self) -> list[float | None]:
+        """Identity score per image (None where no face was found, or when scoring was off)."""
+        if self.identity is None:
+            return [None] * len(self.images)
+        return self.identity.scores
 
     def image_recipe(self, index: int) -> dict[str, Any]:
         """The recipe of image `index` alone: its own seed and num_images = 1 regenerate it."""
@@ -33,6 +43,11 @@ class GenerationResult:
         recipe["batch_index"] = index
         recipe.setdefault("params", {})["seed"] = self.seeds[index]
         recipe["params"]["num_images"] = 1
+        identity = recipe.get("identity")
+        if identity and len(identity.get("images", [])) == len(self.images):
+            identity["images"] = [identity["images"][index]]  # this image's own score
+            for person in identity.get("persons", []):  # several people: each person's score in this image
+                person["images"] = [person["images"][index]]
         return recipe
 
     def save(self, path: str | Path) -> list[Path]:

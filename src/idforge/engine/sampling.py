@@ -18,7 +18,7 @@ from idforge.engine.fastpath import check_fast_request
 from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
 from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
 from idforge.engine.params import GenerationParams
-from idforge.engine.schedulers import make_scheduler
+from idforge.engine.schedulers import make_scheduler, step_options
 from idforge.engine.seeds import initial_noise, make_generators
 from idforge.engine.session import Engine
 
@@ -48,8 +48,14 @@ def sample_and_decode(
     park_on_cpu([*text_encoders(base), base.unet, base.pipe.vae, *control_models], device, offload)
 
     with on_device(text_encoders(base), device, offload):
-        text = encode_text(base, gen.prompt, gen.negative_prompt, batch, gen.do_cfg, width, height)
-    scheduler = make_scheduler(gen.scheduler, base.pipe.scheduler.config)
+        prompt, negative = gen.styled_prompts()
+        text = encode_text(base, prompt, negative, batch, gen.do_cfg, width, height)
+    scheduler = make_scheduler(
+        gen.scheduler,
+        base.pipe.scheduler.config,
+        timestep_spacing=gen.timestep_spacing,
+        prediction_type=gen.prediction_type,
+    )
     scheduler.set_timesteps(gen.steps, device=device)
     latents = initial_noise(seeds, (base.unet.config.in_channels, *latent_hw), dtype, device)
     latents = latents * scheduler.init_noise_sigma
@@ -65,13 +71,15 @@ def sample_and_decode(
         generators=make_generators(seeds),
         on_timestep=attention.set_timestep,
         on_step=progress,
+        step_kwargs=step_options(gen.scheduler, gen.eta),
     )
     with ExitStack() as stack:
+        stack.enter_context(engine.unet_weights(base, gen.unet))  # first: LoRAs merge onto the replaced UNet
         for context in unet_contexts:
             stack.enter_context(context)
         stack.enter_context(on_device([base.unet, *control_models], device, offload))
         stack.enter_context(attention)
-        stack.enter_context(engine.loras(base, gen.loras))
+        stack.enter_context(engine.loras(base, gen.preset_loras()))
         latents = denoise(base.unet, job)
     with on_device([base.pipe.vae], device, offload), vae_tiling(base, gen.vae_tiling):
         images = decode_latents(base, latents)

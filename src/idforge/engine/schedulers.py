@@ -10,6 +10,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    TCDScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -26,11 +27,29 @@ _SCHEDULER_CLASSES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     ),
     "ddim": (DDIMScheduler, {}),
     "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
 }
 
 
-def make_scheduler(name: str, base_config: dict[str, Any]) -> SchedulerMixin:
-    """A fresh scheduler of the named kind with the base model's betas and spacing (one per call: schedulers keep state)."""
+def make_scheduler(
+    name: str,
+    base_config: dict[str, Any],
+    *,
+    timestep_spacing: str | None = None,
+    prediction_type: str | None = None,
+) -> SchedulerMixin:
+    """A fresh scheduler of the named kind with the base model's betas and spacing (one per call: schedulers keep
+    state); few-step presets override the spacing ("trailing") and the prediction type ("sample" for x0 UNets)."""
     check_choice("scheduler", name, SCHEDULERS)
     cls, overrides = _SCHEDULER_CLASSES[name]
-    return cls.from_config(dict(base_config), **overrides)
+    settings = dict(overrides)
+    if timestep_spacing is not None:
+        settings["timestep_spacing"] = timestep_spacing
+    if prediction_type is not None:
+        settings["prediction_type"] = prediction_type
+    return cls.from_config(dict(base_config), **settings)
+
+
+def step_options(name: str, eta: float | None) -> dict[str, Any]:
+    """Extra keyword arguments of `scheduler.step` (TCD's eta)."""
+    return {"eta": eta} if name == "tcd" and eta is not None else {}

@@ -191,6 +191,24 @@ class Engine:
             for handle in reversed(handles):
                 handle.remove()
 
+    @contextmanager
+    def unet_weights(self, base: BaseModel, spec: str | None) -> Iterator[None]:
+        """Run with the UNet weights of a replacement file (e.g. SDXL-Lightning's `_unet.safetensors`) and put the
+        original weights back bit for bit afterwards; `None` changes nothing. The file's tensors stay cached on
+        the CPU, the originals are kept on the UNet's device during the call."""
+        if spec is None:
+            yield
+            return
+        from idforge.engine.unet_file import load_unet_state, swap_unet_weights
+
+        path = self.resolve("unet", spec)
+        state = self.cached("unet_file", f"{path}|{base.source}", lambda: load_unet_state(path, base.unet))
+        originals = swap_unet_weights(base.unet, state)
+        try:
+            yield
+        finally:
+            swap_unet_weights(base.unet, originals)
+
     def loaded_models(self) -> list[str]:
         return [f"{kind}:{key}" for kind, key in self._loaded]
 

@@ -185,6 +185,14 @@ class FaceAnalyzer:
         bgr = pil_to_bgr(load_image(image, name=name))
         return self._search(bgr, det_size, fallback, embed=True)[0]
 
+    def detect_faces(
+        self, image: ImageSource, *, det_size: int = 640, fallback: bool = True, name: str = "image"
+    ) -> tuple[list[Face], list[int]]:
+        """Faces without embeddings (boxes, scores, keypoints) and the detection sizes tried: for checks."""
+        bgr = pil_to_bgr(load_image(image, name=name))
+        faces, sizes, _ = self._search(bgr, det_size, fallback, embed=False)
+        return faces, sizes
+
     def get_face(
         self,
         image: ImageSource,

@@ -87,10 +87,12 @@ def letterbox(image_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray,
     model_ratio = float(size[1]) / size[0]
     if image_ratio > model_ratio:
         new_height = size[1]
-        new_width = int(new_height / image_ratio)
+        new_width = max(
+            1, int(new_height / image_ratio)
+        )  # a 2x3000 strip must not shrink to 0 px (cv2 fails)
     else:
         new_width = size[0]
-        new_height = int(new_width * image_ratio)
+        new_height = max(1, int(new_width * image_ratio))
     scale = float(new_height) / height
     resized = cv2.resize(image_bgr, (new_width, new_height))
     canvas = np.zeros((size[1], size[0], 3), dtype=np.uint8)

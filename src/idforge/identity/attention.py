@@ -72,6 +72,7 @@ class _Adapter:
     cross_dim: int
     ip_layers: dict[int, tuple[torch.Tensor, torch.Tensor]]
     cast: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    source: Mapping[int, tuple[torch.Tensor, torch.Tensor]]  # the mapping given to add_adapter
     inputs: AdapterInputs | None = None
 
 
@@ -258,10 +259,16 @@ class IdentityAttention:
                     f"adapter '{name}': layer {index} has C={to_k_ip.shape[1]}, others {cross_dim}"
                 )
         self._kv_cache = {}
+        # Several adapters from one checkpoint (one per person in a multi-person image) share the weights and
+        # their device/dtype casts, so N persons cost one copy of the IP weights on the GPU, not N.
+        shared = next((other for other in self._adapters.values() if other.source is ip_layers), None)
         self._adapters[name] = _Adapter(
             cross_dim=int(cross_dim or 0),
-            ip_layers={index: (k.detach(), v.detach()) for index, (k, v) in ip_layers.items()},
-            cast={},
+            ip_layers=shared.ip_layers
+            if shared is not None
+            else {index: (k.detach(), v.detach()) for index, (k, v) in ip_layers.items()},
+            cast=shared.cast if shared is not None else {},
+            source=ip_layers,
         )
         self._refresh_active()
 

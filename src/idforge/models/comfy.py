@@ -28,6 +28,7 @@ _ROLE_FILES: dict[str, tuple[str, ...]] = {
     "depth_estimator": (),
     "instantid": (),
     "face_pack": (),
+    "unet": (".safetensors",),
 }
 _ROLE_FOLDER_MARKER: dict[str, str | None] = {
     "base": "model_index.json",
@@ -39,6 +40,7 @@ _ROLE_FOLDER_MARKER: dict[str, str | None] = {
     "depth_estimator": "config.json",
     "instantid": "ControlNetModel",
     "face_pack": None,
+    "unet": None,
 }
 
 

@@ -20,6 +20,7 @@ ROLES = (
     "controlnet",
     "depth_estimator",
     "face_pack",
+    "unet",
 )
 
 # ComfyUI folders (under models/) that hold each role; the first is where `fetch --models` puts a download.
@@ -33,6 +34,7 @@ COMFY_FOLDERS: dict[str, tuple[str, ...]] = {
     "controlnet": ("controlnet",),
     "depth_estimator": ("depth",),
     "face_pack": ("insightface/models",),
+    "unet": ("unet", "diffusion_models"),
 }
 
 INSIGHTFACE_NOTE = (
@@ -286,7 +288,86 @@ def _build() -> dict[str, Preset]:
                     aliases=(f"{stem}_lora",),
                 )
             )
+    presets += _few_step_files()
     return {p.name: p for p in presets}
+
+
+FEW_STEP_LICENCE = "OpenRAIL++ (model card)"
+
+
+def _few_step_files() -> list[Preset]:
+    """The published few-step LoRAs and UNets (SPEC.md section 8), by their file names on the hub."""
+    out = [
+        Preset(
+            "lcm-lora-sdxl",
+            "lora",
+            "latent-consistency/lcm-lora-sdxl",
+            ("pytorch_lora_weights.safetensors",),
+            None,
+            (
+                "lcm-lora-sdxl.safetensors",
+                "lcm_lora_sdxl.safetensors",
+                "lcm-lora-sdxl/pytorch_lora_weights.safetensors",
+            ),
+            FEW_STEP_LICENCE,
+            family="sdxl",
+            description="LCM-LoRA for SDXL (pytorch_lora_weights.safetensors on the hub; keep it as lcm-lora-sdxl.safetensors)",
+        )
+    ]
+    for steps in (2, 4, 8):
+        name = f"sdxl_lightning_{steps}step_lora.safetensors"
+        out.append(
+            Preset(
+                f"sdxl-lightning-{steps}step-lora",
+                "lora",
+                "ByteDance/SDXL-Lightning",
+                (name,),
+                None,
+                (name,),
+                FEW_STEP_LICENCE,
+                family="sdxl",
+                description=f"SDXL-Lightning {steps}-step LoRA",
+            )
+        )
+    for steps, file in (
+        (1, "sdxl_lightning_1step_unet_x0.safetensors"),
+        *((n, f"sdxl_lightning_{n}step_unet.safetensors") for n in (2, 4, 8)),
+    ):
+        out.append(
+            Preset(
+                f"sdxl-lightning-{steps}step-unet",
+                "unet",
+                "ByteDance/SDXL-Lightning",
+                (file,),
+                None,
+                (file,),
+                FEW_STEP_LICENCE,
+                family="sdxl",
+                description=f"SDXL-Lightning {steps}-step UNet" + (" (x0 prediction)" if steps == 1 else ""),
+            )
+        )
+    for label, file in (
+        ("1step", "Hyper-SDXL-1step-lora.safetensors"),
+        ("2steps", "Hyper-SDXL-2steps-lora.safetensors"),
+        ("4steps", "Hyper-SDXL-4steps-lora.safetensors"),
+        ("8steps", "Hyper-SDXL-8steps-lora.safetensors"),
+        ("8steps-cfg", "Hyper-SDXL-8steps-CFG-lora.safetensors"),
+        ("12steps-cfg", "Hyper-SDXL-12steps-CFG-lora.safetensors"),
+    ):
+        out.append(
+            Preset(
+                f"hyper-sdxl-{label}-lora",
+                "lora",
+                "ByteDance/Hyper-SD",
+                (file,),
+                None,
+                (file,),
+                FEW_STEP_LICENCE,
+                family="sdxl",
+                description=f"Hyper-SD SDXL {label} LoRA",
+            )
+        )
+    return out
 
 
 PRESETS: dict[str, Preset] = _build()

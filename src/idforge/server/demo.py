@@ -14,16 +14,17 @@ def run_http_demo(kit_dir: Path, out_dir: Path) -> list[Path]:
     import httpx
 
     from idforge.server.app import ServerConfig, create_app
+    from idforge.server.db import Store
     from idforge.server.runner import BackgroundServer
-    from idforge.server.store import SQLiteKeyStore
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="idforge-demo-") as tmp:
         db = Path(tmp) / "demo.db"
-        keys = SQLiteKeyStore(db)
+        keys = Store.open(db)
         _, api_key = keys.create_key(10, "demo")
-        app = create_app(ServerConfig(db_path=db, models_dirs=[str(kit_dir)]), keys=keys)
+        config = ServerConfig(db_path=db, models_dirs=[str(kit_dir)], warm_up=("insta-depth",))
+        app = create_app(config, keys=keys)
         face = base64.b64encode(square_face_png()).decode("ascii")
         pose = base64.b64encode(square_face_png(box=(72, 40, 152, 120))).decode("ascii")
         data = {  # the seed's example request shape (+ the idforge extensions for size and the depth map)

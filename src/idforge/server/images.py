@@ -65,7 +65,7 @@ def resolve_checked(host: str, port: int, field_name: str, policy: ImagePolicy) 
     """Resolve `host` and return an address that may be contacted, or raise InputImageError."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise InputImageError(field_name, f"cannot resolve URL host {host!r} ({exc})") from None
     addresses = []
     for info in infos:
@@ -83,35 +83,57 @@ def resolve_checked(host: str, port: int, field_name: str, policy: ImagePolicy) 
     return addresses[0]
 
 
+@dataclass(frozen=True)
+class PinnedURL:
+    """A URL whose host passed the SSRF check, rewritten to connect to the checked address (no second lookup)."""
+
+    target: str
+    host_header: str
+    extensions: dict
+
+
+def pin_url(url: str, field_name: str, policy: ImagePolicy) -> PinnedURL:
+    """Check an http(s) URL (scheme, host, port, no credentials, public address) and pin its address; raises
+    InputImageError naming `field_name`. Image URLs and webhook URLs both go through here."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise InputImageError(field_name, "not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InputImageError(field_name, f"URL scheme {parts.scheme!r} is not http or https")
+    if not host:
+        raise InputImageError(field_name, "URL has no host")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise InputImageError(field_name, "URL has an invalid port") from None
+    if parts.username or parts.password:
+        raise InputImageError(field_name, "URLs with credentials are not accepted")
+    address = resolve_checked(host, port, field_name, policy)
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    target = urlunsplit((scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    host_header = host if parts.port is None else f"{host}:{parts.port}"
+    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    return PinnedURL(target, host_header, extensions)
+
+
 def fetch_url(url: str, field_name: str, policy: ImagePolicy) -> bytes:
     """GET an image URL with the SSRF guard, a total time limit and a size cap."""
     import httpx
 
     deadline = time.monotonic() + policy.fetch_timeout
     for _hop in range(policy.max_redirects + 1):
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise InputImageError(field_name, f"URL scheme {parts.scheme!r} is not http or https")
-        host = parts.hostname
-        if not host:
-            raise InputImageError(field_name, "URL has no host")
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError:
-            raise InputImageError(field_name, "URL has an invalid port") from None
-        if parts.username or parts.password:
-            raise InputImageError(field_name, "URLs with credentials are not accepted")
-        address = resolve_checked(host, port, field_name, policy)
-        literal = f"[{address}]" if address.version == 6 else str(address)
-        target = urlunsplit((scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
-        host_header = host if parts.port is None else f"{host}:{parts.port}"
-        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        pinned = pin_url(url, field_name, policy)
         remaining = max(deadline - time.monotonic(), 0.1)
         try:
             with httpx.Client(timeout=remaining, follow_redirects=False, trust_env=False) as client:
                 with client.stream(
-                    "GET", target, headers={"Host": host_header, "Accept": "image/*"}, extensions=extensions
+                    "GET",
+                    pinned.target,
+                    headers={"Host": pinned.host_header, "Accept": "image/*"},
+                    extensions=pinned.extensions,
                 ) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])

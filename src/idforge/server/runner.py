@@ -24,6 +24,7 @@ def uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning") -
         port=port,
         log_level=log_level,
         access_log=False,  # our middleware writes a structured access log with request ids
+        proxy_headers=False,  # X-Forwarded-* are honoured only with --trust-proxy (server/urls.py)
         timeout_graceful_shutdown=15,
         limit_concurrency=1024,
     )

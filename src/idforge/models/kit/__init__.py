@@ -28,6 +28,7 @@ from .controlnets import write_depth_controlnet, write_identitynet
 from .depth import write_depth
 from .faceid import write_faceid
 from .faces import write_face_packs
+from .fewstep import write_fewstep
 from .instantid import write_instantid_ip_adapter
 from .sd15 import write_sd15
 from .sdxl import write_sdxl
@@ -50,6 +51,7 @@ PARTS: list[KitPart] = [
     write_depth,
     write_face_packs,
     write_single_files,
+    write_fewstep,
 ]
 
 

@@ -1,0 +1,79 @@
+"""The webhook outbox: one row per job with a `webhook_url`, written in the same transaction that ends the job.
+
+Because the row is committed together with the job's final state (server/db/store.py), a crash can never end a job
+without its webhook, and the row id (`msg_...`, the Standard Webhooks `webhook-id`) is the same on every retry: a
+job has exactly one delivery id. The dispatcher (webhooks.py) claims due rows with a lease (`next_attempt` moved
+into the future, `SKIP LOCKED` on PostgreSQL), so a crash mid-send only delays the retry and two dispatchers (two
+ingress replicas) never post the same message at once. This module gives the dispatcher typed messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+PENDING = "pending"
+DELIVERED = "delivered"
+GAVE_UP = "failed"
+
+
+@dataclass(frozen=True)
+class WebhookMessage:
+    """One webhook message: its id, where it goes, the frozen JSON body, and its delivery state."""
+
+    id: str
+    job_id: str
+    key_id: str
+    url: str
+    body: str
+    status: str
+    attempts: int
+    created: float
+    next_attempt: float
+    last_attempt: float | None
+    last_status: int | None
+    last_error: str | None
+    delivered: float | None
+    claimed: float | None
+
+    def public(self) -> dict[str, Any]:
+        """What GET /v2/requests/{id}/webhooks shows (the body is the job's status, already visible)."""
+        return {
+            "id": self.id,
+            "url": self.url,
+            "status": self.status,
+            "attempts": self.attempts,
+            "created": self.created,
+            "next_attempt": self.next_attempt if self.status == PENDING else None,
+            "last_attempt": self.last_attempt,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "delivered": self.delivered,
+        }
+
+
+class WebhookOutbox:
+    """The outbox of one store (`webhook_deliveries`, in the jobs database so it shares the job's transaction)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def claim_due(self, now: float, lease: float, limit: int = 16) -> list[WebhookMessage]:
+        return [WebhookMessage(**row) for row in self.store.claim_due(now, lease, limit)]
+
+    def reclaim(self) -> int:
+        return self.store.reclaim()
+
+    def next_due(self) -> float | None:
+        return self.store.next_due()
+
+    def record_success(self, message_id: str, http_status: int) -> None:
+        self.store.record_success(message_id, http_status)
+
+    def record_failure(
+        self, message_id: str, http_status: int | None, error: str, retry_at: float | None
+    ) -> None:
+        self.store.record_failure(message_id, http_status, error, retry_at)
+
+    def for_job(self, job_id: str) -> list[WebhookMessage]:
+        return [WebhookMessage(**row) for row in self.store.deliveries(job_id)]
