@@ -30,8 +30,8 @@ import pytest
 from PIL import Image
 
 from idforge.demo.samples import png_bytes, synthetic_face, synthetic_pose
-from idforge.server.runner import free_port
 from idforge.server.db import Store
+from idforge.server.runner import free_port
 from server_fixtures import dark_png
 
 CHROMIUM = "/usr/bin/chromium"

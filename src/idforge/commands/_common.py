@@ -89,6 +89,60 @@ def add_generation_arguments(
         "--cpu-offload", action="store_true", help="keep models on the CPU until used (small GPUs)"
     )
     models.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (small GPUs)")
+    add_fast_arguments(parser)
+
+
+def add_fast_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fast-path switches (engine/fastpath.py); `--fast` is the measured preset for the device."""
+    group = parser.add_argument_group("fast path (see README, Speed)")
+    group.add_argument(
+        "--fast", action="store_true", help="the preset that measured faster on this device (bf16 on CUDA)"
+    )
+    group.add_argument("--compile", action="store_true", help="torch.compile UNet, ControlNets, VAE decoder")
+    group.add_argument(
+        "--compile-mode", default="default", choices=("default", "max-autotune-no-cudagraphs", "max-autotune")
+    )
+    group.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs (with --compile)")
+    group.add_argument("--channels-last", action="store_true", help="NHWC memory format for the conv nets")
+    group.add_argument("--fuse-qkv", action="store_true", help="fused Q/K/V projections in every attention")
+    group.add_argument("--vae-dtype", default=None, choices=("bfloat16", "float16", "float32"))
+    group.add_argument("--fp8", action="store_true", help="FP8 linears via torchao (CUDA sm89+)")
+    group.add_argument(
+        "--no-control-embedding-cache",
+        action="store_true",
+        help="recompute ControlNet conditioning embeddings every step (default: once per request)",
+    )
+
+
+def fast_path(args: argparse.Namespace, device: str) -> tuple[object, str]:
+    """(FastPath, dtype) from the switches: `--fast` gives the preset, single switches add to it."""
+    from idforge.engine.device import resolve_device
+    from idforge.engine.fastpath import FastPath
+
+    dtype = args.dtype
+    fast = FastPath()
+    if getattr(args, "fast", False):
+        resolved = resolve_device(device)
+        fast = FastPath.preset("fast", resolved)
+        if dtype == "auto" and resolved.type == "cuda":
+            dtype = "bfloat16"
+    changes: dict[str, object] = {}
+    for flag, field in (
+        ("compile", "compile"),
+        ("cuda_graphs", "cuda_graphs"),
+        ("channels_last", "channels_last"),
+        ("fuse_qkv", "fused_qkv"),
+        ("fp8", "fp8"),
+    ):
+        if getattr(args, flag, False):
+            changes[field] = True
+    if getattr(args, "vae_dtype", None):
+        changes["vae_dtype"] = args.vae_dtype
+    if getattr(args, "compile_mode", "default") != "default":
+        changes["compile_mode"] = args.compile_mode
+    if getattr(args, "no_control_embedding_cache", False):
+        changes["cache_control_embedding"] = False
+    return fast.with_changes(**changes), dtype
 
 
 def add_instantid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +286,8 @@ def make_engine(args: argparse.Namespace, **choices: str | None):
         offline=args.offline,
         **choices,
     )
-    return Engine(models, device=args.device, dtype=args.dtype)
+    fast, dtype = fast_path(args, args.device)
+    return Engine(models, device=args.device, dtype=dtype, fast=fast)
 
 
 def progress_bar(

@@ -78,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--steps-per-credit", type=int, default=10, help="price: 1 credit per started N steps"
     )
+    from idforge.commands._common import add_fast_arguments
+
+    add_fast_arguments(parser)
     parser.add_argument(
         "--public-url",
         default=None,
@@ -148,6 +151,7 @@ def _public_url(text: str | None) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from idforge.commands._common import fast_path
     from idforge.errors import ParameterError
     from idforge.server.app import ServerConfig, create_app
     from idforge.server.db import Store, default_target, parse_target
@@ -172,13 +176,15 @@ def run(args: argparse.Namespace) -> int:
     for flag, count in (("--replicas", args.replicas), ("--max-attempts", args.max_attempts)):
         if count < 1:
             raise ParameterError(flag, f"{count} must be >= 1")
+    fast, dtype = fast_path(args, args.device)
     config = ServerConfig(
         db_path=db,
         models_dirs=list(args.models),
         base=args.base,
         face_models=args.face_models,
         device=args.device,
-        dtype=args.dtype,
+        dtype=dtype,
+        fast=fast,
         queue_size=args.queue_size,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         images=ImagePolicy(

@@ -79,7 +79,8 @@ def decode_latents(base: BaseModel, latents: torch.Tensor) -> list[Image.Image]:
     """VAE-decode to PIL images, upcasting an fp16 SDXL VAE that would overflow (as diffusers does)."""
     vae = base.pipe.vae
     original_dtype = vae.dtype
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+    keep = getattr(vae, "idforge_keep_dtype", False)  # the fast path chose this dtype (bf16, fp16-fix)
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and not keep:
         vae.to(torch.float32)
     latents = latents.to(vae.dtype)
     mean = getattr(vae.config, "latents_mean", None)

@@ -73,6 +73,22 @@ def _resize_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     )
 
 
+def control_inputs(
+    controls: list[ControlUnit], text_context: torch.Tensor, dtype: torch.dtype, do_cfg: bool
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each unit's cross-attention context and control image for the CFG batch: step-invariant, made once (the
+    same image tensor every step also lets a ControlNet reuse its conditioning embedding, engine/fastpath.py)."""
+    prepared = {}
+    for unit in controls:
+        if unit.face_tokens is not None:
+            context = _cfg_batch(unit.face_tokens[0], unit.face_tokens[1], do_cfg)
+        else:
+            context = text_context
+        image = torch.cat([unit.image, unit.image]) if do_cfg else unit.image
+        prepared[id(unit)] = (context.to(dtype), image.to(dtype))
+    return prepared
+
+
 def run_controls(
     controls: list[ControlUnit],
     latent_input: torch.Tensor,
@@ -80,27 +96,36 @@ def run_controls(
     text_context: torch.Tensor,
     added_cond: dict[str, torch.Tensor] | None,
     do_cfg: bool,
+    t_value: float | None = None,
+    inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
-    """Sum the residuals of every ControlNet active at this timestep (each scaled by its strength, masked)."""
+    """Sum the residuals of every ControlNet active at this timestep (each scaled by its strength, masked).
+
+    `t_value` is the timestep as a Python float (no device-to-host sync for the window test); `inputs` holds
+    each unit's (context, control image) for the CFG batch, made once per request by `control_inputs`.
+    """
     down_total: list[torch.Tensor] | None = None
     mid_total: torch.Tensor | None = None
+    t_value = float(timestep) if t_value is None else t_value
+    if inputs is None:
+        inputs = control_inputs(controls, text_context, latent_input.dtype, do_cfg)
     for unit in controls:
-        if unit.strength == 0.0 or not is_active(float(timestep), unit.window):
+        if unit.strength == 0.0 or not is_active(t_value, unit.window):
             continue
-        if unit.face_tokens is not None:
-            context = _cfg_batch(unit.face_tokens[0], unit.face_tokens[1], do_cfg)
-        else:
-            context = text_context
-        image = torch.cat([unit.image, unit.image]) if do_cfg else unit.image
+        context, image = inputs[id(unit)]
         down, mid = unit.model(
             latent_input,
             timestep,
-            encoder_hidden_states=context.to(latent_input.dtype),
-            controlnet_cond=image.to(latent_input.dtype),
-            conditioning_scale=unit.strength,
+            encoder_hidden_states=context,
+            controlnet_cond=image,
+            conditioning_scale=1.0,
             added_cond_kwargs=added_cond,
             return_dict=False,
         )
+        # The strength is applied here, not inside the ControlNet: a compiled ControlNet does not recompile for
+        # every strength a request brings (same product as diffusers' own `sample * conditioning_scale`).
+        down = [res * unit.strength for res in down]
+        mid = mid * unit.strength
         if unit.mask is not None:
             mask = torch.cat([unit.mask, unit.mask]) if do_cfg else unit.mask
             down = [res * _resize_mask(mask, res) for res in down]
@@ -127,12 +152,18 @@ def denoise(unet: UNet2DConditionModel, job: DenoiseJob) -> torch.Tensor:
         }
     latents = job.latents
     total = len(job.timesteps)
+    # Step-invariant work once per request; the timesteps reach the host once, so nothing inside the loop waits
+    # for the GPU (window tests and attention gating read Python floats).
+    t_values = [float(v) for v in job.timesteps.tolist()]
+    inputs = control_inputs(job.controls, text_context, latents.dtype, do_cfg)
     for index, t in enumerate(job.timesteps):
         latent_input = torch.cat([latents, latents]) if do_cfg else latents
         latent_input = job.scheduler.scale_model_input(latent_input, t)
         if job.on_timestep is not None:
-            job.on_timestep(float(t))
-        down_res, mid_res = run_controls(job.controls, latent_input, t, text_context, added_cond, do_cfg)
+            job.on_timestep(t_values[index])
+        down_res, mid_res = run_controls(
+            job.controls, latent_input, t, text_context, added_cond, do_cfg, t_values[index], inputs
+        )
         noise_pred = unet(
             latent_input,
             t,

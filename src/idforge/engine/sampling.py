@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from idforge.engine.base import BaseModel, decode_latents, encode_text
+from idforge.engine.fastpath import check_fast_request
 from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
 from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
 from idforge.engine.params import GenerationParams
@@ -40,6 +41,7 @@ def sample_and_decode(
     width, height = size
     batch = len(seeds)
     device, dtype, offload = engine.device, base.unet.dtype, gen.cpu_offload
+    check_fast_request(engine.fast, offload, device)
     scale = base.vae_scale_factor
     latent_hw = (height // scale, width // scale)
     control_models = [unit.model for unit in controls]

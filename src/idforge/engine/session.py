@@ -21,6 +21,7 @@ from PIL import Image
 
 from idforge.engine.base import BaseModel
 from idforge.engine.device import resolve_device, resolve_dtype
+from idforge.engine.fastpath import FastPath, prepare_base, prepare_controlnet
 from idforge.engine.loading import check_controlnet_fits, load_base_model, load_controlnet
 from idforge.errors import ModelNotFoundError
 
@@ -78,10 +79,20 @@ class Engine:
     """Holds loaded models and caches; one per process (the HTTP server's worker owns one)."""
 
     def __init__(
-        self, models: ModelChoice | None = None, *, device: str = "auto", dtype: str = "auto"
+        self,
+        models: ModelChoice | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        fast: FastPath | str | None = None,
     ) -> None:
         self.models = models or ModelChoice()
         self.device = resolve_device(device)
+        if isinstance(fast, str):  # a preset name: "eager" | "fast"
+            fast = FastPath.preset(fast, self.device)
+            if dtype == "auto" and self.device.type == "cuda":
+                dtype = "bfloat16"
+        self.fast = fast or FastPath()  # engine/fastpath.py: applied once to each model as it loads
         self.dtype = resolve_dtype(dtype, self.device)
         self._loaded: dict[tuple[str, str], Any] = {}
         self.face_cache = LRUCache(256)
@@ -116,13 +127,17 @@ class Engine:
             path = Path(self.store.default("base", "sdxl-base" if family == "sdxl" else "sd15").path)
         else:
             path = self.resolve("base", spec)
-        return self.cached("base", str(path), lambda: load_base_model(path, self.dtype, self.device))
+
+        def load():
+            return prepare_base(load_base_model(path, self.dtype, self.device), self.fast, self.device)
+
+        return self.cached("base", str(path), load)
 
     def controlnet(self, path: Path, base: BaseModel, name: str):
         def load():
             model = load_controlnet(path, self.dtype, self.device, base_unet_config=dict(base.unet.config))
             check_controlnet_fits(model, base, name)
-            return model
+            return prepare_controlnet(model, self.fast, self.device)
 
         return self.cached("controlnet", f"{path}|{base.source}", load)
 

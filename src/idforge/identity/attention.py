@@ -127,8 +127,11 @@ class IdentityAttnProcessor:
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
 
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
+        if getattr(attn, "fused_projections", False) and getattr(attn, "to_kv", None) is not None:
+            key, value = attn.to_kv(encoder_hidden_states).chunk(2, dim=-1)  # engine/fastpath.py fuse_qkv
+        else:
+            key = attn.to_k(encoder_hidden_states)
+            value = attn.to_v(encoder_hidden_states)
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
 
@@ -166,11 +169,9 @@ class IdentityAttnProcessor:
         if weight == 0.0:
             return None
         batch_size = query.shape[0]
-        to_k_ip, to_v_ip = controller.layer_ip_weights(name, self.layer.index, query.dtype, query.device)
-
-        tokens = controller.batch_tokens(name, swap, batch_size).to(device=query.device, dtype=query.dtype)
-        ip_key = F.linear(tokens, to_k_ip)
-        ip_value = F.linear(tokens, to_v_ip)
+        ip_key, ip_value = controller.ip_key_value(
+            name, self.layer.index, swap, batch_size, query.dtype, query.device
+        )
 
         scaling = inputs.scaling
         if scaling != "V only":
@@ -212,8 +213,12 @@ class IdentityAttention:
                 unet(...)
     """
 
-    def __init__(self, unet: torch.nn.Module) -> None:
+    def __init__(self, unet: torch.nn.Module, *, cache_kv: bool = True) -> None:
         self.unet = unet
+        # The face tokens are fixed for a call: their K/V per layer are computed on the first step and reused
+        # (bit-exact; `cache_kv=False` recomputes them every step, as the tests compare).
+        self.cache_kv = cache_kv
+        self._kv_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.layers = attention_layers(unet)
         self.cross_layers = [layer for layer in self.layers if layer.is_cross]
         self.family = detect_family(self.cross_layers)
@@ -253,6 +258,7 @@ class IdentityAttention:
                 raise ModelFormatError(
                     f"adapter '{name}': layer {index} has C={to_k_ip.shape[1]}, others {cross_dim}"
                 )
+        self._kv_cache = {}
         # Several adapters from one checkpoint (one per person in a multi-person image) share the weights and
         # their device/dtype casts, so N persons cost one copy of the IP weights on the GPU, not N.
         shared = next((other for other in self._adapters.values() if other.source is ip_layers), None)
@@ -269,6 +275,7 @@ class IdentityAttention:
     def remove_adapter(self, name: str) -> None:
         """Forget an adapter (its weights and inputs)."""
         self._adapters.pop(name, None)
+        self._kv_cache = {}
         self._mask_cache = {key: value for key, value in self._mask_cache.items() if key[0] != name}
         self._refresh_active()
 
@@ -324,6 +331,7 @@ class IdentityAttention:
             weights = weight_type_layers(weight_type, weight, self.cross_layers)
         else:
             weights = {int(t): (float(w), bool(swap)) for t, (w, swap) in layer_weights.items()}
+        self._kv_cache = {}
         adapter.inputs = AdapterInputs(
             cond=cond_tokens,
             uncond=uncond_tokens,
@@ -340,6 +348,7 @@ class IdentityAttention:
         for key, adapter in self._adapters.items():
             if name is None or key == name:
                 adapter.inputs = None
+        self._kv_cache = {}
         self._mask_cache = {}
         self._refresh_active()
 
@@ -370,6 +379,20 @@ class IdentityAttention:
             listed = ", ".join(repr(key) for key in self._adapters) or "none"
             raise ParameterError("adapter", f"{name!r} is not registered (registered: {listed})")
         return self._adapters[name]
+
+    def ip_key_value(
+        self, name: str, index: int, swap: bool, batch_size: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer N's IP key and value of adapter `name` for the UNet batch (unscaled), cached per call."""
+        key = (name, index, swap, batch_size, self._cfg, dtype, device)
+        cached = self._kv_cache.get(key) if self.cache_kv else None
+        if cached is None:
+            to_k_ip, to_v_ip = self.layer_ip_weights(name, index, dtype, device)
+            tokens = self.batch_tokens(name, swap, batch_size).to(device=device, dtype=dtype)
+            cached = (F.linear(tokens, to_k_ip), F.linear(tokens, to_v_ip))
+            if self.cache_kv:
+                self._kv_cache[key] = cached
+        return cached
 
     def _refresh_active(self) -> None:
         """Recompute which adapters contribute at the current timestep (read by every processor)."""

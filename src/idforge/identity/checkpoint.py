@@ -196,7 +196,18 @@ def load_adapter_checkpoint(
     (instantid / faceid-portrait-unnorm, faceid-plus / faceid-plusv2).
     """
     path = os.fspath(path)
-    parts = _read_raw(path)
+    return adapter_from_state(_read_raw(path), path, expected_kind=expected_kind, kind_hint=kind_hint)
+
+
+def adapter_from_state(
+    parts: dict[str, dict[str, torch.Tensor]],
+    path: str,
+    *,
+    expected_kind: str | None = None,
+    kind_hint: str | None = None,
+) -> AdapterCheckpoint:
+    """Classify an adapter from its {"image_proj", "ip_adapter"} state dicts (a file's, or built in memory);
+    `path` names it in messages."""
     image_proj, ip_adapter = parts["image_proj"], parts["ip_adapter"]
     if not image_proj:
         raise ModelFormatError(f"{path}: image_proj is empty")

@@ -68,34 +68,46 @@ class LoraPart:
     up: torch.Tensor
     scale: float = 1.0
 
-    def delta(self, weight_shape: torch.Size) -> torch.Tensor:
-        down = self.down.float().flatten(1)
-        up = self.up.float().flatten(1)
-        if up.shape[1] != down.shape[0]:
+    def check(self, weight_shape: torch.Size) -> None:
+        """Refuse a part whose rank or size does not fit, from the shapes alone (nothing is computed)."""
+        down_shape = self.down.flatten(1).shape
+        up_shape = self.up.flatten(1).shape
+        if up_shape[1] != down_shape[0]:
             raise ModelFormatError(
                 f"LoRA up {tuple(self.up.shape)} and down {tuple(self.down.shape)} ranks differ"
             )
-        product = self.scale * (up @ down)
-        if product.numel() != torch.Size(weight_shape).numel():
+        if up_shape[0] * down_shape[1] != torch.Size(weight_shape).numel():
             raise ModelFormatError(
-                f"LoRA delta {tuple(product.shape)} does not fit weight {tuple(weight_shape)}"
+                f"LoRA delta {(up_shape[0], down_shape[1])} does not fit weight {tuple(weight_shape)}"
             )
-        return product.reshape(weight_shape)
+
+    def delta(self, weight_shape: torch.Size, device: torch.device | None = None) -> torch.Tensor:
+        """scale * up @ down in float32, on `device` (the weight's: a GPU merges on the GPU)."""
+        self.check(weight_shape)
+        down = self.down.to(device=device, dtype=torch.float32).flatten(1)
+        up = self.up.to(device=device, dtype=torch.float32).flatten(1)
+        return (self.scale * (up @ down)).reshape(weight_shape)
 
 
 def merge_lora_parts(
     unet: nn.Module, parts: dict[str, list[LoraPart]], strength: float, source: str
 ) -> LoraHandle:
-    """W += strength * sum(deltas) for each named module, computed in float32, saving the originals first."""
+    """W += strength * sum(deltas) for each named module, computed in float32, saving the originals first.
+
+    Every part is checked before any weight changes; then each module's delta is computed on the weight's device
+    and merged at once, so at most one float32 delta exists at a time (not the whole LoRA's).
+    """
     modules = dict(unet.named_modules())
     originals: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        # every delta first, so a malformed part fails before any weight has changed
-        totals = {name: sum(p.delta(modules[name].weight.shape) for p in ps) for name, ps in parts.items()}
-        for name, total in totals.items():
+        for name, ps in parts.items():  # a malformed part fails before any weight has changed
+            for part in ps:
+                part.check(modules[name].weight.shape)
+        for name, ps in parts.items():
             weight = modules[name].weight
+            total = sum(p.delta(weight.shape, weight.device) for p in ps)
             originals[name] = weight.detach().clone()
-            merged = weight.float() + strength * total.to(weight.device)
+            merged = weight.float() + strength * total
             weight.data.copy_(merged.to(weight.dtype))
     return LoraHandle(unet=unet, originals=originals, strength=strength, source=source)
 

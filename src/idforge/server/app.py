@@ -81,6 +81,7 @@ class ServerConfig:
     face_models: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    fast: Any = None  # engine/fastpath.py FastPath (None: the engine's exact defaults)
     queue_size: int = 32
     retry_after: int = 5
     max_body_bytes: int = 32 * 1024 * 1024

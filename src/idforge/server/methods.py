@@ -244,11 +244,13 @@ def field_for(name: str | None) -> str | None:
 
 
 def make_generator(config: Any) -> EngineGenerator:
-    """The real generator for a ServerConfig (models, device, dtype)."""
+    """The real generator for a ServerConfig (models, device, dtype, fast path)."""
     from idforge.engine.session import ModelChoice
 
     models = ModelChoice(base=config.base, face_models=config.face_models, models_dirs=config.models_dirs)
-    return EngineGenerator(models, device=config.device, dtype=config.dtype)
+    return EngineGenerator(
+        models, device=config.device, dtype=config.dtype, fast=getattr(config, "fast", None)
+    )
 
 
 def instantid_request(spec: JobSpec):
@@ -280,10 +282,13 @@ def instantid_request(spec: JobSpec):
 class EngineGenerator:
     """The real generator: one Engine, created and used only on the worker thread."""
 
-    def __init__(self, models: Any = None, *, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self, models: Any = None, *, device: str = "auto", dtype: str = "auto", fast: Any = None
+    ) -> None:
         self.models = models
         self.device = device
         self.dtype = dtype
+        self.fast = fast  # FastPath: models are prepared (and compiled) once, reused by every job
         self._engine = None
 
     @property
@@ -291,7 +296,7 @@ class EngineGenerator:
         if self._engine is None:
             from idforge.engine.session import Engine
 
-            self._engine = Engine(self.models, device=self.device, dtype=self.dtype)
+            self._engine = Engine(self.models, device=self.device, dtype=self.dtype, fast=self.fast)
         return self._engine
 
     def warm_up(self, report: WarmUpReport, methods: Sequence[str] = WARM_UP_METHODS) -> dict[str, str]:
