@@ -23,9 +23,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each record, not the stream of the moment it was made: a server
+    started inside another program (tests, notebooks) that swaps stderr never logs into a closed file."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always wins
+        pass
+
+
 def setup_logging(level: str = "info") -> None:
     """JSON lines on stderr for the idforge loggers (uvicorn's own access log is replaced by ours)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderrHandler()
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("idforge")
     logger.handlers[:] = [handler]
