@@ -280,3 +280,32 @@ def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_max_batch_below_one_is_a_one_line_error(tmp_path, capsys):
+    from idforge.cli import main
+
+    assert main(["serve", "--db", str(tmp_path / "s.db"), "--max-batch", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--max-batch" in err and "must be >= 1" in err and "\n" not in err
+
+
+def test_a_worker_with_the_real_engine_runs_two_jobs_in_one_pass(generator, store):
+    record, _ = store.create_key(10)
+    specs = [
+        instantid_spec(prompt="one", seed=7, face="checks"),
+        instantid_spec(prompt="two", seed=8, face="stripes"),
+    ]
+    for index, spec in enumerate(specs):
+        store.submit_job(f"req_{index}", "instantid", _encode_payload(spec), record.id, 1, sync=False)
+    worker = Worker(store, generator, worker_config(max_batch=2), warm_up=False).start()
+    try:
+        wait_for(lambda: store.counts().get("COMPLETED") == 2, timeout=60, what="2 jobs")
+    finally:
+        worker.stop()
+    for index, spec in enumerate(specs):
+        delivery = Delivery.from_json(store.job(f"req_{index}")["result"])
+        assert delivery.seeds == [spec.params["seed"]] and delivery.timings["batch_jobs"] == 2
+        assert delivery.recipe["batch"] == {"jobs": 2, "index": index}
+        assert delivery.recipe["params"]["prompt"] == spec.params["prompt"]
+    assert store.balance(record.id) == 8 and store.audit() == []

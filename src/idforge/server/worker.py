@@ -2,8 +2,9 @@
 
 One worker owns one `Generator` (one Engine on one device) and runs one job at a time on its own thread, never on
 an event loop; with `max_batch` > 1 it may claim several queued jobs that can share one denoising pass
-(server/batching.py) and run them through the generator's `generate_batch`, each still settled on its own. While a job runs, a lease keeper thread renews the lease (so the reaper knows the worker is alive)
-and writes step progress; the step callback stops the job at the next step when cancel is asked, or when the
+(server/batching.py) and run them through the generator's `generate_batch`, each still settled on its own.
+While a job runs, a lease keeper thread renews the lease (so the reaper knows the worker is alive) and writes step
+progress; the step callback stops the job at the next step when cancel is asked, or when the
 lease was lost (the job was given to someone else: our result would be refused anyway). The final state, the
 charge and the webhook row commit together (`Store.complete`), so a worker killed at any instant costs at most a
 repeated run, never a double charge. A database that goes away is waited out with backoff.
