@@ -4,7 +4,7 @@ Same run, same machine, same PostgreSQL server and Ray cluster: the tiny kit's I
 seed's request shape) through POST /v1/insta-depth from C clients, R requests per configuration, after a warm-up
 (the first job of each replica loads its models). On CPU each replica gets one core (torch runs one thread), so the
 ratio shows how far the database queue lets replicas add up; on GPUs each replica gets one GPU.
-Batching (several jobs per denoising pass) is not implemented: there is no batching gain to report.
+The batching gain (several jobs per denoising pass, `--max-batch`) is measured by benchmarks/batching.py.
 
 Run: .venv/bin/python benchmarks/scale.py [--kit DIR] [--requests 40] [--clients 8] [--out benchmarks/results/scale.json]
 """
@@ -175,7 +175,7 @@ def main() -> int:
         "replicas": runs,
         "throughput_ratio_2_over_1": round(runs["2"]["requests_per_s"] / runs["1"]["requests_per_s"], 3),
         "p50_ratio_2_over_1": round(runs["2"]["latency"]["p50_ms"] / runs["1"]["latency"]["p50_ms"], 3),
-        "batching": "not implemented (no gain measured)",
+        "batching": "see benchmarks/results/batching.json (benchmarks/batching.py)",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -49,6 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a dead worker's job goes to another after this long (default 30)",
     )
     parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=1,
+        help="queued jobs one worker may run in one denoising pass when they share its settings "
+        "(InstantID; default 1: one job at a time)",
+    )
+    parser.add_argument(
         "--max-attempts",
         type=int,
         default=3,
@@ -173,7 +180,11 @@ def run(args: argparse.Namespace) -> int:
     db = args.db or default_target()
     target = parse_target(db)  # a malformed --db is one line before anything starts
     Store.open(db).close()  # ... and so is an unreachable one (and the schema is brought up to date once)
-    for flag, count in (("--replicas", args.replicas), ("--max-attempts", args.max_attempts)):
+    for flag, count in (
+        ("--replicas", args.replicas),
+        ("--max-attempts", args.max_attempts),
+        ("--max-batch", args.max_batch),
+    ):
         if count < 1:
             raise ParameterError(flag, f"{count} must be >= 1")
     fast, dtype = fast_path(args, args.device)
@@ -206,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         warm_up=() if args.no_warm_up else _methods(args.warm_up),
         lease_s=args.lease_s,
         max_attempts=args.max_attempts,
+        max_batch=args.max_batch,
         log_level=args.log_level,
     )
     if args.ray:

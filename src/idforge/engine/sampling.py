@@ -15,7 +15,7 @@ from PIL import Image
 
 from idforge.engine.base import BaseModel, decode_latents, encode_text
 from idforge.engine.fastpath import check_fast_request
-from idforge.engine.loop import ControlUnit, DenoiseJob, denoise
+from idforge.engine.loop import ControlUnit, DenoiseJob, TextConditioning, denoise
 from idforge.engine.memory import on_device, park_on_cpu, text_encoders, vae_tiling
 from idforge.engine.params import GenerationParams
 from idforge.engine.schedulers import make_scheduler, step_options
@@ -33,10 +33,13 @@ def sample_and_decode(
     controls: Sequence[ControlUnit] = (),
     progress: Callable[[int, int], None] | None = None,
     unet_contexts: Sequence[AbstractContextManager] = (),
+    prompts: Sequence[tuple[str, str]] | None = None,
 ) -> tuple[torch.Tensor, list[Image.Image]]:
     """Denoise one batch (image i from seeds[i]) and decode it; returns (final latents on CPU, images).
 
     `unet_contexts` are entered around the loop only (e.g. a FaceID LoRA merged into the UNet for this call).
+    `prompts` gives sample i its own (prompt, negative) (jobs sharing a pass, server/batching.py); each is
+    encoded alone, exactly as in its single run. None: `gen`'s prompts for every sample.
     """
     width, height = size
     batch = len(seeds)
@@ -48,8 +51,11 @@ def sample_and_decode(
     park_on_cpu([*text_encoders(base), base.unet, base.pipe.vae, *control_models], device, offload)
 
     with on_device(text_encoders(base), device, offload):
-        prompt, negative = gen.styled_prompts()
-        text = encode_text(base, prompt, negative, batch, gen.do_cfg, width, height)
+        if prompts is None:
+            prompt, negative = gen.styled_prompts()
+            text = encode_text(base, prompt, negative, batch, gen.do_cfg, width, height)
+        else:
+            text = concat_text([encode_text(base, p, n, 1, gen.do_cfg, width, height) for p, n in prompts])
     scheduler = make_scheduler(
         gen.scheduler,
         base.pipe.scheduler.config,
@@ -84,3 +90,15 @@ def sample_and_decode(
     with on_device([base.pipe.vae], device, offload), vae_tiling(base, gen.vae_tiling):
         images = decode_latents(base, latents)
     return latents.detach().float().cpu(), images
+
+
+def concat_text(parts: Sequence[TextConditioning]) -> TextConditioning:
+    """One batch of prompt embeddings from per-sample ones (same shapes: the same base and size)."""
+
+    def cat(name: str) -> torch.Tensor | None:
+        values = [getattr(part, name) for part in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    return TextConditioning(
+        cat("cond"), cat("uncond"), cat("pooled_cond"), cat("pooled_uncond"), cat("time_ids")
+    )

@@ -99,6 +99,7 @@ class ServerConfig:
     )  # methods whose models load before ready
     lease_s: float = 30.0  # a worker that stops renewing for this long loses its job to another worker
     max_attempts: int = 3  # runs of one job (its workers died) before it is failed and refunded
+    max_batch: int = 1  # queued jobs a worker may run in one denoising pass (server/batching.py)
     log_level: str = "info"
 
 
@@ -149,6 +150,7 @@ def create_app(
                 lease_s=config.lease_s,
                 keep_result_s=config.result_ttl,
                 max_attempts=config.max_attempts,
+                max_batch=config.max_batch,
             ),
             warm_up=config.warm_up,
         )

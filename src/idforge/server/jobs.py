@@ -52,7 +52,9 @@ class JobOutput:
 
 class Generator(Protocol):
     """Runs one job; called only from the worker thread. May also have `warm_up(report, methods) -> dict`,
-    called once on the worker thread before the first job (returns methods that cannot run, with the reason)."""
+    called once on the worker thread before the first job (returns methods that cannot run, with the reason), and
+    `generate_batch(specs, progress) -> list[JobOutput | Exception]`: jobs with one batch key (server/batching.py)
+    in one denoising pass, one output or exception per job (the worker uses it when max_batch > 1)."""
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput: ...
 

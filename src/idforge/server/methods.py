@@ -279,6 +279,25 @@ def instantid_request(spec: JobSpec):
     )
 
 
+def _job_error(exc: Exception) -> Exception:
+    """Bad input found while generating (no face, out-of-range combination) is a 400 naming the field; a set-up
+    problem of the server (missing or wrong models) and anything else stays as it is (500, logged)."""
+    if isinstance(exc, ModelFormatError | ModelNotFoundError) or not isinstance(exc, IdforgeError):
+        return exc
+    return JobError(400, str(exc), field_for(getattr(exc, "name", None)))
+
+
+def _job_output(spec: JobSpec, result: Any, extras: dict[str, Image.Image]) -> JobOutput:
+    return JobOutput(
+        images=list(result.images),
+        seeds=list(result.seeds),
+        extras=extras,
+        warnings=list(result.warnings),
+        timings={"engine_s": float(result.recipe.get("timings", {}).get("total_s", 0.0))},
+        recipe=dict(result.recipe) | {"style": spec.params.get("style")},
+    )
+
+
 class EngineGenerator:
     """The real generator: one Engine, created and used only on the worker thread."""
 
@@ -333,18 +352,38 @@ class EngineGenerator:
             raise JobError(400, f"unknown method {spec.method!r}")
         try:
             result, extras = run(spec, progress)
-        except (ModelFormatError, ModelNotFoundError):
-            raise  # a set-up problem of the server: 500, logged by the worker
-        except IdforgeError as exc:  # bad input found while generating (no face, out-of-range combination)
-            raise JobError(400, str(exc), field_for(getattr(exc, "name", None))) from exc
-        return JobOutput(
-            images=list(result.images),
-            seeds=list(result.seeds),
-            extras=extras,
-            warnings=list(result.warnings),
-            timings={"engine_s": float(result.recipe.get("timings", {}).get("total_s", 0.0))},
-            recipe=dict(result.recipe) | {"style": spec.params.get("style")},
-        )
+        except Exception as exc:
+            error = _job_error(exc)
+            if error is exc:
+                raise  # a set-up problem of the server or a bug: 500, logged by the worker
+            raise error from exc
+        return _job_output(spec, result, extras)
+
+    def generate_batch(
+        self, specs: Sequence[JobSpec], progress: ProgressCallback
+    ) -> list[JobOutput | BaseException]:
+        """Several jobs that share a denoising pass (server/batching.py gave them one key): one output or one
+        exception per job, in order. A job whose own inputs fail gets its error; the others still run."""
+        methods = {spec.method for spec in specs}
+        if methods != {"instantid"}:
+            raise JobError(500, f"no batched path for {sorted(methods)}")
+        from idforge.engine.instantid_batch import generate_instantid_batch
+
+        outcomes: list[JobOutput | BaseException | None] = [None] * len(specs)
+        requests, slots = [], []
+        for index, spec in enumerate(specs):
+            try:
+                requests.append(instantid_request(spec))
+                slots.append(index)
+            except Exception as exc:  # noqa: BLE001 - a bad parameter of this job fails this job alone
+                outcomes[index] = exc
+        results = generate_instantid_batch(self.engine, requests, progress) if requests else []
+        for index, result in zip(slots, results, strict=True):
+            if isinstance(result, Exception):
+                outcomes[index] = _job_error(result)
+            else:
+                outcomes[index] = _job_output(specs[index], result, {})
+        return outcomes  # type: ignore[return-value]
 
     def _insta_depth(self, spec: JobSpec, progress: ProgressCallback):
         from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth

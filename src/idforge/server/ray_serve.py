@@ -69,6 +69,7 @@ class ModelReplica:
             lease_s=config.lease_s,
             keep_result_s=config.result_ttl,
             max_attempts=config.max_attempts,
+            max_batch=config.max_batch,
         )
         self.worker = Worker(self.store, generator, worker_config, warm_up=config.warm_up).start()
         log.info(
@@ -130,7 +131,7 @@ def build_application(config: ServerConfig, options: RayOptions, cluster_gpus: f
 
 def app_builder(args: dict[str, Any]):
     """Entry for Serve config files (`import_path: idforge.server.ray_serve:app_builder`); `args` are
-    `db`, `models` (list), `replicas`, `base`, `face_models`, `device`, `queue_size`, `lease_s`."""
+    `db`, `models` (list), `replicas`, `base`, `face_models`, `device`, `queue_size`, `lease_s`, `max_batch`."""
     import ray
 
     config = ServerConfig(
@@ -141,6 +142,7 @@ def app_builder(args: dict[str, Any]):
         device=args.get("device", "auto"),
         queue_size=int(args.get("queue_size", 32)),
         lease_s=float(args.get("lease_s", 30.0)),
+        max_batch=int(args.get("max_batch", 1)),
     )
     options = RayOptions(replicas=int(args.get("replicas", 1)), model_cpus=float(args.get("model_cpus", 1.0)))
     return build_application(config, options, ray.cluster_resources().get("GPU", 0.0))

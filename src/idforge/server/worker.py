@@ -1,8 +1,10 @@
 """A worker that takes its jobs from the database: claim, hold the lease, run, settle. Many may share one store.
 
 One worker owns one `Generator` (one Engine on one device) and runs one job at a time on its own thread, never on
-an event loop. While a job runs, a lease keeper thread renews the lease (so the reaper knows the worker is alive)
-and writes step progress; the step callback stops the job at the next step when cancel is asked, or when the
+an event loop; with `max_batch` > 1 it may claim several queued jobs that can share one denoising pass
+(server/batching.py) and run them through the generator's `generate_batch`, each still settled on its own.
+While a job runs, a lease keeper thread renews the lease (so the reaper knows the worker is alive) and writes step
+progress; the step callback stops the job at the next step when cancel is asked, or when the
 lease was lost (the job was given to someone else: our result would be refused anyway). The final state, the
 charge and the webhook row commit together (`Store.complete`), so a worker killed at any instant costs at most a
 repeated run, never a double charge. A database that goes away is waited out with backoff.
@@ -18,17 +20,22 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Histogram
 
+from idforge.server.batching import payload_batch_key
 from idforge.server.db import Claimed, JobFailure, Store, wakeup
 from idforge.server.jobs import (
     Delivery,
     Generator,
     JobCanceled,
+    JobOutput,
+    JobSpec,
+    ProgressCallback,
     _decode_payload,
     _map_exception,
     encode_jpeg,
@@ -44,6 +51,10 @@ class LeaseLost(Exception):
     """Raised from the step callback: the job is no longer ours (reaped after a stall); drop the work."""
 
 
+class _PassStopped(Exception):
+    """Raised from the step callback of a shared pass: some of its jobs were canceled or lost at this step."""
+
+
 @dataclass
 class WorkerConfig:
     replica: str
@@ -56,6 +67,7 @@ class WorkerConfig:
     heartbeat_s: float = 2.0
     max_attempts: int = 3  # reaper: runs of one job before it is failed and refunded
     reap_every_s: float = 2.0
+    max_batch: int = 1  # jobs that may share one denoising pass (server/batching.py); 1: one job at a time
 
 
 def _is_database_error(exc: BaseException) -> bool:
@@ -124,7 +136,7 @@ class Worker:
         self.jobs_failed = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._lease: _LeaseKeeper | None = None
+        self._leases: dict[str, _LeaseKeeper] = {}  # the running jobs' (several when they share a pass)
         self._thread: threading.Thread | None = None
         self._beat: threading.Thread | None = None
         self._unsubscribe: list[Callable[[], None]] = []
@@ -184,8 +196,8 @@ class Worker:
         }
 
     def _on_cancel(self, job_id: str) -> None:
-        lease = self._lease
-        if lease is not None and lease.job_id == job_id:
+        lease = self._leases.get(job_id)
+        if lease is not None:
             lease.cancel.set()
 
     # -- reporting -------------------------------------------------------------------------------------------------
@@ -256,7 +268,7 @@ class Worker:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                job = self.store.claim(self.config.replica, self.config.lease_s)
+                claimed = self._claim()
                 backoff = 0.5
             except Exception as exc:  # noqa: BLE001
                 if not _is_database_error(exc):
@@ -267,11 +279,23 @@ class Worker:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            if job is None:
+            if not claimed:
                 self._wake.wait(self.config.poll_s)
                 self._wake.clear()
                 continue
-            self.run(job)
+            if len(claimed) == 1:
+                self.run(claimed[0])
+            else:
+                self.run_batch(claimed)
+
+    def _claim(self) -> list[Claimed]:
+        """The next job, or (max_batch > 1 and a generator with a batched path) the next jobs sharing a pass."""
+        if self.config.max_batch > 1 and hasattr(self.generator, "generate_batch"):
+            return self.store.claim_many(
+                self.config.replica, self.config.lease_s, self.config.max_batch, payload_batch_key
+            )
+        job = self.store.claim(self.config.replica, self.config.lease_s)
+        return [job] if job is not None else []
 
     def run(self, job: Claimed) -> str:
         """Run one claimed job to its end; returns the outcome (succeeded, failed, canceled, lost)."""
@@ -280,7 +304,7 @@ class Worker:
         self._report()
         outcome = "failed"
         with _LeaseKeeper(self.store, job.id, self.config, self._stop) as lease:
-            self._lease = lease
+            self._leases = {job.id: lease}
             try:
                 outcome = self._execute(job, lease, started)
             except Exception:  # noqa: BLE001 - the worker never dies of one job
@@ -288,18 +312,79 @@ class Worker:
                     "worker error", extra={"fields": {"job_id": job.id, "trace": traceback.format_exc()}}
                 )
             finally:
-                self._lease = None
+                self._leases = {}
+        self._count(job, outcome)
+        self.state, self.current = "ready", None
+        self._report()
+        return outcome
+
+    def _count(self, job: Claimed, outcome: str) -> None:
         if outcome == "succeeded":
             self.jobs_done += 1
         elif outcome == "failed":
             self.jobs_failed += 1
         if outcome != "lost":
             self.job_seconds.labels(outcome).observe(time.time() - job.created)
+
+    def run_batch(self, claimed: list[Claimed]) -> dict[str, str]:
+        """Run jobs that share a denoising pass; each is settled on its own (result, charge, webhook). A job
+        canceled (or whose lease was lost) mid-pass stops the pass at that step: it is settled alone and the
+        others run again in a new pass. Returns each job's outcome."""
+        started = time.time()
+        outcomes: dict[str, str] = {}
+        self.state, self.current = "running", ",".join(job.id for job in claimed)
+        self._report()
+        with ExitStack() as stack:
+            leases = {
+                job.id: stack.enter_context(_LeaseKeeper(self.store, job.id, self.config, self._stop))
+                for job in claimed
+            }
+            self._leases = leases
+            try:
+                pending: list[tuple[Claimed, JobSpec]] = []
+                for job in claimed:  # a payload that does not decode fails its job alone
+                    try:
+                        pending.append((job, _decode_payload(job.method, job.payload)))
+                    except Exception as exc:  # noqa: BLE001
+                        outcomes[job.id] = self._finish(job, exc, started)
+                while pending:
+                    pending = self._batch_pass(pending, leases, started, outcomes)
+            except Exception:  # noqa: BLE001 - the worker never dies of one batch
+                log.error("worker error", extra={"fields": {"trace": traceback.format_exc()}})
+            finally:
+                self._leases = {}
+        for job in claimed:
+            self._count(job, outcomes.get(job.id, "failed"))
         self.state, self.current = "ready", None
         self._report()
-        return outcome
+        return outcomes
 
-    def _execute(self, job: Claimed, lease: _LeaseKeeper, started: float) -> str:
+    def _batch_pass(
+        self,
+        pending: list[tuple[Claimed, JobSpec]],
+        leases: dict[str, _LeaseKeeper],
+        started: float,
+        outcomes: dict[str, str],
+    ) -> list[tuple[Claimed, JobSpec]]:
+        """One pass over `pending`; returns the jobs to run again (when a cancel or a lost lease stopped it)."""
+        stopped: dict[str, BaseException] = {}
+        progress = self._progress([leases[job.id] for job, _ in pending], stopped)
+        try:
+            results = self.generator.generate_batch([spec for _, spec in pending], progress)
+        except _PassStopped:
+            for job, _ in pending:
+                if job.id in stopped:
+                    outcomes[job.id] = self._finish(job, stopped[job.id], started)
+            return [(job, spec) for job, spec in pending if job.id not in stopped]
+        except Exception as exc:  # noqa: BLE001 - the pass itself failed (models missing, a bug): every job fails
+            results = [exc] * len(pending)
+        for (job, _), result in zip(pending, results, strict=True):
+            outcomes[job.id] = self._finish(job, result, started, batch=len(pending))
+        return []
+
+    def _progress(self, leases: list[_LeaseKeeper], stopped: dict[str, BaseException]) -> ProgressCallback:
+        """The step callback of a run: step times, progress and lease renewal for each job; stops the run at
+        this step when a job's cancel was asked or its lease was lost (`stopped` says which, and why)."""
         last_write = [0.0]
         last_step = [time.perf_counter()]
 
@@ -308,22 +393,43 @@ class Worker:
             if step > 0:
                 self.step_seconds.observe(now - last_step[0])
             last_step[0] = now
-            lease.step = (int(step), int(total))
-            if now - last_write[0] >= self.config.progress_every_s or step >= total:
+            write = now - last_write[0] >= self.config.progress_every_s or step >= total
+            if write:
                 last_write[0] = now
-                lease.renew()
-            if lease.lost.is_set():
-                raise LeaseLost(job.id)
-            if lease.cancel.is_set():
-                raise JobCanceled(f"canceled while running, at step {step} of {total}")
+            for lease in leases:
+                lease.step = (int(step), int(total))
+                if write:
+                    lease.renew()
+                if lease.lost.is_set():
+                    stopped[lease.job_id] = LeaseLost(lease.job_id)
+                elif lease.cancel.is_set():
+                    stopped[lease.job_id] = JobCanceled(f"canceled while running, at step {step} of {total}")
+            if stopped:
+                if len(leases) == 1:
+                    raise next(iter(stopped.values()))
+                raise _PassStopped()
 
+        return progress
+
+    def _execute(self, job: Claimed, lease: _LeaseKeeper, started: float) -> str:
         try:
             spec = _decode_payload(job.method, job.payload)
-            output = self.generator.generate(spec, progress)
+            output = self.generator.generate(spec, self._progress([lease], {}))
+        except BaseException as exc:  # noqa: BLE001 - every failure must settle the job and its credits
+            return self._finish(job, exc, started)
+        return self._finish(job, output, started)
+
+    def _finish(self, job: Claimed, output: JobOutput | BaseException, started: float, batch: int = 1) -> str:
+        """Settle one job from its output or its exception; returns the outcome."""
+        try:
+            if isinstance(output, BaseException):
+                raise output
             timings = {
                 "queue_s": round(started - job.created, 4),
                 "inference_s": round(time.time() - started, 4),
             }
+            if batch > 1:
+                timings["batch_jobs"] = batch
             delivery = Delivery(
                 images=[encode_jpeg(image) for image in output.images],
                 seeds=[int(s) for s in output.seeds],

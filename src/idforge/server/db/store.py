@@ -119,6 +119,31 @@ def _record(row: Any) -> KeyRecord:
     return KeyRecord(row.id, row.name, int(row.balance), int(row.spent), float(row.created), row.revoked)
 
 
+_CLAIMED_COLUMNS = (
+    jobs.c.id,
+    jobs.c.method,
+    jobs.c.key_id,
+    jobs.c.sync,
+    jobs.c.cost,
+    jobs.c.attempts,
+    jobs.c.created,
+    jobs.c.payload,
+)
+
+
+def _claimed(row: Any) -> Claimed:
+    return Claimed(
+        row.id,
+        row.method,
+        row.key_id,
+        bool(row.sync),
+        int(row.cost),
+        int(row.attempts),
+        float(row.created),
+        row.payload or "",
+    )
+
+
 class Store:
     """Open with `Store.open(path_or_url)`; thread-safe (a connection pool); `close()` when done."""
 
@@ -417,29 +442,64 @@ class Store:
                     step=0,
                     total_steps=None,
                 )
-                .returning(
-                    jobs.c.id,
-                    jobs.c.method,
-                    jobs.c.key_id,
-                    jobs.c.sync,
-                    jobs.c.cost,
-                    jobs.c.attempts,
-                    jobs.c.created,
-                    jobs.c.payload,
-                )
+                .returning(*_CLAIMED_COLUMNS)
             ).first()
-        if row is None:
-            return None
-        return Claimed(
-            row.id,
-            row.method,
-            row.key_id,
-            bool(row.sync),
-            int(row.cost),
-            int(row.attempts),
-            float(row.created),
-            row.payload or "",
-        )
+        return _claimed(row) if row is not None else None
+
+    def claim_many(
+        self,
+        replica: str,
+        lease_s: float,
+        limit: int,
+        batch_key: Callable[[str, str], Any],
+        window: int = 32,
+    ) -> list[Claimed]:
+        """Take the oldest queued job and up to `limit - 1` younger ones that can share its denoising pass.
+
+        `batch_key(method, payload)` says which jobs can run together (None: this one runs alone). Only the
+        oldest `window` queued jobs are looked at, so the head of the queue is always served first; jobs skipped
+        for a different key stay queued in their order. Rows are locked with SKIP LOCKED on PostgreSQL (another
+        worker looking at the same window takes other jobs), and the UPDATE re-checks QUEUED on both backends,
+        so no job is claimed twice."""
+        if limit <= 1:
+            one = self.claim(replica, lease_s)
+            return [one] if one is not None else []
+        now = time.time()
+        with self._tx() as tx:
+            rows = tx.execute(
+                sa.select(jobs.c.id, jobs.c.method, jobs.c.payload)
+                .where(jobs.c.status == QUEUED)
+                .order_by(jobs.c.seq)
+                .limit(window)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return []
+            head_key = batch_key(rows[0].method, rows[0].payload or "")
+            chosen = [rows[0].id]
+            if head_key is not None:
+                for row in rows[1:]:
+                    if len(chosen) >= limit:
+                        break
+                    if row.method == rows[0].method and batch_key(row.method, row.payload or "") == head_key:
+                        chosen.append(row.id)
+            claimed = tx.execute(
+                sa.update(jobs)
+                .where(jobs.c.id.in_(chosen), jobs.c.status == QUEUED)
+                .values(
+                    status=PROCESSING,
+                    started=now,
+                    replica=replica,
+                    lease_owner=replica,
+                    lease_expires=now + lease_s,
+                    attempts=jobs.c.attempts + 1,
+                    step=0,
+                    total_steps=None,
+                )
+                .returning(*_CLAIMED_COLUMNS)
+            ).all()
+        order = {job_id: index for index, job_id in enumerate(chosen)}
+        return sorted((_claimed(row) for row in claimed), key=lambda job: order[job.id])
 
     def renew(
         self, job_id: str, replica: str, lease_s: float, step: int | None = None, total: int | None = None
