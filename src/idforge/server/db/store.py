@@ -115,6 +115,20 @@ class _Tx:
             self.notes.append((channel, payload))
 
 
+def _claim_values(replica: str, now: float, lease_s: float) -> dict[str, Any]:
+    """What claiming a job writes (one job or several): the lease, the replica, one more attempt, fresh progress."""
+    return {
+        "status": PROCESSING,
+        "started": now,
+        "replica": replica,
+        "lease_owner": replica,
+        "lease_expires": now + lease_s,
+        "attempts": jobs.c.attempts + 1,
+        "step": 0,
+        "total_steps": None,
+    }
+
+
 def _record(row: Any) -> KeyRecord:
     return KeyRecord(row.id, row.name, int(row.balance), int(row.spent), float(row.created), row.revoked)
 
@@ -432,16 +446,7 @@ class Store:
             row = tx.execute(
                 sa.update(jobs)
                 .where(jobs.c.id == oldest, jobs.c.status == QUEUED)
-                .values(
-                    status=PROCESSING,
-                    started=now,
-                    replica=replica,
-                    lease_owner=replica,
-                    lease_expires=now + lease_s,
-                    attempts=jobs.c.attempts + 1,
-                    step=0,
-                    total_steps=None,
-                )
+                .values(**_claim_values(replica, now, lease_s))
                 .returning(*_CLAIMED_COLUMNS)
             ).first()
         return _claimed(row) if row is not None else None
@@ -486,16 +491,7 @@ class Store:
             claimed = tx.execute(
                 sa.update(jobs)
                 .where(jobs.c.id.in_(chosen), jobs.c.status == QUEUED)
-                .values(
-                    status=PROCESSING,
-                    started=now,
-                    replica=replica,
-                    lease_owner=replica,
-                    lease_expires=now + lease_s,
-                    attempts=jobs.c.attempts + 1,
-                    step=0,
-                    total_steps=None,
-                )
+                .values(**_claim_values(replica, now, lease_s))
                 .returning(*_CLAIMED_COLUMNS)
             ).all()
         order = {job_id: index for index, job_id in enumerate(chosen)}
