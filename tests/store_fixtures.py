@@ -20,7 +20,17 @@ def _randomize(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def tiny_pipeline_dir(out: Path, family: str, seed: int = 0) -> Path:
-    """Write a tiny random diffusers pipeline folder of `family` ('sdxl' or 'sd15') to `out`."""
+    """Write a tiny random diffusers pipeline folder of `family` ('sdxl' or 'sd15') to `out`.
+
+    Under the engine's process-wide loading lock: a server thread of an earlier test may still be loading models,
+    and diffusers' weightless-init patch is global, so a module built beside it could land on the meta device."""
+    from idforge.engine.session import MODEL_LOADING_LOCK
+
+    with MODEL_LOADING_LOCK:
+        return _tiny_pipeline_dir(out, family, seed)
+
+
+def _tiny_pipeline_dir(out: Path, family: str, seed: int) -> Path:
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,

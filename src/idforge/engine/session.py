@@ -25,6 +25,12 @@ from idforge.engine.fastpath import FastPath, prepare_base, prepare_controlnet
 from idforge.engine.loading import check_controlnet_fits, load_base_model, load_controlnet
 from idforge.errors import ModelNotFoundError
 
+# One model load at a time in the whole process, across every Engine (the server's worker, the studio's preview
+# engine, Ray replicas in one process). diffusers/accelerate build weightless modules by patching
+# `nn.Module.register_parameter` globally, not per thread: two loads interleaving can restore each other's patch
+# and leave every later module on the meta device.
+MODEL_LOADING_LOCK = threading.RLock()
+
 
 @dataclass
 class ModelChoice:
@@ -117,7 +123,8 @@ class Engine:
         """The model stored under (kind, key), loaded once by `load()`: how every loader keeps models in memory."""
         with self._lock:
             if (kind, key) not in self._loaded:
-                self._loaded[(kind, key)] = load()
+                with MODEL_LOADING_LOCK:
+                    self._loaded[(kind, key)] = load()
             return self._loaded[(kind, key)]
 
     # -- loaders -------------------------------------------------------------------------------------------------
