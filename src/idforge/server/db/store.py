@@ -115,6 +115,17 @@ class _Tx:
             self.notes.append((channel, payload))
 
 
+# What putting a job back in the queue writes (the reaper, and an embedded restart): no lease, no progress.
+_REQUEUE_VALUES: dict[str, Any] = {
+    "status": QUEUED,
+    "lease_owner": None,
+    "lease_expires": None,
+    "started": None,
+    "step": None,
+    "total_steps": None,
+}
+
+
 def _claim_values(replica: str, now: float, lease_s: float) -> dict[str, Any]:
     """What claiming a job writes (one job or several): the lease, the replica, one more attempt, fresh progress."""
     return {
@@ -679,18 +690,7 @@ class Store:
                     self._end(tx, row.id, None, FAILED, {"error": message, "error_status": 500})
                     report.failed.append(row.id)
                 else:
-                    tx.execute(
-                        sa.update(jobs)
-                        .where(jobs.c.id == row.id)
-                        .values(
-                            status=QUEUED,
-                            lease_owner=None,
-                            lease_expires=None,
-                            started=None,
-                            step=None,
-                            total_steps=None,
-                        )
-                    )
+                    tx.execute(sa.update(jobs).where(jobs.c.id == row.id).values(**_REQUEUE_VALUES))
                     tx.notify(wakeup.QUEUED, row.id)
                     report.requeued.append(row.id)
         return report
@@ -714,18 +714,7 @@ class Store:
                     )
                     failed += int(ended)
                 elif row.status == PROCESSING:
-                    tx.execute(
-                        sa.update(jobs)
-                        .where(jobs.c.id == row.id)
-                        .values(
-                            status=QUEUED,
-                            lease_owner=None,
-                            lease_expires=None,
-                            started=None,
-                            step=None,
-                            total_steps=None,
-                        )
-                    )
+                    tx.execute(sa.update(jobs).where(jobs.c.id == row.id).values(**_REQUEUE_VALUES))
                     requeued += 1
             # holds whose job already ended: a 0.1 crash between two transactions, or a /v1 image nobody took
             stray = tx.execute(
