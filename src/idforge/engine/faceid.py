@@ -487,18 +487,9 @@ def generate_faceid(
     from idforge.identity.attention import IdentityAttention
 
     attention = IdentityAttention(base.unet)
-    attention.add_adapter("faceid", models.adapter.ip_layers)
     mask = load_mask(request.attn_mask, (width, height)) if request.attn_mask is not None else None
-    attention.set_adapter_inputs(
-        "faceid",
-        cond_tokens=prepared.cond_tokens.to(device=device, dtype=dtype),
-        uncond_tokens=prepared.uncond_tokens.to(device=device, dtype=dtype),
-        weight=params.weight,
-        weight_type=params.weight_type,
-        scaling=params.embeds_scaling,
-        start_at=params.start_at,
-        end_at=params.end_at,
-        mask=None if mask is None else torch.from_numpy(mask),
+    attach_faceid_adapter(
+        attention, "faceid", models.adapter.ip_layers, prepared, params, mask, device, dtype
     )
     controls: list[ControlUnit] = []
     if instantid is not None:
@@ -621,3 +612,29 @@ def faceid_recipe(
         },
         "timings": {"total_s": round(time.perf_counter() - started, 3)},
     }
+
+
+def attach_faceid_adapter(
+    attention: Any,
+    name: str,
+    ip_layers: Any,
+    prepared: PreparedFaceID,
+    params: FaceIDParams,
+    mask: np.ndarray | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Register one FaceID adapter (its tokens, weights, window and optional mask) on the IP attention: the single
+    image path uses it once, several people once per person."""
+    attention.add_adapter(name, ip_layers)
+    attention.set_adapter_inputs(
+        name,
+        cond_tokens=prepared.cond_tokens.to(device=device, dtype=dtype),
+        uncond_tokens=prepared.uncond_tokens.to(device=device, dtype=dtype),
+        weight=params.weight,
+        weight_type=params.weight_type,
+        scaling=params.embeds_scaling,
+        start_at=params.start_at,
+        end_at=params.end_at,
+        mask=None if mask is None else torch.from_numpy(mask),
+    )

@@ -17,12 +17,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import torch
-
 from idforge.engine.faceid import (
     FaceIDParams,
     FaceIDRequest,
     ProgressCallback,
+    attach_faceid_adapter,
     faceid_lora,
     faceid_output_size,
     faceid_recipe,
@@ -124,18 +123,7 @@ def generate_faceid_persons(
     attention = IdentityAttention(base.unet)
     for index, (part, params, region) in enumerate(zip(prepared, params_list, regions, strict=True), start=1):
         name = adapter_name(index)
-        attention.add_adapter(name, models.adapter.ip_layers)
-        attention.set_adapter_inputs(
-            name,
-            cond_tokens=part.cond_tokens.to(device=device, dtype=dtype),
-            uncond_tokens=part.uncond_tokens.to(device=device, dtype=dtype),
-            weight=params.weight,
-            weight_type=params.weight_type,
-            scaling=params.embeds_scaling,
-            start_at=params.start_at,
-            end_at=params.end_at,
-            mask=torch.from_numpy(region),
-        )
+        attach_faceid_adapter(attention, name, models.adapter.ip_layers, part, params, region, device, dtype)
     lora_strength = request.faceid.lora_strength
     latents, images = sample_and_decode(
         engine,
