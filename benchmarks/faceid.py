@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from idforge.demo.samples import synthetic_face
-from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid, load_faceid_models
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
+from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest, load_faceid_models
+from idforge.methods.faceid.generate import generate_faceid
 
 PROMPT = "a portrait photo"
 

@@ -231,10 +231,12 @@ def parts_of(setup: Setup, method: str) -> dict[str, torch.nn.Module]:
 
 
 def run_idforge(setup: Setup, method: str, seed: int) -> dict[str, Any]:
-    from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
-    from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
-    from idforge.engine.instantid import InstantIDRequest, generate_instantid
     from idforge.engine.params import GenerationParams
+    from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+    from idforge.methods.faceid.generate import generate_faceid
+    from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.generate import generate_instantid
     from idforge.models.fullsize import FACEID_PRESET
 
     engine = setup.engine
@@ -413,7 +415,8 @@ def summarise(runs: list[dict[str, Any]], flops: dict[str, int], method: str, si
 
 def build_setup(args, kit: Path) -> Setup:
     from idforge.demo.samples import synthetic_face
-    from idforge.models.fullsize import build_full_models, preload_engine
+    from idforge.methods.preload import preload_engine
+    from idforge.models.fullsize import build_full_models
 
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
     engine = Engine(ModelChoice(models_dirs=[str(kit)]), device=args.device, dtype=args.dtype)
@@ -543,8 +546,9 @@ def main() -> None:
     print("FLOPs per forward (TFLOP):", {k: round(v / 1e12, 3) for k, v in flops.items()}, flush=True)
 
     # Warm-up (kernels, allocator, the kps image the diffusers side uses): one InstantID call at the size.
-    from idforge.engine.instantid import InstantIDRequest, generate_instantid
     from idforge.engine.params import GenerationParams
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.generate import generate_instantid
 
     warm = generate_instantid(
         setup.engine,

@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 
 from idforge.demo.samples import synthetic_face
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
-from idforge.engine.params import GenerationParams, InstantIDParams
+from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
+from idforge.methods.instantid.params import InstantIDParams
 
 PROMPT = "a portrait photo of a person"
 

@@ -24,9 +24,10 @@ import torch
 from diffusers import StableDiffusionXLControlNetPipeline
 
 from idforge.demo.samples import synthetic_face
-from idforge.engine.instantid import InstantIDRequest, generate_instantid, instantid_paths
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
+from idforge.methods.instantid.core import InstantIDRequest, instantid_paths
+from idforge.methods.instantid.generate import generate_instantid
 
 
 def step_deltas(stamps: list[float]) -> list[float]:

@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 
 from idforge.demo.samples import square_face_png
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
-from idforge.engine.params import GenerationParams, Person
+from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
+from idforge.methods.persons import Person
 
 
 def boxes(count: int, width: int, height: int) -> list[tuple[int, int, int, int]]:

@@ -201,8 +201,8 @@ def main() -> int:
 
         # 1 and 2. direct Python calls and HTTP calls, interleaved on the SAME warm engine (the server's), so
         # both see the same caches and the same machine load; the engine is only used while the server is idle.
-        from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
         from idforge.engine.params import GenerationParams
+        from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
 
         body = request_body()
         request = InstaDepthRequest(

@@ -11,11 +11,13 @@ from PIL import Image
 import idforge.engine.sampling as sampling
 from faces_util import square_image, textured
 from idforge.cli import main
-from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
 from idforge.engine.params import MAX_BEST_OF, GenerationParams
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import ParameterError
+from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+from idforge.methods.faceid.generate import generate_faceid
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from idforge.engine.faceid import (
-    FaceIDParams,
-    FaceIDRequest,
-    generate_faceid,
-    load_faceid_models,
-    prepare_faceid,
-)
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import ModelFormatError, NoFaceError, ParameterError
+from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest, load_faceid_models, prepare_faceid
+from idforge.methods.faceid.generate import generate_faceid
 from instantid_fixtures import square_face
 
 SIZE = 64
@@ -258,7 +253,7 @@ def test_face_images_are_the_aligned_crops(engine, faces):
 
 
 def test_clip_single_file_equals_the_transformers_folder(tiny_kit):
-    from idforge.engine.faceid_clip import load_clip_vision
+    from idforge.methods.faceid.clip import load_clip_vision
 
     cpu = torch.device("cpu")
     folder_model, _ = load_clip_vision(tiny_kit / "clip_vision/tiny-clip-vit-h", cpu, torch.float32)
@@ -276,8 +271,9 @@ def test_clip_single_file_equals_the_transformers_folder(tiny_kit):
 
 
 def test_combined_with_instantid_reduces_to_each_method(engine, faces):
-    from idforge.engine.instantid import InstantIDRequest, generate_instantid
-    from idforge.engine.params import InstantIDParams
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.generate import generate_instantid
+    from idforge.methods.instantid.params import InstantIDParams
 
     def iid(ip_weight=0.8, cn_strength=0.8):
         return InstantIDRequest(
@@ -312,7 +308,7 @@ def test_combined_with_instantid_reduces_to_each_method(engine, faces):
 
 
 def test_combined_refuses_batch_mode_and_sd15(engine, faces):
-    from idforge.engine.instantid import InstantIDRequest
+    from idforge.methods.instantid.core import InstantIDRequest
 
     with pytest.raises(ParameterError, match="batch"):
         generate_faceid(
@@ -329,7 +325,7 @@ def test_combined_refuses_batch_mode_and_sd15(engine, faces):
 
 
 def test_default_size_follows_the_family():
-    from idforge.engine.faceid import faceid_output_size
+    from idforge.methods.faceid.core import faceid_output_size
 
     assert faceid_output_size(GenerationParams(), "sdxl") == (1024, 1024)
     assert faceid_output_size(GenerationParams(), "sd15") == (512, 512)

@@ -23,9 +23,10 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
+from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+from idforge.methods.faceid.generate import generate_faceid
 from instantid_fixtures import square_face
 
 insightface_app = pytest.importorskip(

@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from idforge.engine.faceid import FaceIDRequest, generate_faceid
 from idforge.engine.fastpath import TOLERANCES, FastPath, check_fast_request, fuse_qkv, quantize_fp8
-from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import ParameterError
+from idforge.methods.faceid.core import FaceIDRequest
+from idforge.methods.faceid.generate import generate_faceid
+from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
 from instantid_fixtures import square_face
 
 SIZE = 64

@@ -15,13 +15,14 @@ from safetensors.torch import load_file, save_file
 from faces_util import square_image
 from idforge.cli import main
 from idforge.engine.fewstep import FEW_STEP_PRESETS
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
 from idforge.engine.params import GenerationParams
 from idforge.engine.result import read_recipe
 from idforge.engine.schedulers import make_scheduler
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import ModelNotFoundError, ParameterError
-from idforge.models import ldm_keys
+from idforge.identity import ldm_keys
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
 
 
 @pytest.fixture(scope="module")

@@ -112,10 +112,11 @@ def test_engine_runs_insta_depth_and_faceid_from_the_full_kit_layout(small_full_
     """The engine finds every default model in the full kit's folders and runs two methods end to end."""
     from PIL import Image
 
-    from idforge.engine.faceid import FaceIDRequest, generate_faceid
-    from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
     from idforge.engine.params import GenerationParams
     from idforge.engine.session import Engine, ModelChoice
+    from idforge.methods.faceid.core import FaceIDRequest
+    from idforge.methods.faceid.generate import generate_faceid
+    from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
     from instantid_fixtures import square_face
 
     engine = Engine(ModelChoice(models_dirs=[str(small_full_kit)]), device="cpu", dtype="float32")

@@ -15,13 +15,15 @@ from PIL import Image
 
 import idforge.engine.sampling as sampling
 from faces_util import kit_packs, square_image, textured  # noqa: F401
-from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
 from idforge.engine.params import GenerationParams
 from idforge.engine.result import read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.faces.analysis import FaceAnalyzer
 from idforge.faces.scoring import reference_embedding, score_image
+from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+from idforge.methods.faceid.generate import generate_faceid
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
 
 insightface = pytest.importorskip("insightface")
 from insightface.app import FaceAnalysis  # noqa: E402

@@ -15,19 +15,21 @@ from PIL import Image
 
 from idforge.cli import main
 from idforge.control.depth import DepthEstimator, normalise_depth
-from idforge.engine.insta_depth import (
-    NO_POSE_FACE_WARNING,
-    InstaDepthParams,
-    InstaDepthRequest,
-    generate_insta_depth,
-)
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
-from idforge.engine.params import GenerationParams, InstantIDParams
+from idforge.engine.params import GenerationParams
 from idforge.engine.result import read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.engine.sizing import scale_kps
 from idforge.errors import ModelFormatError, ModelNotFoundError, ParameterError
 from idforge.faces.draw import draw_kps
+from idforge.methods.insta_depth.generate import (
+    NO_POSE_FACE_WARNING,
+    InstaDepthParams,
+    InstaDepthRequest,
+    generate_insta_depth,
+)
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
+from idforge.methods.instantid.params import InstantIDParams
 
 SIZE = 64
 STEPS = 3
@@ -400,9 +402,9 @@ def test_latents_match_diffusers_components(tiny_kit, engine, images, params, de
 
 def test_bad_face_image_fails_before_any_model_loads(tmp_path):
     """Input images are decoded first: a broken face file is refused by an engine that has no models at all."""
-    from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
     from idforge.engine.session import Engine, ModelChoice
     from idforge.errors import InputImageError
+    from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
 
     broken = tmp_path / "face.png"
     broken.write_bytes(b"not an image")

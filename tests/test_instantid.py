@@ -10,12 +10,14 @@ import torch
 from PIL import Image
 
 from idforge.cli import main
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
-from idforge.engine.params import GenerationParams, InstantIDParams, LoraSpec
+from idforge.engine.params import GenerationParams, LoraSpec
 from idforge.engine.result import read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.engine.sizing import instantid_size
 from idforge.errors import ModelFormatError, NoFaceError, ParameterError
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
+from idforge.methods.instantid.params import InstantIDParams
 from instantid_fixtures import square_face
 
 SIZE = 64

@@ -13,10 +13,12 @@ import pytest
 import torch
 from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
-from idforge.engine.params import GenerationParams, InstantIDParams
+from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
 from idforge.faces.draw import draw_kps
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
+from idforge.methods.instantid.params import InstantIDParams
 from instantid_fixtures import square_face
 
 insightface_app = pytest.importorskip(

@@ -1,4 +1,4 @@
-"""Several people in one image (engine/persons.py) on the tiny kit: regions, one pass, per-person scores, errors.
+"""Several people in one image (methods/instantid/persons.py) on the tiny kit: regions, one pass, per-person scores, errors.
 
 The hooked forwards record each person's IP attention output (per cross-attention layer, before the output
 projection) and each person's IdentityNet residuals (after its region mask) inside a real generation, and check
@@ -16,19 +16,21 @@ import torch
 from PIL import Image
 
 import idforge.engine.loop as loop_module
-import idforge.engine.persons as persons_module
+import idforge.methods.instantid.persons as persons_module
 from idforge.cli import main
 from idforge.commands._common import parse_person
 from idforge.demo.samples import square_face_png, synthetic_face
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
-from idforge.engine.params import GenerationParams, InstantIDParams
-from idforge.engine.persons import Person
+from idforge.engine.params import GenerationParams
 from idforge.engine.result import read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import NoFaceError, ParameterError
 from idforge.faces.scoring import cosine
 from idforge.identity.attention import IdentityAttnProcessor
 from idforge.identity.masks import mask_for_tokens, mask_grid
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
+from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.persons import Person
 
 WIDTH, HEIGHT = 128, 64  # latent 16 x 8: the halves split evenly at every UNet resolution
 
@@ -284,7 +286,7 @@ def test_pose_without_a_face_in_a_region_is_an_error_unless_fallback(engine, fac
 
 
 def test_default_canvas_is_the_two_person_one(engine, faces):
-    from idforge.engine.persons import output_size
+    from idforge.methods.persons import output_size
 
     side = InstantIDRequest(
         persons=[Person([faces["a"]], region="left"), Person([faces["b"]], region="right")]
@@ -461,7 +463,7 @@ FACEID_SD15 = "ip-adapter-faceid_sd15.bin"
 
 
 def faceid_persons(faces, first="left", second="right", **kwargs):
-    from idforge.engine.faceid import FaceIDRequest
+    from idforge.methods.faceid.core import FaceIDRequest
 
     return FaceIDRequest(
         persons=[Person([faces["a"]], region=first, ip_weight=0.7), Person([faces["b"]], region=second)],
@@ -473,7 +475,7 @@ def faceid_persons(faces, first="left", second="right", **kwargs):
 
 @pytest.mark.parametrize("order", [("left", "right"), ("right", "left")])
 def test_faceid_each_persons_ip_attention_is_zero_outside_its_region(engine, faces, monkeypatch, order):
-    from idforge.engine.faceid import generate_faceid
+    from idforge.methods.faceid.generate import generate_faceid
 
     records = record_ip(monkeypatch)
     result = generate_faceid(engine, faceid_persons(faces, *order))
@@ -493,7 +495,8 @@ def test_faceid_each_persons_ip_attention_is_zero_outside_its_region(engine, fac
 
 
 def test_faceid_persons_refuse_what_does_not_apply(engine, faces):
-    from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
+    from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+    from idforge.methods.faceid.generate import generate_faceid
 
     with pytest.raises(ParameterError, match=r"^person 2 cn_strength: FaceID has no IdentityNet"):
         generate_faceid(

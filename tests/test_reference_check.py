@@ -96,9 +96,10 @@ def test_faces_check_cli_text_and_json(tiny_kit, photos, capsys):
 
 
 def test_generation_warns_about_a_weak_reference(tiny_kit, photos):
-    from idforge.engine.instantid import InstantIDRequest, generate_instantid
     from idforge.engine.params import GenerationParams
     from idforge.engine.session import Engine, ModelChoice
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.generate import generate_instantid
 
     engine = Engine(ModelChoice(models_dirs=[str(tiny_kit)]), device="cpu", dtype="float32")
     gen = GenerationParams(prompt="p", steps=1, seed=1, width=64, height=64)

@@ -57,9 +57,9 @@ def test_seed_example_shape_returns_jpeg_with_headers(server, tiny_kit):
     assert served.shape == (64, 64, 3)
 
     # The same request straight through the Python API (own engine) gives the same picture.
-    from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
     from idforge.engine.params import GenerationParams
     from idforge.engine.session import Engine, ModelChoice
+    from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
     from idforge.server.jobs import encode_jpeg
 
     body = seed_request()

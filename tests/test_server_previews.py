@@ -71,8 +71,9 @@ def test_keypoint_preview_is_the_image_instantid_uses(server, engine):
     assert preview["references"][0]["status"] == "one_face" and preview["references"][0]["used"] == 0
     assert preview["pose"]["status"] == "one_face" and preview["problems"] == []
 
-    from idforge.engine.instantid import InstantIDRequest, generate_instantid
     from idforge.engine.params import GenerationParams
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.generate import generate_instantid
 
     result = generate_instantid(
         engine,
@@ -94,8 +95,8 @@ def test_depth_preview_is_the_map_insta_depth_uses(server, engine):
     assert response.status_code == 200, response.text
     preview = response.json()
 
-    from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
     from idforge.engine.params import GenerationParams
+    from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
 
     result = generate_insta_depth(
         engine,

@@ -662,9 +662,10 @@ def test_406_with_a_drained_key_and_401_with_a_wrong_one(page, studio, console):
 
 def test_dropping_an_idforge_png_restores_its_parameters(page, studio, tiny_kit, tmp_path):
     # A PNG written by the CLI's code path (GenerationResult.save), FaceID with non-default parameters.
-    from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
     from idforge.engine.params import GenerationParams
     from idforge.engine.session import Engine, ModelChoice
+    from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+    from idforge.methods.faceid.generate import generate_faceid
 
     result = generate_faceid(
         Engine(ModelChoice(models_dirs=[str(tiny_kit)])),

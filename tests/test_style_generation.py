@@ -8,10 +8,11 @@ from PIL import Image
 
 from faces_util import square_image
 from idforge.cli import main
-from idforge.engine.instantid import InstantIDRequest, generate_instantid
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import ParameterError
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.instantid.generate import generate_instantid
 from idforge.styles import apply_style
 
 

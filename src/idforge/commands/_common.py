@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from idforge.engine.params import SCHEDULERS, GenerationParams, InstantIDParams, LoraSpec
+from idforge.engine.params import SCHEDULERS, GenerationParams, LoraSpec
 from idforge.errors import ParameterError
+from idforge.methods.instantid.params import InstantIDParams
 
 DEFAULT_IP_WEIGHT = 0.8
 DEFAULT_CN_STRENGTH = 0.8
@@ -208,7 +209,7 @@ PERSON_KEYS = ("face", "region", "box", "mask", "ip_weight", "cn_strength", "sta
 
 def parse_person(text: str, index: int):
     """`--person face=A.jpg,region=left,ip_weight=0.9` -> a Person; errors name the --person (1-based)."""
-    from idforge.engine.persons import Person
+    from idforge.methods.persons import Person
 
     label = f"--person {index}"
     values: dict[str, object] = {}

@@ -72,9 +72,10 @@ def demo_faces(kit: Path, face_path: Path, out: Path) -> None:
 
 
 def demo_instantid(kit: Path, samples: dict[str, Path], out: Path) -> None:
-    from idforge.engine.instantid import InstantIDRequest, generate_instantid
     from idforge.engine.params import GenerationParams
     from idforge.engine.session import Engine, ModelChoice
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.generate import generate_instantid
 
     engine = Engine(ModelChoice(models_dirs=[str(kit)]), device="cpu", dtype="float32")
     request = InstantIDRequest(
@@ -94,9 +95,10 @@ def demo_instantid(kit: Path, samples: dict[str, Path], out: Path) -> None:
 
 def demo_faceid_batch(kit: Path, out: Path) -> None:
     from idforge.demo.samples import synthetic_face
-    from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
     from idforge.engine.params import GenerationParams
     from idforge.engine.session import Engine, ModelChoice
+    from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+    from idforge.methods.faceid.generate import generate_faceid
 
     engine = Engine(ModelChoice(models_dirs=[str(kit)]), device="cpu", dtype="float32")
     faces = [synthetic_face(stripes=2), synthetic_face(box=(60, 90, 190, 220), stripes=5)]

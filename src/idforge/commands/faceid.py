@@ -107,7 +107,8 @@ def _face_models_for_faceid(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
+    from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+    from idforge.methods.faceid.generate import generate_faceid
 
     # generation_params reads the extra LoRAs from `lora`, which is the FaceID LoRA here
     persons = [parse_person(text, index) for index, text in enumerate(args.person, start=1)]
@@ -144,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
     )
     instantid = None
     if args.with_instantid:
-        from idforge.engine.faceid import expand_face_sources
-        from idforge.engine.instantid import InstantIDRequest
-        from idforge.engine.params import InstantIDParams
+        from idforge.methods.faceid.core import expand_face_sources
+        from idforge.methods.instantid.core import InstantIDRequest
+        from idforge.methods.instantid.params import InstantIDParams
 
         instantid = InstantIDRequest(
             faces=expand_face_sources(args.face),

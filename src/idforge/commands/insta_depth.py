@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from idforge.engine.insta_depth import InstaDepthParams, InstaDepthRequest, generate_insta_depth
+    from idforge.methods.insta_depth.generate import InstaDepthParams, InstaDepthRequest, generate_insta_depth
 
     request = InstaDepthRequest(
         face=args.face,

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from idforge.engine.instantid import InstantIDRequest, generate_instantid
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.generate import generate_instantid
 
     persons = [parse_person(text, index) for index, text in enumerate(args.person, start=1)]
     if not args.face and not persons:

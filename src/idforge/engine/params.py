@@ -7,31 +7,42 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from idforge.engine.inputs import ImageSource, image_name
 from idforge.errors import ParameterError, check_choice, check_range
 
 SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm", "tcd")
+
+
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
 DEFAULT_STEPS = 30
+
+
 DEFAULT_GUIDANCE = 5.0
+
+
 DEFAULT_SCHEDULER = "euler"
+
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-INSTANTID_COMBINE = ("average", "norm average", "concat")
+
+
 FACE_PICKS = ("largest", "score")
 
+
 MAX_SEED = 999_999_999_999_999
+
+
 MAX_BEST_OF = 16  # candidates per best-of-N request (each costs a full generation)
+
+
 MAX_SIDE = 4096
-
-
-def _normalise_combine(name: str) -> str:
-    """Accept the CLI spelling ("norm-average") for the node's ("norm average")."""
-    return name.replace("-", " ").replace("_", " ").strip()
 
 
 def check_pick(pick: str | int) -> str | int:
@@ -180,102 +191,6 @@ class GenerationParams:
     def do_cfg(self) -> bool:
         """Classifier-free guidance is skipped at guidance <= 1 (as diffusers does): half the UNet work."""
         return self.guidance > 1.0  # type: ignore[operator]
-
-
-@dataclass
-class InstantIDParams:
-    """Every control of ComfyUI's "Apply InstantID Advanced" (seed 000) plus the official demo's extras."""
-
-    ip_weight: float = 0.8
-    cn_strength: float = 0.8
-    start_at: float = 0.0
-    end_at: float = 1.0
-    noise: float = 0.0
-    combine_embeds: str = "average"
-    enhance_face_region: bool = False
-    pick: str | int = "largest"
-    det_size: int = 640
-
-    def __post_init__(self) -> None:
-        check_range("ip_weight", self.ip_weight, 0.0, 3.0)
-        check_range("cn_strength", self.cn_strength, 0.0, 10.0)
-        check_range("start_at", self.start_at, 0.0, 1.0)
-        check_range("end_at", self.end_at, 0.0, 1.0)
-        if self.end_at < self.start_at:
-            raise ParameterError("end_at", f"{self.end_at} is before start_at {self.start_at}")
-        check_range("noise", self.noise, 0.0, 1.0)
-        self.combine_embeds = check_choice(
-            "combine_embeds", _normalise_combine(self.combine_embeds), INSTANTID_COMBINE
-        )
-        self.pick = check_pick(self.pick)
-        check_range("det_size", self.det_size, 64, 2048)
-
-
-REGION_NAMES = ("left", "right", "top", "bottom")
-MAX_PERSONS = 8
-
-
-@dataclass
-class Person:
-    """One person of a multi-person image: face image(s), own strengths and window, and one region.
-
-    The region is exactly one of `region` (left | right | top | bottom: that half of the image), `box`
-    (x1, y1, x2, y2 in output pixels) or `mask` (an image; white or opaque = the person's area, resized to the
-    output). Strengths and window left at None take the request's InstantID values.
-    """
-
-    faces: Sequence[ImageSource]
-    region: str | None = None
-    box: tuple[int, int, int, int] | None = None
-    mask: ImageSource | None = None
-    ip_weight: float | None = None
-    cn_strength: float | None = None
-    start_at: float | None = None
-    end_at: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.faces, str | bytes) or not isinstance(self.faces, Sequence):
-            self.faces = [self.faces]
-        self.faces = list(self.faces)
-        given = [name for name in ("region", "box", "mask") if getattr(self, name) is not None]
-        if len(given) != 1:
-            problem = "no region given" if not given else f"several regions given ({', '.join(given)})"
-            raise ParameterError(
-                "region", f"{problem}; give one: region=left|right|top|bottom, box=x1:y1:x2:y2 or mask=IMAGE"
-            )
-        if self.region is not None:
-            self.region = check_choice("region", str(self.region).strip().lower(), REGION_NAMES)
-        if self.box is not None:
-            self.box = _check_box(self.box)
-        for name, low, high in (("ip_weight", 0.0, 3.0), ("cn_strength", 0.0, 10.0)):
-            value = getattr(self, name)
-            if value is not None:
-                check_range(name, float(value), low, high)
-        for name in ("start_at", "end_at"):
-            value = getattr(self, name)
-            if value is not None:
-                check_range(name, float(value), 0.0, 1.0)
-
-    def region_text(self) -> str:
-        """How the region was given, for messages and the recipe."""
-        if self.region is not None:
-            return self.region
-        if self.box is not None:
-            return "box " + ":".join(str(v) for v in self.box)
-        return f"mask {image_name(self.mask, '<image>')}"
-
-
-def _check_box(box: Sequence[Any]) -> tuple[int, int, int, int]:
-    values = list(box)
-    if len(values) != 4:
-        raise ParameterError("box", f"expected 4 numbers x1:y1:x2:y2, got {len(values)}")
-    try:
-        x1, y1, x2, y2 = (int(round(float(v))) for v in values)
-    except (TypeError, ValueError):
-        raise ParameterError("box", f"{values!r} are not numbers x1:y1:x2:y2") from None
-    if x2 <= x1 or y2 <= y1:
-        raise ParameterError("box", f"{x1}:{y1}:{x2}:{y2} is empty (need x1 < x2 and y1 < y2)")
-    return x1, y1, x2, y2
 
 
 def params_to_dict(*objects: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from idforge.errors import ModelFormatError
-from idforge.models.ldm_keys import UNET_PREFIX, unet_name_to_ldm, up_blocks_with_attention
+from idforge.identity.ldm_keys import UNET_PREFIX, unet_name_to_ldm, up_blocks_with_attention
 
 
 def _from_ldm(state: dict[str, torch.Tensor], unet: nn.Module) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from idforge.errors import ModelFormatError, check_range
-from idforge.models.ldm_keys import unet_name_to_ldm
+from idforge.identity.ldm_keys import unet_name_to_ldm
 
 DEFAULT_FACEID_LORA_STRENGTH = 0.6
 _FACEID_LORA_KEY = re.compile(r"^(\d+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
@@ -154,7 +154,7 @@ def apply_faceid_lora(
 def ldm_module_name(unet: nn.Module, name: str) -> str | None:
     """The original (LDM / SGM) name of a diffusers UNet2DConditionModel module, or None if it has none.
 
-    One mapping serves single-file writing and LoRA naming: `idforge.models.ldm_keys`.
+    One mapping serves single-file writing and LoRA naming: `idforge.identity.ldm_keys`.
     """
     layers_per_block = unet.config.layers_per_block
     if not isinstance(layers_per_block, int):

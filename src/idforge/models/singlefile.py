@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from idforge.errors import ModelFormatError, ModelNotFoundError
-from idforge.models import ldm_keys
+from idforge.identity import ldm_keys
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 FAMILY_CONFIG = {"sdxl": "sdxl-base", "sd15": "sd15"}

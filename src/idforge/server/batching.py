@@ -6,7 +6,7 @@ of the key: the prompt, the negative prompt, the style (each prompt is encoded a
 its own noise), the face images (each sample gets its own tokens and keypoint image) and the scoring pack.
 Anything the batched engine path does not handle per sample makes the job run alone (key None): several persons,
 a mask, the face-box region, best-of-N, several images per job, a size taken from the keypoint image.
-Only InstantID has a batched path so far (engine/instantid_batch.py).
+Only InstantID has a batched path so far (methods/instantid/batch.py).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ from typing import Any
 
 from PIL import Image
 
-from idforge.engine.params import GenerationParams, InstantIDParams
+from idforge.engine.params import GenerationParams
 from idforge.errors import IdforgeError, ModelFormatError, ModelNotFoundError, ParameterError
+from idforge.methods.instantid.params import InstantIDParams
 from idforge.server.images import ImagePolicy, image_bytes
 from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback, WarmUpReport
 from idforge.server.segmind_names import SEGMIND_TO_OURS
@@ -133,7 +134,7 @@ def _person_fields(
 
 def persons_from_spec(spec: JobSpec) -> list[Any]:
     """The engine's Person objects from a job's `persons` parameters and images."""
-    from idforge.engine.params import Person
+    from idforge.methods.persons import Person
 
     persons = []
     for index, fields in enumerate(spec.params.get("persons") or []):
@@ -168,7 +169,8 @@ def check_instantid_faces(spec: JobSpec) -> None:
         raise ParameterError(
             "persons", "replaces face_image, extra_face_images and mask_image: give each person's own instead"
         )
-    from idforge.engine.persons import check_person_request, output_size, person_regions
+    from idforge.methods.instantid.persons import check_person_request
+    from idforge.methods.persons import output_size, person_regions
 
     request = instantid_request(spec)
     check_person_request(request)
@@ -255,7 +257,7 @@ def make_generator(config: Any) -> EngineGenerator:
 
 def instantid_request(spec: JobSpec):
     """The engine's InstantIDRequest for an InstantID job (one person, or several with `persons`)."""
-    from idforge.engine.instantid import InstantIDRequest
+    from idforge.methods.instantid.core import InstantIDRequest
 
     p = spec.params
     face = spec.images.get("face_image")
@@ -367,7 +369,7 @@ class EngineGenerator:
         methods = {spec.method for spec in specs}
         if methods != {"instantid"}:
             raise JobError(500, f"no batched path for {sorted(methods)}")
-        from idforge.engine.instantid_batch import generate_instantid_batch
+        from idforge.methods.instantid.batch import generate_instantid_batch
 
         outcomes: list[JobOutput | BaseException | None] = [None] * len(specs)
         requests, slots = [], []
@@ -386,7 +388,7 @@ class EngineGenerator:
         return outcomes  # type: ignore[return-value]
 
     def _insta_depth(self, spec: JobSpec, progress: ProgressCallback):
-        from idforge.engine.insta_depth import InstaDepthRequest, generate_insta_depth
+        from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
 
         p = spec.params
         request = InstaDepthRequest(
@@ -399,12 +401,13 @@ class EngineGenerator:
         return result, extras
 
     def _instantid(self, spec: JobSpec, progress: ProgressCallback):
-        from idforge.engine.instantid import generate_instantid
+        from idforge.methods.instantid.generate import generate_instantid
 
         return generate_instantid(self.engine, instantid_request(spec), progress), {}
 
     def _faceid(self, spec: JobSpec, progress: ProgressCallback):
-        from idforge.engine.faceid import FaceIDParams, FaceIDRequest, generate_faceid
+        from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+        from idforge.methods.faceid.generate import generate_faceid
 
         p = spec.params
         request = FaceIDRequest(

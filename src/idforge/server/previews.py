@@ -175,10 +175,10 @@ class PreviewService:
         return summary, (faces[used] if used is not None else None)
 
     def faces(self, body: FacesPreviewBody) -> FacesPreviewResponse:
-        from idforge.engine.faceid import FaceIDParams
-        from idforge.engine.params import InstantIDParams
         from idforge.engine.sizing import scale_kps
         from idforge.faces.draw import draw_kps
+        from idforge.methods.faceid.core import FaceIDParams
+        from idforge.methods.instantid.params import InstantIDParams
 
         fields = ["face_image"] + [f"extra_face_images[{i}]" for i in range(len(body.extra_face_images))]
         references = [

@@ -12,11 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from idforge.engine.params import INSTANTID_COMBINE, MAX_BEST_OF, MAX_PERSONS, MAX_SEED, REGION_NAMES
+from idforge.engine.params import MAX_BEST_OF, MAX_SEED
 from idforge.errors import ParameterError
 from idforge.identity.attention import SCALING_MODES
 from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
+from idforge.methods.instantid.params import INSTANTID_COMBINE
+from idforge.methods.persons import MAX_PERSONS, REGION_NAMES
 from idforge.styles import STYLES
 
 

@@ -18,7 +18,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
-from idforge.models import ldm_keys
+from idforge.identity import ldm_keys
 
 from . import sdxl
 from .builders import random_diffusers_model

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from idforge.models import ldm_keys
+from idforge.identity import ldm_keys
 from idforge.models.singlefile import write_single_file
 
 CHECKPOINTS = {"tiny-sdxl": "diffusers/tiny-sdxl", "tiny-sd15": "diffusers/tiny-sd15"}

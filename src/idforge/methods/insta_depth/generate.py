@@ -21,7 +21,13 @@ from PIL import Image
 from idforge.control.depth import engine_depth_estimator
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import image_name, load_named
-from idforge.engine.instantid import (
+from idforge.engine.params import GenerationParams
+from idforge.engine.result import GenerationResult
+from idforge.engine.scoring import attach_identity
+from idforge.engine.session import Engine
+from idforge.engine.sizing import instantid_size
+from idforge.errors import NoFaceError, ParameterError, check_range
+from idforge.methods.instantid.core import (
     ExtraControl,
     ImageSource,
     InstantIDRequest,
@@ -31,12 +37,7 @@ from idforge.engine.instantid import (
     prepare_instantid,
     run_identity_generation,
 )
-from idforge.engine.params import GenerationParams, InstantIDParams
-from idforge.engine.result import GenerationResult
-from idforge.engine.scoring import attach_identity
-from idforge.engine.session import Engine
-from idforge.engine.sizing import instantid_size
-from idforge.errors import NoFaceError, ParameterError, check_range
+from idforge.methods.instantid.params import InstantIDParams
 
 NO_POSE_FACE_WARNING = "pose image has no face; using the face image's keypoints"
 DEFAULT_DEPTH_CONTROLNET = "controlnet-depth-sdxl"
@@ -102,7 +103,7 @@ def generate_insta_depth(
 ) -> GenerationResult:
     """Run Insta Depth end to end: images, recipe, the depth map and keypoint image as extras."""
     if request.generation.best_of > 1:
-        from idforge.engine.best_of import generate_best_of
+        from idforge.methods.best_of import generate_best_of
 
         return generate_best_of(engine, generate_insta_depth, request, progress)
     started = time.perf_counter()

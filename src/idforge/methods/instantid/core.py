@@ -27,16 +27,16 @@ from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
-from idforge.engine.params import GenerationParams, InstantIDParams, params_to_dict
-from idforge.engine.result import GenerationResult
+from idforge.engine.params import GenerationParams, params_to_dict
 from idforge.engine.sampling import sample_and_decode
-from idforge.engine.scoring import attach_identity, reference_advice
+from idforge.engine.scoring import reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
 from idforge.errors import ModelFormatError, NoFaceError, ParameterError
 from idforge.identity.attention import timestep_window
 from idforge.imageio import load_mask
+from idforge.methods.instantid.params import InstantIDParams
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -55,7 +55,7 @@ class InstantIDRequest:
     base: str | None = None
     instantid_model: str | None = None
     face_models: str | None = None
-    # Several people in one image (engine/persons.py): each with its own faces, strengths, window and region;
+    # Several people in one image (methods/instantid/persons.py): each with its own faces, strengths, window and region;
     # `faces` and `mask` stay empty then, and pose/kps_image give the keypoints of every person.
     persons: Sequence[Any] = ()
 
@@ -406,40 +406,3 @@ def instantid_recipe(
         },
         "timings": {"total_s": round(time.perf_counter() - started, 3)},
     }
-
-
-def generate_instantid(
-    engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
-) -> GenerationResult:
-    """Run InstantID end to end and return images with their recipe (several people: engine/persons.py)."""
-    if request.generation.best_of > 1:
-        from idforge.engine.best_of import generate_best_of
-
-        return generate_best_of(engine, generate_instantid, request, progress)
-    if request.persons:
-        from idforge.engine.persons import generate_persons
-
-        return generate_persons(engine, request, progress)
-    started = time.perf_counter()
-    request = load_request_images(request)
-    models = load_instantid_models(engine, request.base, request.instantid_model)
-    prepared = prepare_instantid(engine, request, models.projection)
-    run = run_identity_generation(
-        engine, models, prepared, request.generation, request.instantid, request.mask, progress=progress
-    )
-    result = GenerationResult(
-        images=run.images,
-        seeds=run.seeds,
-        recipe=instantid_recipe(engine, request, models, prepared, run, started),
-        extras={"kps_image": prepared.kps_image},
-        warnings=prepared.warnings,
-        latents=run.latents,
-    )
-    return attach_identity(
-        engine,
-        result,
-        request.faces,
-        generation_pack=request.face_models,
-        default_pack="antelopev2",
-        pick=request.instantid.pick,
-    )

@@ -8,7 +8,7 @@ its window and its region; `cn_strength` is refused. Flow:
    combining, projection) with the request's settings and the person's overrides;
 3. ONE denoising pass: every person's adapter on the shared `IdentityAttention` (the checkpoint's IP weights
    shared), its region as the attention mask; the FaceID LoRA once for all;
-4. one identity score per person, output faces matched by position (engine/person_scores.py).
+4. one identity score per person, output faces matched by position (methods/person_scores.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from idforge.engine.faceid import (
+from idforge.engine.inputs import load_named
+from idforge.engine.memory import on_device, park_on_cpu
+from idforge.engine.result import GenerationResult
+from idforge.engine.sampling import sample_and_decode
+from idforge.engine.seeds import image_seeds, resolve_seed
+from idforge.engine.session import Engine
+from idforge.errors import NoFaceError, ParameterError
+from idforge.methods.faceid.core import (
     FaceIDParams,
     FaceIDRequest,
     ProgressCallback,
@@ -28,9 +35,7 @@ from idforge.engine.faceid import (
     load_faceid_models,
     prepare_faceid,
 )
-from idforge.engine.inputs import load_named
-from idforge.engine.memory import on_device, park_on_cpu
-from idforge.engine.persons import (
+from idforge.methods.persons import (
     Person,
     adapter_name,
     check_persons,
@@ -39,11 +44,6 @@ from idforge.engine.persons import (
     person_params,
     person_regions,
 )
-from idforge.engine.result import GenerationResult
-from idforge.engine.sampling import sample_and_decode
-from idforge.engine.seeds import image_seeds, resolve_seed
-from idforge.engine.session import Engine
-from idforge.errors import NoFaceError, ParameterError
 
 FACEID_FIELDS = {"ip_weight": "weight", "start_at": "start_at", "end_at": "end_at"}
 
@@ -156,7 +156,7 @@ def generate_faceid_persons(
         latents=latents,
     )
     if gen.score:
-        from idforge.engine.person_scores import score_persons
+        from idforge.methods.person_scores import score_persons
 
         result.identity = score_persons(
             engine,

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from idforge.engine.persons import Person, pick_in_region
 from idforge.engine.scoring import engine_reference
 from idforge.engine.session import Engine
 from idforge.errors import NoFaceError
 from idforge.faces.analysis import fallback_sizes
 from idforge.faces.scoring import MIN_FACE_PX, IdentityReport, ImageScore, cosine, face_side, pack_name
+from idforge.methods.persons import Person, pick_in_region
 
 FACE_CHOICE = "per person: the largest face whose box centre lies in the person's region"
 IMAGE_SCORE_RULE = "lowest person score (no_face when any person has none)"

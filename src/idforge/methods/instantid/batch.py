@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 import torch
 
 from idforge.engine.base import pil_to_control_tensor
-from idforge.engine.instantid import (
+from idforge.engine.loop import ControlUnit
+from idforge.engine.result import GenerationResult
+from idforge.engine.sampling import sample_and_decode
+from idforge.engine.scoring import attach_identity
+from idforge.engine.seeds import resolve_seed
+from idforge.engine.session import Engine
+from idforge.errors import ParameterError
+from idforge.identity.attention import timestep_window
+from idforge.methods.instantid.core import (
     IdentityRun,
     InstantIDModels,
     InstantIDRequest,
@@ -26,14 +34,6 @@ from idforge.engine.instantid import (
     load_request_images,
     prepare_instantid,
 )
-from idforge.engine.loop import ControlUnit
-from idforge.engine.result import GenerationResult
-from idforge.engine.sampling import sample_and_decode
-from idforge.engine.scoring import attach_identity
-from idforge.engine.seeds import resolve_seed
-from idforge.engine.session import Engine
-from idforge.errors import ParameterError
-from idforge.identity.attention import timestep_window
 
 ProgressCallback = Callable[[int, int], None]
 

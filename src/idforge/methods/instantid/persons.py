@@ -26,8 +26,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from idforge.engine.inputs import image_name, load_named
-from idforge.engine.instantid import (
+from idforge.engine.inputs import load_named
+from idforge.engine.result import GenerationResult
+from idforge.engine.sampling import sample_and_decode
+from idforge.engine.seeds import image_seeds, resolve_seed
+from idforge.engine.session import Engine
+from idforge.engine.sizing import scale_box, scale_kps
+from idforge.errors import NoFaceError, ParameterError
+from idforge.methods.instantid.core import (
     IdentityRun,
     InstantIDRequest,
     PreparedInstantID,
@@ -37,19 +43,19 @@ from idforge.engine.instantid import (
     instantid_recipe,
     load_instantid_models,
 )
-from idforge.engine.params import MAX_PERSONS, InstantIDParams, Person
-from idforge.engine.result import GenerationResult
-from idforge.engine.sampling import sample_and_decode
-from idforge.engine.seeds import image_seeds, resolve_seed
-from idforge.engine.session import Engine
-from idforge.engine.sizing import instantid_size, scale_box, scale_kps
-from idforge.errors import NoFaceError, ParameterError
-from idforge.imageio import load_mask
-
-# The reference two-person workflow's canvas (SPEC.md section 8): 1280x960, one half per person.
-DEFAULT_SIZE = (1280, 960)
-# A mask image's pixel belongs to the region at or above this value (regions are sets of pixels: disjoint or not).
-MASK_THRESHOLD = 0.5
+from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.persons import (
+    Person,
+    adapter_name,
+    check_persons,
+    decode_persons,
+    fit_into_box,
+    mask_box,
+    output_size,
+    person_params,
+    person_regions,
+    pick_in_region,
+)
 
 
 @dataclass
@@ -63,35 +69,6 @@ class PreparedPerson:
     region_box: tuple[int, int, int, int]  # bounding box of the region
     prepared: PreparedInstantID  # tokens, this person's keypoint image, its face box
     kps_source: str  # "pose", "own", "own (pose fallback)" or "kps_image"
-
-
-# ---- checks and decoding (before any model loads) ------------------------------------------------------------
-
-
-def check_persons(persons: Sequence[Any]) -> None:
-    """What every multi-person method needs: 1..MAX_PERSONS Person objects, each with a face."""
-    if not persons:
-        raise ParameterError("persons", "no person given")
-    if len(persons) > MAX_PERSONS:
-        raise ParameterError("persons", f"{len(persons)} persons given, at most {MAX_PERSONS}")
-    for index, person in enumerate(persons, start=1):
-        if not isinstance(person, Person):
-            raise ParameterError(f"person {index}", f"expected a Person, got {type(person).__name__}")
-        if not person.faces:
-            raise ParameterError(f"person {index} face", "at least one reference face image is needed")
-
-
-def person_params(person: Person, label: str, defaults: Any, fields: dict[str, str]) -> Any:
-    """`defaults` (a parameter object) with the person's overrides; `fields` maps Person fields to its names."""
-    overrides = {
-        target: getattr(person, source)
-        for source, target in fields.items()
-        if getattr(person, source) is not None
-    }
-    try:
-        return replace(defaults, **overrides)
-    except ParameterError as exc:
-        raise ParameterError(f"{label} {exc.name}", exc.problem) from None
 
 
 def check_person_request(request: InstantIDRequest) -> list[InstantIDParams]:
@@ -110,138 +87,12 @@ def check_person_request(request: InstantIDRequest) -> list[InstantIDParams]:
     ]
 
 
-def decode_persons(persons: Sequence[Person]) -> list[Person]:
-    """Copies of the persons with their faces decoded and their masks checked (before any model loads)."""
-    decoded = []
-    for index, person in enumerate(persons, start=1):
-        faces = [
-            load_named(source, f"person {index} face image {i}") for i, source in enumerate(person.faces)
-        ]
-        if person.mask is not None:
-            load_mask(person.mask, (8, 8), name=image_name(person.mask, f"person {index} mask"))
-        decoded.append(replace(person, faces=faces))
-    return decoded
-
-
 def load_person_images(request: InstantIDRequest) -> InstantIDRequest:
     """A copy of the request with every person's faces, the pose and the keypoint image decoded, and every mask
     checked: a bad image fails, naming it, before any model loads."""
     pose = load_named(request.pose, "pose image") if request.pose is not None else None
     kps_image = load_named(request.kps_image, "keypoint image") if request.kps_image is not None else None
     return replace(request, persons=decode_persons(request.persons), pose=pose, kps_image=kps_image)
-
-
-def output_size(request: InstantIDRequest) -> tuple[int, int]:
-    """Width/height when given; else the pose (or keypoint) image's InstantID size; else the two-person canvas."""
-    gen = request.generation
-    if gen.width is not None and gen.height is not None:
-        return gen.width, gen.height
-    if gen.width is not None or gen.height is not None:
-        raise ParameterError("width/height", "give both width and height, or neither")
-    for source in (request.pose, request.kps_image):
-        if source is not None:
-            return instantid_size(*load_named(source, "pose or keypoint image").image.size)
-    if all(person.region in ("top", "bottom") for person in request.persons):
-        return DEFAULT_SIZE[1], DEFAULT_SIZE[0]
-    return DEFAULT_SIZE
-
-
-# ---- regions --------------------------------------------------------------------------------------------------
-
-
-def region_mask(person: Person, label: str, size: tuple[int, int]) -> np.ndarray:
-    """The person's region as a 0/1 float32 (H, W) mask at the output size (width, height)."""
-    width, height = size
-    mask = np.zeros((height, width), dtype=np.float32)
-    if person.region is not None:
-        half_w, half_h = width // 2, height // 2
-        area = {
-            "left": (slice(None), slice(0, half_w)),
-            "right": (slice(None), slice(half_w, width)),
-            "top": (slice(0, half_h), slice(None)),
-            "bottom": (slice(half_h, height), slice(None)),
-        }[person.region]
-        mask[area] = 1.0
-        return mask
-    if person.box is not None:
-        x1, y1, x2, y2 = person.box
-        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            raise ParameterError(
-                f"{label} box", f"{x1}:{y1}:{x2}:{y2} reaches outside the {width}x{height} image"
-            )
-        mask[y1:y2, x1:x2] = 1.0
-        return mask
-    name = image_name(person.mask, f"{label} mask")
-    soft = load_mask(person.mask, size, name=name)
-    mask = (soft >= MASK_THRESHOLD).astype(np.float32)
-    if not mask.any():
-        raise ParameterError(
-            f"{label} mask", f"{name} is empty: no pixel of it is at or above {MASK_THRESHOLD}"
-        )
-    return mask
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (x1, y1, x2, y2), exclusive ends, of a mask's non-zero pixels."""
-    rows = np.nonzero(mask.any(axis=1))[0]
-    cols = np.nonzero(mask.any(axis=0))[0]
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def check_disjoint(labels: Sequence[str], masks: Sequence[np.ndarray], persons: Sequence[Person]) -> None:
-    """Two persons may not share a pixel: the same place cannot take two identities."""
-    for i in range(len(masks)):
-        for j in range(i + 1, len(masks)):
-            shared = int(np.count_nonzero((masks[i] > 0) & (masks[j] > 0)))
-            if shared:
-                raise ParameterError(
-                    f"{labels[i]}/{labels[j]} regions",
-                    f"{persons[i].region_text()} and {persons[j].region_text()} overlap by {shared} pixels; "
-                    "regions must be disjoint",
-                )
-
-
-def person_regions(persons: Sequence[Person], size: tuple[int, int]) -> list[np.ndarray]:
-    """Every person's region mask at the output size, checked: inside the image, not empty, disjoint
-    (InstantID and FaceID alike)."""
-    persons = list(persons)
-    labels = [f"person {i}" for i in range(1, len(persons) + 1)]
-    masks = [region_mask(person, label, size) for person, label in zip(persons, labels, strict=True)]
-    check_disjoint(labels, masks, persons)
-    return masks
-
-
-def centre_in(mask: np.ndarray, box: np.ndarray) -> bool:
-    """True when the centre of `box` (output coordinates) is a pixel of `mask`."""
-    height, width = mask.shape
-    cx = int((float(box[0]) + float(box[2])) / 2)
-    cy = int((float(box[1]) + float(box[3])) / 2)
-    return 0 <= cx < width and 0 <= cy < height and bool(mask[cy, cx] > 0)
-
-
-def pick_in_region(mask: np.ndarray, boxes: Sequence[np.ndarray]) -> int | None:
-    """Index of the largest box whose centre lies in the region, or None."""
-    inside = [i for i, box in enumerate(boxes) if centre_in(mask, box)]
-    if not inside:
-        return None
-    return max(inside, key=lambda i: float((boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1])))
-
-
-def fit_into_box(
-    kps: np.ndarray, face_box: np.ndarray, image_size: tuple[int, int], box: tuple[int, int, int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """A reference face's keypoints and box moved as if its whole image were scaled to fit `box`, centred."""
-    image_w, image_h = image_size
-    x1, y1, x2, y2 = box
-    box_w, box_h = x2 - x1, y2 - y1
-    scale = min(box_w / image_w, box_h / image_h)
-    offset = np.array([x1 + (box_w - scale * image_w) / 2, y1 + (box_h - scale * image_h) / 2], np.float32)
-    points = np.asarray(kps, dtype=np.float32) * scale + offset
-    moved = np.asarray(face_box, dtype=np.float32) * scale + np.tile(offset, 2)
-    return points, moved
-
-
-# ---- preparation --------------------------------------------------------------------------------------------
 
 
 def prepare_persons(
@@ -349,14 +200,6 @@ def combined_kps_image(persons: Sequence[PreparedPerson]) -> Image.Image:
     return Image.fromarray(stacked.max(axis=0), mode="RGB")
 
 
-# ---- generation ---------------------------------------------------------------------------------------------
-
-
-def adapter_name(index: int) -> str:
-    """The name of person `index`'s (1-based) adapter on IdentityAttention and its IdentityNet unit."""
-    return f"person{index}"
-
-
 def run_persons(
     engine: Engine,
     models: Any,  # InstantIDModels
@@ -439,7 +282,7 @@ def generate_persons(
         latents=run.latents,
     )
     if request.generation.score:
-        from idforge.engine.person_scores import score_persons
+        from idforge.methods.person_scores import score_persons
 
         result.identity = score_persons(
             engine,

@@ -33,13 +33,8 @@ from idforge.engine.base import BaseModel
 from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
-from idforge.engine.loop import ControlUnit
-from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import GenerationParams, check_pick, params_to_dict
-from idforge.engine.result import GenerationResult
-from idforge.engine.sampling import sample_and_decode
-from idforge.engine.scoring import attach_identity, reference_advice
-from idforge.engine.seeds import image_seeds, resolve_seed
+from idforge.engine.scoring import reference_advice
 from idforge.engine.session import Engine
 from idforge.errors import (
     InputImageError,
@@ -57,10 +52,17 @@ from idforge.imageio import load_mask
 
 ProgressCallback = Callable[[int, int], None]
 
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
 DEFAULT_SIZE = {"sdxl": 1024, "sd15": 512}
+
+
 # Used when the caller names no adapter: the plusv2 model of the base's family (ComfyUI's usual FaceID choice).
 DEFAULT_ADAPTER = {"sdxl": "faceid-plusv2-sdxl", "sd15": "faceid-plusv2-sd15"}
+
+
 LORA_KINDS = ("faceid", "faceid-plus", "faceid-plusv2")
 
 
@@ -130,7 +132,7 @@ class FaceIDRequest:
     clip_vision: str | None = None
     base: str | None = None
     face_models: str | None = None  # default buffalo_l
-    # Several people in one image (engine/faceid_persons.py): each Person with its faces, weight, window and
+    # Several people in one image (methods/faceid/persons.py): each Person with its faces, weight, window and
     # region; `faces` and `attn_mask` stay empty then.
     persons: Sequence[Any] = ()
 
@@ -158,9 +160,6 @@ class PreparedFaceID:
     faces_info: list[dict[str, Any]]
     batch_references: list[int] | None  # batch mode: reference index of each output
     warnings: list[str]
-
-
-# ---- inputs ------------------------------------------------------------------------------------------------
 
 
 def expand_face_sources(faces: Sequence[ImageSource]) -> list[ImageSource]:
@@ -194,9 +193,6 @@ def decode_inputs(request: FaceIDRequest) -> FaceIDRequest:
     if request.attn_mask is not None:
         load_mask(request.attn_mask, (8, 8), name=image_name(request.attn_mask, "attn mask"))
     return replace(request, faces=faces, negative_image=negative)
-
-
-# ---- models ------------------------------------------------------------------------------------------------
 
 
 def _family_guesses(ckpt) -> list[str]:
@@ -278,7 +274,7 @@ def load_faceid_models(engine: Engine, request: FaceIDRequest) -> FaceIDModels:
     if ckpt.needs_clip:
         spec = request.clip_vision if request.clip_vision is not None else engine.models.clip_vision
         clip_path = Path(engine.store.resolve("clip_vision", spec).path)
-        from idforge.engine.faceid_clip import load_clip_vision
+        from idforge.methods.faceid.clip import load_clip_vision
 
         clip = engine.cached(
             "clip_vision", str(clip_path), lambda: load_clip_vision(clip_path, engine.device, engine.dtype)
@@ -315,9 +311,6 @@ def faceid_lora(models: FaceIDModels, strength: float) -> Iterator[None]:
     finally:
         if handle is not None:
             handle.remove()
-
-
-# ---- faces -> tokens ---------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -410,9 +403,6 @@ def prepare_faceid(
     return PreparedFaceID(cond_tokens, uncond_tokens, face_images, faces_info, batch_references, warnings)
 
 
-# ---- generation --------------------------------------------------------------------------------------------
-
-
 def faceid_output_size(gen: GenerationParams, family: str) -> tuple[int, int]:
     if gen.width is not None and gen.height is not None:
         return gen.width, gen.height
@@ -420,150 +410,6 @@ def faceid_output_size(gen: GenerationParams, family: str) -> tuple[int, int]:
         raise ParameterError("width/height", "give both width and height, or neither")
     side = DEFAULT_SIZE.get(family, 1024)
     return side, side
-
-
-def generate_faceid(
-    engine: Engine,
-    request: FaceIDRequest,
-    progress: ProgressCallback | None = None,
-    *,
-    instantid: Any | None = None,
-) -> GenerationResult:
-    """Run FaceID end to end (optionally together with InstantID) and return images with their recipe.
-
-    `instantid` (an InstantIDRequest) adds InstantID to the same generation: its faces, parameters, pose,
-    mask and models; the prompt, sampler, size, seed and base come from `request` (a size not given there
-    follows InstantID's keypoint-image rule). Batch mode is not available combined.
-    """
-    started = time.perf_counter()
-    gen, params = request.generation, request.faceid
-    if gen.best_of > 1:
-        if params.batch:
-            raise ParameterError(
-                "best_of", "best-of-N cannot be combined with batch mode (one output per face)"
-            )
-        from idforge.engine.best_of import generate_best_of
-
-        def one_run(engine: Engine, request: FaceIDRequest, progress: ProgressCallback | None):
-            return generate_faceid(engine, request, progress, instantid=instantid)
-
-        return generate_best_of(engine, one_run, request, progress)
-    if request.persons:
-        if instantid is not None:
-            raise ParameterError(
-                "persons", "several people cannot be combined with InstantID in a FaceID call"
-            )
-        from idforge.engine.faceid_persons import generate_faceid_persons
-
-        return generate_faceid_persons(engine, request, progress)
-    if instantid is not None and params.batch:
-        raise ParameterError("batch", "batch mode cannot be combined with InstantID (one identity per call)")
-    request = decode_inputs(request)
-    models = load_faceid_models(engine, request)
-    base = models.base
-
-    iid_models = iid_prepared = iid_request = None
-    if instantid is not None:
-        from idforge.engine.instantid import load_instantid_models, load_request_images, prepare_instantid
-
-        iid_request = replace(load_request_images(instantid), generation=gen, base=base.source)
-        iid_models = load_instantid_models(engine, base.source, iid_request.instantid_model)
-        iid_prepared = prepare_instantid(engine, iid_request, iid_models.projection)
-        width, height = iid_prepared.width, iid_prepared.height
-    else:
-        width, height = faceid_output_size(gen, base.family)
-
-    offload = gen.cpu_offload
-    clip_model = models.clip[0] if models.clip is not None else None
-    park_on_cpu([clip_model], engine.device, offload)
-    with on_device([clip_model], engine.device, offload):
-        prepared = prepare_faceid(engine, request, models, gen.num_images)
-    batch = len(prepared.batch_references) if prepared.batch_references is not None else gen.num_images
-    seed = resolve_seed(gen.seed)
-    seeds = image_seeds(seed, batch)
-    latent_hw = (height // base.vae_scale_factor, width // base.vae_scale_factor)
-    dtype, device = base.unet.dtype, engine.device
-
-    from idforge.identity.attention import IdentityAttention
-
-    attention = IdentityAttention(base.unet)
-    mask = load_mask(request.attn_mask, (width, height)) if request.attn_mask is not None else None
-    attach_faceid_adapter(
-        attention, "faceid", models.adapter.ip_layers, prepared, params, mask, device, dtype
-    )
-    controls: list[ControlUnit] = []
-    if instantid is not None:
-        from idforge.engine.instantid import attach_instantid
-
-        controls.append(
-            attach_instantid(
-                engine,
-                attention,
-                iid_models,
-                iid_prepared,
-                iid_request.instantid,
-                iid_request.mask,
-                batch,
-                latent_hw,
-            )
-        )
-    latents, images = sample_and_decode(
-        engine,
-        base,
-        gen,
-        seeds,
-        (width, height),
-        attention,
-        controls,
-        progress,
-        unet_contexts=[faceid_lora(models, params.lora_strength)],
-    )
-
-    warnings = models.warnings + prepared.warnings
-    recipe = faceid_recipe(engine, request, models, prepared, seed, batch, width, height, started)
-    extras: dict[str, Any] = {"face_images": prepared.face_images}
-    if instantid is not None:
-        recipe["method"] = "instantid+faceid"
-        recipe["instantid"] = _instantid_part(engine, iid_request, iid_models, iid_prepared)
-        extras["kps_image"] = iid_prepared.kps_image
-        warnings += iid_prepared.warnings
-    result = GenerationResult(
-        images=images,
-        seeds=seeds,
-        recipe=recipe,
-        extras=extras,
-        warnings=warnings,
-        latents=latents,
-    )
-    used = {info["image"] for info in prepared.faces_info}  # skip_missing may have left references out
-    references = [face for face in request.faces if image_name(face, "") in used]
-    per_image = None
-    if prepared.batch_references is not None:  # batch: reference i conditioned output i, so it scores it
-        per_image = [[references[i]] for i in prepared.batch_references]
-    return attach_identity(
-        engine,
-        result,
-        references,
-        generation_pack=request.face_models,
-        default_pack="buffalo_l",
-        pick=params.pick,
-        per_image_references=per_image,
-    )
-
-
-def _instantid_part(engine, request, models, prepared) -> dict[str, Any]:
-    return {
-        "params": params_to_dict(request.instantid),
-        "models": {
-            "identitynet": {
-                "source": str(models.identitynet_path),
-                "sha256": model_hash(models.identitynet_path),
-            },
-            "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
-            "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
-        },
-        "inputs": {"faces": prepared.faces_info},
-    }
 
 
 def faceid_recipe(

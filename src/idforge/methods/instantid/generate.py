@@ -1,0 +1,63 @@
+"""InstantID: face embedding -> Resampler tokens into the UNet's IP cross-attention, plus IdentityNet on keypoints.
+
+Flow, top to bottom (SPEC.md section 2):
+1. analyse every reference face (largest by default), combine their raw embeddings (average | norm average | concat);
+2. project cond and uncond embeddings (zeros, or `noise * U[0,1)` seeded from the embedding) through the Resampler;
+3. keypoints from the pose image's face, or a ready keypoint image, or the reference face; draw them at output size;
+4. denoise with IP attention (ip_weight) and IdentityNet (cn_strength, face tokens as context), both gated by
+   start_at/end_at on the noise schedule and restricted by the mask (and the face box with "enhance face region").
+"""
+
+from __future__ import annotations
+
+import time
+
+from idforge.engine.result import GenerationResult
+from idforge.engine.scoring import attach_identity
+from idforge.engine.session import Engine
+from idforge.methods.instantid.core import (
+    InstantIDRequest,
+    ProgressCallback,
+    instantid_recipe,
+    load_instantid_models,
+    load_request_images,
+    prepare_instantid,
+    run_identity_generation,
+)
+
+
+def generate_instantid(
+    engine: Engine, request: InstantIDRequest, progress: ProgressCallback | None = None
+) -> GenerationResult:
+    """Run InstantID end to end and return images with their recipe (several people: methods/instantid/persons.py)."""
+    if request.generation.best_of > 1:
+        from idforge.methods.best_of import generate_best_of
+
+        return generate_best_of(engine, generate_instantid, request, progress)
+    if request.persons:
+        from idforge.methods.instantid.persons import generate_persons
+
+        return generate_persons(engine, request, progress)
+    started = time.perf_counter()
+    request = load_request_images(request)
+    models = load_instantid_models(engine, request.base, request.instantid_model)
+    prepared = prepare_instantid(engine, request, models.projection)
+    run = run_identity_generation(
+        engine, models, prepared, request.generation, request.instantid, request.mask, progress=progress
+    )
+    result = GenerationResult(
+        images=run.images,
+        seeds=run.seeds,
+        recipe=instantid_recipe(engine, request, models, prepared, run, started),
+        extras={"kps_image": prepared.kps_image},
+        warnings=prepared.warnings,
+        latents=run.latents,
+    )
+    return attach_identity(
+        engine,
+        result,
+        request.faces,
+        generation_pack=request.face_models,
+        default_pack="antelopev2",
+        pick=request.instantid.pick,
+    )

@@ -1,0 +1,49 @@
+"""Parameter objects for every generation method, validated on construction.
+
+Ranges and defaults come from the reference nodes (seed 000: Apply InstantID Advanced, seed 001: IPAdapter FaceID
+Batch) and from SPEC.md. Validation happens here, before any model is loaded, so a bad request fails fast and costs
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from idforge.engine.params import check_pick
+from idforge.errors import ParameterError, check_choice, check_range
+
+INSTANTID_COMBINE = ("average", "norm average", "concat")
+
+
+def _normalise_combine(name: str) -> str:
+    """Accept the CLI spelling ("norm-average") for the node's ("norm average")."""
+    return name.replace("-", " ").replace("_", " ").strip()
+
+
+@dataclass
+class InstantIDParams:
+    """Every control of ComfyUI's "Apply InstantID Advanced" (seed 000) plus the official demo's extras."""
+
+    ip_weight: float = 0.8
+    cn_strength: float = 0.8
+    start_at: float = 0.0
+    end_at: float = 1.0
+    noise: float = 0.0
+    combine_embeds: str = "average"
+    enhance_face_region: bool = False
+    pick: str | int = "largest"
+    det_size: int = 640
+
+    def __post_init__(self) -> None:
+        check_range("ip_weight", self.ip_weight, 0.0, 3.0)
+        check_range("cn_strength", self.cn_strength, 0.0, 10.0)
+        check_range("start_at", self.start_at, 0.0, 1.0)
+        check_range("end_at", self.end_at, 0.0, 1.0)
+        if self.end_at < self.start_at:
+            raise ParameterError("end_at", f"{self.end_at} is before start_at {self.start_at}")
+        check_range("noise", self.noise, 0.0, 1.0)
+        self.combine_embeds = check_choice(
+            "combine_embeds", _normalise_combine(self.combine_embeds), INSTANTID_COMBINE
+        )
+        self.pick = check_pick(self.pick)
+        check_range("det_size", self.det_size, 64, 2048)
