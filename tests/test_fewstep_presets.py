@@ -23,6 +23,7 @@ from idforge.errors import ModelNotFoundError, ParameterError
 from idforge.identity import ldm_keys
 from idforge.methods.instantid.core import InstantIDRequest
 from idforge.methods.instantid.generate import generate_instantid
+from idforge.methods.instantid.params import InstantIDParams
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +96,11 @@ def _gen(**extra) -> GenerationParams:
     return GenerationParams(**({"prompt": "p", "seed": 2, "width": 64, "height": 64} | extra))
 
 
-def _run(engine, face, **extra):
-    return generate_instantid(engine, InstantIDRequest(faces=[face], generation=_gen(**extra)))
+def _run(engine, face, instantid=None, **extra):
+    params = instantid if instantid is not None else InstantIDParams()
+    return generate_instantid(
+        engine, InstantIDRequest(faces=[face], generation=_gen(**extra), instantid=params)
+    )
 
 
 def _unet_state(engine):
@@ -138,7 +142,11 @@ def test_unet_preset_is_the_file_in_the_unet_and_restores_it(engine, face, tiny_
     file_state = load_file(str(tiny_kit / "unet" / "sdxl_lightning_4step_unet.safetensors"))
     unet.load_state_dict({k: v.float() for k, v in file_state.items()})
     try:
-        by_hand = _run(engine, face, steps=4, guidance=0.0, timestep_spacing="trailing")
+        # the preset's identity strengths (methods/presets.py), given by hand
+        strengths = InstantIDParams(
+            **{k: v for k, v in FEW_STEP_PRESETS["lightning-4-unet"].identity.items() if k != "faceid_weight"}
+        )
+        by_hand = _run(engine, face, instantid=strengths, steps=4, guidance=0.0, timestep_spacing="trailing")
     finally:
         unet.load_state_dict(before)
     assert torch.equal(result.latents, by_hand.latents)

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "instantid",
     "faceid",
     "insta_depth",
+    "method",  # every other registered method, its flags from its body
     "serve",
     "keys",
     "demo",

@@ -9,8 +9,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+class InputName(str):
+    """An input's name as messages show it ("face image 1", "person 2 mask") that also knows the request field it
+    came from ("extra_face_images[0]", "persons[1].mask_image"): errors stay readable and the HTTP API names the
+    field without parsing messages."""
+
+    field: str | None
+
+    def __new__(cls, text: str, field: str | None) -> InputName:
+        name = super().__new__(cls, text)
+        name.field = field
+        return name
+
+    def __reduce__(self):  # keeps `field` across pickling (Ray, process pools)
+        return (InputName, (str(self), self.field))
+
+
+def face_input(index: int, person: int | None = None) -> InputName:
+    """Reference face `index` (0-based) of the request, or of person `person` (1-based) when given."""
+    own = "face_image" if index == 0 else f"extra_face_images[{index - 1}]"
+    if person is None:
+        return InputName(f"face image {index}", own)
+    return InputName(f"person {person} face image {index}", f"persons[{person - 1}].{own}")
+
+
+def person_input(person: int, what: str | None = None, field: str | None = None) -> InputName:
+    """Person `person` (1-based) of a several-people request, or one of its fields (`what`: "mask", "ip_weight")."""
+    base = f"persons[{person - 1}]"
+    if what is None:
+        return InputName(f"person {person}", base)
+    return InputName(f"person {person} {what}", f"{base}.{field or what}")
+
+
 class IdforgeError(Exception):
     """Base class: an error caused by the user's input or set-up, not by a bug."""
+
+    @property
+    def field(self) -> str | None:
+        """The request field at fault, when the error names one (an InputName, or given explicitly)."""
+        explicit = getattr(self, "_field", None)
+        if explicit is not None:
+            return explicit
+        return getattr(getattr(self, "name", None), "field", None)
 
 
 class InputImageError(IdforgeError, ValueError):
@@ -57,12 +97,22 @@ class ModelFormatError(IdforgeError, ValueError):
 
 
 class ParameterError(IdforgeError, ValueError):
-    """A parameter is out of range or of the wrong kind."""
+    """A parameter is out of range or of the wrong kind; `field` names the request field when it differs."""
 
-    def __init__(self, name: str, problem: str) -> None:
+    def __init__(self, name: str, problem: str, *, field: str | None = None) -> None:
         self.name = name
         self.problem = problem
+        self._field = field
         super().__init__(f"{name}: {problem}")
+
+    def __reduce__(self):
+        return (_rebuild_parameter_error, (type(self), self.name, self.problem, self._field))
+
+
+def _rebuild_parameter_error(kind: type, name: str, problem: str, field: str | None) -> ParameterError:
+    error = ParameterError.__new__(kind)
+    ParameterError.__init__(error, name, problem, field=field)
+    return error
 
 
 def check_range(name: str, value: float, low: float, high: float) -> float:
@@ -78,3 +128,7 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
         listed = ", ".join(repr(c) for c in choices)
         raise ParameterError(name, f"{value!r} is not one of {listed}")
     return value
+
+
+POSE = InputName("pose image", "pose_image")
+KPS = InputName("keypoint image", "kps_image")

@@ -13,9 +13,6 @@ from idforge.engine.params import SCHEDULERS, GenerationParams, LoraSpec
 from idforge.errors import ParameterError
 from idforge.methods.instantid.params import InstantIDParams
 
-DEFAULT_IP_WEIGHT = 0.8
-DEFAULT_CN_STRENGTH = 0.8
-
 
 def add_generation_arguments(
     parser: argparse.ArgumentParser, *, steps: int = 30, guidance: float = 5.0
@@ -165,25 +162,12 @@ def add_instantid_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--instantid", default=None, help="InstantX/InstantID-style folder or hub id")
 
 
-def recommended_identity(args: argparse.Namespace) -> dict[str, float]:
-    """The preset's recommended identity strengths (engine/fewstep.py), {} without a preset."""
-    if not getattr(args, "preset", None):
-        return {}
-    from idforge.engine.fewstep import get_few_step_preset
-
-    return dict(get_few_step_preset(args.preset).identity)
-
-
 def instantid_params(args: argparse.Namespace, **extra: object) -> InstantIDParams:
-    """InstantID's controls: given on the command line, else the preset's recommendation, else the defaults."""
-    advice = recommended_identity(args)
-    ip_weight = args.ip_weight if args.ip_weight is not None else advice.get("ip_weight", DEFAULT_IP_WEIGHT)
-    cn_strength = (
-        args.cn_strength if args.cn_strength is not None else advice.get("cn_strength", DEFAULT_CN_STRENGTH)
-    )
+    """InstantID's controls; strengths not given stay None, so the request takes the preset's recommendation
+    (methods/presets.py: the same rule for the CLI, Python and HTTP)."""
     return InstantIDParams(
-        ip_weight=ip_weight,
-        cn_strength=cn_strength,
+        ip_weight=args.ip_weight,
+        cn_strength=args.cn_strength,
         start_at=args.start_at,
         end_at=args.end_at,
         noise=args.noise,

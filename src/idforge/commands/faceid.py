@@ -76,7 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--clip-vision", default=None, metavar="PATH|ID", help="CLIP ViT-H image encoder (plus models)"
     )
-    parser.add_argument("--weight", type=float, default=1.0, help="-1..3 (default 1)")
+    parser.add_argument(
+        "--weight", type=float, default=None, help="-1..3 (default 1, or the preset's recommendation)"
+    )
     parser.add_argument("--weight-faceidv2", type=float, default=1.0, help="-1..5, plusv2 only (default 1)")
     parser.add_argument("--weight-type", default="linear", help=WEIGHT_TYPE_HELP)
     parser.add_argument("--combine-embeds", default="concat", choices=COMBINE_CHOICES)

@@ -133,12 +133,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _methods(text: str) -> tuple[str, ...]:
     from idforge.errors import ParameterError
-    from idforge.server.methods import WARM_UP_METHODS
+    from idforge.methods.registry import method_names
 
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
     for method in methods:
-        if method not in WARM_UP_METHODS:
-            raise ParameterError("--warm-up", f"{method!r} is not one of {', '.join(WARM_UP_METHODS)}")
+        if method not in method_names():
+            raise ParameterError("--warm-up", f"{method!r} is not one of {', '.join(method_names())}")
     return methods
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from idforge.engine.inputs import ImageSource, load_named
 from idforge.engine.result import GenerationResult
 from idforge.engine.session import Engine
-from idforge.errors import NoFaceError
+from idforge.errors import NoFaceError, face_input
 from idforge.faces.scoring import (
     IdentityReport,
     ReferenceEmbedding,
@@ -33,7 +33,7 @@ def engine_reference(
     """The references' mean normed embedding with `analyzer`, through the engine's face cache."""
     faces, names = [], []
     for index, source in enumerate(references):
-        named = load_named(source, f"face image {index}")
+        named = load_named(source, face_input(index))
         faces.append(
             engine.analyze_face(analyzer, named.image, name=named.name, pick=pick, det_size=det_size)
         )

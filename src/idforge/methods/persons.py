@@ -29,7 +29,7 @@ import numpy as np
 
 from idforge.engine.inputs import ImageSource, image_name, load_named
 from idforge.engine.sizing import instantid_size
-from idforge.errors import ParameterError, check_choice, check_range
+from idforge.errors import InputName, ParameterError, check_choice, check_range, face_input, person_input
 from idforge.imageio import load_mask
 
 REGION_NAMES = ("left", "right", "top", "bottom")
@@ -117,9 +117,11 @@ def check_persons(persons: Sequence[Any]) -> None:
         raise ParameterError("persons", f"{len(persons)} persons given, at most {MAX_PERSONS}")
     for index, person in enumerate(persons, start=1):
         if not isinstance(person, Person):
-            raise ParameterError(f"person {index}", f"expected a Person, got {type(person).__name__}")
+            raise ParameterError(person_input(index), f"expected a Person, got {type(person).__name__}")
         if not person.faces:
-            raise ParameterError(f"person {index} face", "at least one reference face image is needed")
+            raise ParameterError(
+                person_input(index, "face", "face_image"), "at least one reference face image is needed"
+            )
 
 
 def person_params(person: Person, label: str, defaults: Any, fields: dict[str, str]) -> Any:
@@ -132,18 +134,18 @@ def person_params(person: Person, label: str, defaults: Any, fields: dict[str, s
     try:
         return replace(defaults, **overrides)
     except ParameterError as exc:
-        raise ParameterError(f"{label} {exc.name}", exc.problem) from None
+        raise ParameterError(f"{label} {exc.name}", exc.problem, field=_field(label, exc.name)) from None
 
 
 def decode_persons(persons: Sequence[Person]) -> list[Person]:
     """Copies of the persons with their faces decoded and their masks checked (before any model loads)."""
     decoded = []
     for index, person in enumerate(persons, start=1):
-        faces = [
-            load_named(source, f"person {index} face image {i}") for i, source in enumerate(person.faces)
-        ]
+        faces = [load_named(source, face_input(i, person=index)) for i, source in enumerate(person.faces)]
         if person.mask is not None:
-            load_mask(person.mask, (8, 8), name=image_name(person.mask, f"person {index} mask"))
+            load_mask(
+                person.mask, (8, 8), name=image_name(person.mask, person_input(index, "mask", "mask_image"))
+            )
         decoded.append(replace(person, faces=faces))
     return decoded
 
@@ -181,18 +183,28 @@ def region_mask(person: Person, label: str, size: tuple[int, int]) -> np.ndarray
         x1, y1, x2, y2 = person.box
         if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
             raise ParameterError(
-                f"{label} box", f"{x1}:{y1}:{x2}:{y2} reaches outside the {width}x{height} image"
+                f"{label} box",
+                f"{x1}:{y1}:{x2}:{y2} reaches outside the {width}x{height} image",
+                field=_field(label, "box"),
             )
         mask[y1:y2, x1:x2] = 1.0
         return mask
-    name = image_name(person.mask, f"{label} mask")
+    name = image_name(person.mask, InputName(f"{label} mask", _field(label, "mask_image")))
     soft = load_mask(person.mask, size, name=name)
     mask = (soft >= MASK_THRESHOLD).astype(np.float32)
     if not mask.any():
         raise ParameterError(
-            f"{label} mask", f"{name} is empty: no pixel of it is at or above {MASK_THRESHOLD}"
+            f"{label} mask",
+            f"{name} is empty: no pixel of it is at or above {MASK_THRESHOLD}",
+            field=_field(label, "mask_image"),
         )
     return mask
+
+
+def _field(label: str, name: str) -> str | None:
+    """`persons[i].<name>` for a person's label (an InputName), None for a plain one."""
+    base = getattr(label, "field", None)
+    return f"{base}.{name}" if base else None
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -212,6 +224,7 @@ def check_disjoint(labels: Sequence[str], masks: Sequence[np.ndarray], persons: 
                     f"{labels[i]}/{labels[j]} regions",
                     f"{persons[i].region_text()} and {persons[j].region_text()} overlap by {shared} pixels; "
                     "regions must be disjoint",
+                    field=getattr(labels[i], "field", None),
                 )
 
 
@@ -219,7 +232,7 @@ def person_regions(persons: Sequence[Person], size: tuple[int, int]) -> list[np.
     """Every person's region mask at the output size, checked: inside the image, not empty, disjoint
     (InstantID and FaceID alike)."""
     persons = list(persons)
-    labels = [f"person {i}" for i in range(1, len(persons) + 1)]
+    labels = [person_input(i) for i in range(1, len(persons) + 1)]
     masks = [region_mask(person, label, size) for person, label in zip(persons, labels, strict=True)]
     check_disjoint(labels, masks, persons)
     return masks

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from idforge import __version__
 from idforge.errors import IdforgeError
+from idforge.methods.registry import methods as registered_methods
 from idforge.server import previews, studio
 from idforge.server.contract import TERMINAL, result_body, status_body, submit_body
 from idforge.server.db import Store
@@ -39,7 +40,7 @@ from idforge.server.jobs import (
     QueueFull,
     ServerStopping,
 )
-from idforge.server.methods import billed_steps, build_spec, field_for, output_count
+from idforge.server.methods import billed_steps, build_spec, error_field, output_count
 from idforge.server.metrics import CONTENT_TYPE, metrics_registry, render
 from idforge.server.middleware import RequestContext, error_location, error_response
 from idforge.server.outbox import WebhookOutbox
@@ -48,11 +49,8 @@ from idforge.server.schemas import (
     AcceptedResponse,
     CancelResponse,
     ErrorResponse,
-    FaceIDBody,
     HealthResponse,
     ImageResponse,
-    InstaDepthBody,
-    InstantIDBody,
     JobResultResponse,
     JobStatusResponse,
     RequestFieldError,
@@ -241,10 +239,7 @@ def create_app(
 
     @app.exception_handler(IdforgeError)
     async def on_idforge(request: Request, exc: IdforgeError):
-        name = getattr(exc, "name", None)
-        return error_response(
-            400, str(exc), request, name if isinstance(exc, RequestFieldError) else field_for(name)
-        )
+        return error_response(400, str(exc), request, error_field(exc))
 
     # -- auth -----------------------------------------------------------------------------------------------------
     async def api_key(
@@ -348,7 +343,7 @@ def create_app(
             submit_body(submitted.job_id, base_url(request), submitted.position, cost), status_code=202
         )
 
-    def register(path: str, method: str, body_type: type, summary: str) -> None:
+    def register(path: str, method: str, body_type: type, summary: str, about: dict[str, Any]) -> None:
         async def v1_endpoint(request: Request, body: body_type, key: Auth):  # type: ignore[valid-type]
             return await run_sync(method, body, key, request)
 
@@ -376,11 +371,12 @@ def create_app(
             responses={202: {"model": AcceptedResponse}} | ERROR_RESPONSES,
             response_model=None,
             operation_id=f"v2_{method.replace('-', '_')}",
+            openapi_extra={"x-idforge-method": about},
         )(v2_endpoint)
 
-    register("insta-depth", "insta-depth", InstaDepthBody, "Insta Depth: InstantID + depth ControlNet")
-    register("instantid", "instantid", InstantIDBody, "InstantID")
-    register("faceid", "faceid", FaceIDBody, "IP-Adapter FaceID (batch included)")
+    for method in registered_methods():
+        about = {"title": method.title, "previews": list(method.previews)}
+        register(method.name, method.name, method.body, method.summary, about)
 
     # -- the v2 job resources ---------------------------------------------------------------------------------
     async def own_job(request_id: str, key: KeyRecord, request: Request, *, allow_expired: bool = False):

@@ -6,7 +6,7 @@ of the key: the prompt, the negative prompt, the style (each prompt is encoded a
 its own noise), the face images (each sample gets its own tokens and keypoint image) and the scoring pack.
 Anything the batched engine path does not handle per sample makes the job run alone (key None): several persons,
 a mask, the face-box region, best-of-N, several images per job, a size taken from the keypoint image.
-Only InstantID has a batched path so far (methods/instantid/batch.py).
+A method batches when its registry entry has `batch_key` and `run_batch` (InstantID so far: methods/instantid/batch.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ import json
 from typing import Any
 
 from idforge.server.jobs import JobSpec
-
-PER_SAMPLE_PARAMS = frozenset({"prompt", "negative_prompt", "seed", "style", "score_models", "base64"})
-BATCHED_METHODS = frozenset({"instantid"})
 
 
 def spec_batch_key(spec: JobSpec) -> str | None:
@@ -31,19 +28,18 @@ def _given(images: dict[str, Any]) -> dict[str, Any]:
 
 
 def params_batch_key(method: str, params: dict[str, Any], given: dict[str, Any]) -> str | None:
-    """The key from a job's parameters and which image fields it gave (`given[name]` true when present)."""
-    if method not in BATCHED_METHODS:
+    """The method's key (the registry's `batch_key`) from a job's parameters and which image fields it gave;
+    None for a method without a batched path, or a job that must run alone."""
+    from idforge.errors import ParameterError
+    from idforge.methods.registry import get_method
+
+    try:
+        registered = get_method(method)
+    except ParameterError:
         return None
-    if params.get("persons") or given.get("mask_image") or params.get("enhance_face_region"):
+    if registered.batch_key is None or registered.run_batch is None:
         return None
-    if params.get("best_of", 1) != 1 or params.get("num_images", 1) != 1:
-        return None
-    if params.get("width") is None or params.get("height") is None:
-        return None
-    shared = {name: value for name, value in sorted(params.items()) if name not in PER_SAMPLE_PARAMS}
-    images = sorted(name for name, present in given.items() if present and name != "extra_face_images")
-    references = 1 + len(given.get("extra_face_images") or [])  # concat: tokens per reference
-    return json.dumps([method, shared, images, references], sort_keys=True, default=str)
+    return registered.batch_key(params, given)
 
 
 def payload_batch_key(method: str, payload: str) -> str | None:

@@ -11,36 +11,43 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from PIL import Image
 
-from idforge.engine.params import GenerationParams
 from idforge.errors import IdforgeError, ModelFormatError, ModelNotFoundError, ParameterError
-from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.registry import (
+    GENERATION_FIELDS,
+    Method,
+    MethodCall,
+    generation_from_params,
+    get_method,
+    method_names,
+)
 from idforge.server.images import ImagePolicy, image_bytes
 from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback, WarmUpReport
-from idforge.server.segmind_names import SEGMIND_TO_OURS
 from idforge.styles import get_style
 
 log = logging.getLogger("idforge.server.methods")
+
+
+def warm_up_methods() -> tuple[str, ...]:
+    """Every registered method (the default of `idforge serve --warm-up`)."""
+    return method_names()
+
+
 WARM_UP_METHODS = ("insta-depth", "instantid", "faceid")
 
-IMAGE_FIELDS = ("face_image", "pose_image", "kps_image", "mask_image", "negative_image", "extra_face_images")
-NOT_PARAMS = ("webhook_url", *SEGMIND_TO_OURS)  # about the job, or already mapped onto our names
+
+def image_fields(method: Method) -> set[str]:
+    return {image.field for image in method.images} | {image.extra for image in method.images if image.extra}
 
 
 def output_count(method: str, body: Any) -> int:
     """How many images a request generates (the price is per image): best-of-N generates N per delivered one."""
-    if method == "faceid":
-        refs = 1 + len(body.extra_face_images)
-        delivered = max(body.num_images, refs) if body.batch else body.num_images  # as FaceID's batch rule
-    else:
-        delivered = getattr(body, "num_images", 1)
-    return delivered * getattr(body, "best_of", 1)
+    return get_method(method).output_count(body)
 
 
 def billed_steps(body: Any) -> int:
@@ -81,12 +88,14 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
         raise ParameterError("end_at", f"{end} is before start_at {start}")
     if not body.base64 and output_count(method, body) > 1:
         raise ParameterError("base64", "several images need base64 true (a JPEG body holds one image)")
+    registered = get_method(method)
     images: dict[str, bytes | list[bytes] | None] = {}
     params: dict[str, Any] = {}
     given = body.model_fields_set
+    fields = image_fields(registered)
     for name, value in body.model_dump().items():
-        if name in NOT_PARAMS:
-            continue
+        if name == "webhook_url" or name in type(body).ALIASES:
+            continue  # about the job, or already mapped onto our names
         if (
             body.preset is not None
             and name in ("num_inference_steps", "guidance_scale")
@@ -96,7 +105,7 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
             continue
         if name == "persons":
             params["persons"] = _person_fields(value, images, policy)
-        elif name not in IMAGE_FIELDS:
+        elif name not in fields:
             params[name] = value
         elif isinstance(value, list):
             images[name] = [image_bytes(v, f"{name}[{i}]", policy) for i, v in enumerate(value)]
@@ -105,8 +114,8 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
         else:
             images[name] = None
     spec = JobSpec(method=method, params=params, images=images)
-    if method == "instantid":
-        check_instantid_faces(spec)
+    if registered.check is not None:
+        registered.check(method_call(spec))
     return spec
 
 
@@ -156,93 +165,30 @@ def persons_from_spec(spec: JobSpec) -> list[Any]:
     return persons
 
 
-def check_instantid_faces(spec: JobSpec) -> None:
-    """face_image, or persons (with regions inside the image and disjoint): checked before anything is queued."""
-    has_face = spec.images.get("face_image") is not None
-    if not spec.params.get("persons"):
-        if not has_face:
-            raise ParameterError(
-                "face_image", "required (or `persons`: several people, each with a face_image)"
-            )
-        return
-    if has_face or spec.images.get("extra_face_images") or spec.images.get("mask_image") is not None:
-        raise ParameterError(
-            "persons", "replaces face_image, extra_face_images and mask_image: give each person's own instead"
-        )
-    from idforge.methods.instantid.persons import check_person_request
-    from idforge.methods.persons import output_size, person_regions
-
-    request = instantid_request(spec)
-    check_person_request(request)
-    person_regions(request.persons, output_size(request))
+def method_call(spec: JobSpec) -> MethodCall:
+    """The registry's MethodCall of a decoded job (the same the CLI builds from its flags)."""
+    params = spec.params
+    return MethodCall(
+        params=params,
+        images=spec.images,
+        generation=generation_from_params(params),
+        persons=persons_from_spec(spec),
+    )
 
 
 def warm_up_spec(method: str) -> JobSpec:
     """A tiny job for `method` on a synthetic face (not the one the tests and demos send, so no cache is primed
     for them), with every other parameter at the API's defaults."""
     from idforge.demo.samples import square_face_png
-    from idforge.server.schemas import METHOD_BODIES
 
     face = base64.b64encode(square_face_png(size=160, box=(40, 36, 120, 116))).decode("ascii")
-    fields: dict[str, Any] = {"prompt": "warm-up", "face_image": face, "width": 64, "height": 64, "seed": 0}
-    if method == "insta-depth":
-        fields["pose_image"] = face
-    body = METHOD_BODIES[method](**fields)
+    registered = get_method(method)
+    fields: dict[str, Any] = {"prompt": "warm-up", "width": 64, "height": 64, "seed": 0}
+    fields |= {name: face for name in registered.warm_up_images}
+    body = registered.body(**fields)
     spec = build_spec(method, body, ImagePolicy(allow_urls=False))
     spec.params["num_inference_steps"] = 2  # below the API's minimum: only the warm-up may do this
     return spec
-
-
-def _generation(params: dict[str, Any], num_images: int = 1) -> GenerationParams:
-    """Sampler settings; the style is applied where the prompt is encoded (GenerationParams.style), so the recipe
-    keeps the prompt as given beside the styled one."""
-    return GenerationParams(
-        prompt=params["prompt"],
-        negative_prompt=params.get("negative_prompt") or "",
-        steps=params["num_inference_steps"],
-        guidance=params["guidance_scale"],
-        seed=None if params["seed"] < 0 else params["seed"],
-        width=params.get("width"),
-        height=params.get("height"),
-        num_images=num_images,
-        style=params.get("style"),
-        preset=params.get("preset"),
-        best_of=params.get("best_of", 1),
-        score_models=params.get("score_models"),
-    )
-
-
-_NAME_TO_FIELD = (
-    (re.compile(r"^(persons\[\d+\]\.\w+)"), lambda m: m.group(1)),  # already a field path
-    (re.compile(r"^person (\d+) face"), lambda m: f"persons[{int(m.group(1)) - 1}].face_image"),
-    (re.compile(r"^person (\d+) mask"), lambda m: f"persons[{int(m.group(1)) - 1}].mask_image"),
-    (re.compile(r"^person (\d+) (\w+)"), lambda m: f"persons[{int(m.group(1)) - 1}].{m.group(2)}"),
-    (re.compile(r"^person (\d+)"), lambda m: f"persons[{int(m.group(1)) - 1}]"),
-    (
-        re.compile(r"^face image (\d+)$"),
-        lambda m: "face_image" if m.group(1) == "0" else f"extra_face_images[{int(m.group(1)) - 1}]",
-    ),
-    (re.compile(r"pose"), lambda m: "pose_image"),
-    (re.compile(r"keypoint|kps"), lambda m: "kps_image"),
-    (re.compile(r"mask"), lambda m: "mask_image"),
-    (re.compile(r"negative"), lambda m: "negative_image"),
-    (re.compile(r"^(face|reference)"), lambda m: "face_image"),
-)
-
-_PARAM_TO_FIELD = {"steps": "num_inference_steps", "guidance": "guidance_scale", "seed": "seed"}
-
-
-def field_for(name: str | None) -> str | None:
-    """The request field an engine error names ("face image 0" -> face_image, "steps" -> num_inference_steps)."""
-    if not name:
-        return None
-    if name in _PARAM_TO_FIELD:
-        return _PARAM_TO_FIELD[name]
-    for pattern, to_field in _NAME_TO_FIELD:
-        match = pattern.search(name)
-        if match:
-            return to_field(match)
-    return name
 
 
 def make_generator(config: Any) -> EngineGenerator:
@@ -257,36 +203,15 @@ def make_generator(config: Any) -> EngineGenerator:
 
 def instantid_request(spec: JobSpec):
     """The engine's InstantIDRequest for an InstantID job (one person, or several with `persons`)."""
-    from idforge.methods.instantid.core import InstantIDRequest
-
-    p = spec.params
-    face = spec.images.get("face_image")
-    return InstantIDRequest(
-        faces=[face, *(spec.images.get("extra_face_images") or [])] if face is not None else [],
-        persons=persons_from_spec(spec),
-        generation=_generation(p, num_images=p["num_images"]),
-        instantid=InstantIDParams(
-            ip_weight=p["ip_weight"],
-            cn_strength=p["cn_strength"],
-            start_at=p["start_at"],
-            end_at=p["end_at"],
-            noise=p["noise"],
-            combine_embeds=p["combine_embeds"],
-            enhance_face_region=p["enhance_face_region"],
-        ),
-        pose=spec.images.get("pose_image"),
-        kps_image=spec.images.get("kps_image"),
-        mask=spec.images.get("mask_image"),
-        pose_fallback=p["pose_fallback"],
-    )
+    return get_method("instantid").build_request(method_call(spec))
 
 
-def _job_error(exc: Exception) -> Exception:
+def _job_error(exc: Exception, method: str) -> Exception:
     """Bad input found while generating (no face, out-of-range combination) is a 400 naming the field; a set-up
     problem of the server (missing or wrong models) and anything else stays as it is (500, logged)."""
     if isinstance(exc, ModelFormatError | ModelNotFoundError) or not isinstance(exc, IdforgeError):
         return exc
-    return JobError(400, str(exc), field_for(getattr(exc, "name", None)))
+    return JobError(400, str(exc), get_method(method).error_field(exc))
 
 
 def _job_output(spec: JobSpec, result: Any, extras: dict[str, Image.Image]) -> JobOutput:
@@ -347,15 +272,16 @@ class EngineGenerator:
         return unavailable
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput:
-        run = {"insta-depth": self._insta_depth, "instantid": self._instantid, "faceid": self._faceid}.get(
-            spec.method
-        )
-        if run is None:
-            raise JobError(400, f"unknown method {spec.method!r}")
         try:
-            result, extras = run(spec, progress)
+            method = get_method(spec.method)
+        except ParameterError:
+            raise JobError(400, f"unknown method {spec.method!r}") from None
+        try:
+            call = method_call(spec)
+            result = method.run(self.engine, method.build_request(call), progress)
+            extras = method.extras(call, result) if method.extras else {}
         except Exception as exc:
-            error = _job_error(exc)
+            error = _job_error(exc, spec.method)
             if error is exc:
                 raise  # a set-up problem of the server or a bug: 500, logged by the worker
             raise error from exc
@@ -366,66 +292,32 @@ class EngineGenerator:
     ) -> list[JobOutput | BaseException]:
         """Several jobs that share a denoising pass (server/batching.py gave them one key): one output or one
         exception per job, in order. A job whose own inputs fail gets its error; the others still run."""
-        methods = {spec.method for spec in specs}
-        if methods != {"instantid"}:
-            raise JobError(500, f"no batched path for {sorted(methods)}")
-        from idforge.methods.instantid.batch import generate_instantid_batch
-
+        names = {spec.method for spec in specs}
+        method = get_method(next(iter(names))) if len(names) == 1 else None
+        if method is None or method.run_batch is None:
+            raise JobError(500, f"no batched path for {sorted(names)}")
         outcomes: list[JobOutput | BaseException | None] = [None] * len(specs)
         requests, slots = [], []
         for index, spec in enumerate(specs):
             try:
-                requests.append(instantid_request(spec))
+                requests.append(method.build_request(method_call(spec)))
                 slots.append(index)
             except Exception as exc:  # noqa: BLE001 - a bad parameter of this job fails this job alone
                 outcomes[index] = exc
-        results = generate_instantid_batch(self.engine, requests, progress) if requests else []
+        results = method.run_batch(self.engine, requests, progress) if requests else []
         for index, result in zip(slots, results, strict=True):
             if isinstance(result, Exception):
-                outcomes[index] = _job_error(result)
+                outcomes[index] = _job_error(result, method.name)
             else:
                 outcomes[index] = _job_output(specs[index], result, {})
         return outcomes  # type: ignore[return-value]
 
-    def _insta_depth(self, spec: JobSpec, progress: ProgressCallback):
-        from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
 
-        p = spec.params
-        request = InstaDepthRequest(
-            face=spec.images["face_image"], pose=spec.images["pose_image"], generation=_generation(p)
-        )
-        result = generate_insta_depth(self.engine, request, progress)
-        extras: dict[str, Image.Image] = {}
-        if p["return_depth_map"] and isinstance(result.extras.get("depth_map"), Image.Image):
-            extras["depth_map"] = result.extras["depth_map"]
-        return result, extras
-
-    def _instantid(self, spec: JobSpec, progress: ProgressCallback):
-        from idforge.methods.instantid.generate import generate_instantid
-
-        return generate_instantid(self.engine, instantid_request(spec), progress), {}
-
-    def _faceid(self, spec: JobSpec, progress: ProgressCallback):
-        from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
-        from idforge.methods.faceid.generate import generate_faceid
-
-        p = spec.params
-        request = FaceIDRequest(
-            faces=[spec.images["face_image"], *(spec.images.get("extra_face_images") or [])],
-            generation=_generation(p, num_images=p["num_images"]),
-            faceid=FaceIDParams(
-                weight=p["weight"],
-                weight_faceidv2=p["weight_faceidv2"],
-                weight_type=p["weight_type"],
-                combine_embeds=p["combine_embeds"],
-                start_at=p["start_at"],
-                end_at=p["end_at"],
-                embeds_scaling=p["embeds_scaling"],
-                lora_strength=p["lora_strength"],
-                batch=p["batch"],
-            ),
-            negative_image=spec.images.get("negative_image"),
-            attn_mask=spec.images.get("mask_image"),
-            adapter=p["adapter"],
-        )
-        return generate_faceid(self.engine, request, progress), {}
+def error_field(exc: Exception) -> str | None:
+    """The request field an error raised before queuing names: the one it carries, else its parameter name
+    in the body's vocabulary (GenerationParams' `steps` is `num_inference_steps`)."""
+    typed = getattr(exc, "field", None)
+    if typed:
+        return typed
+    name = getattr(exc, "name", None)
+    return None if not name else GENERATION_FIELDS.get(str(name), str(name))

@@ -38,17 +38,20 @@ from idforge.engine.scoring import reference_advice
 from idforge.engine.session import Engine
 from idforge.errors import (
     InputImageError,
+    InputName,
     ModelFormatError,
     ModelNotFoundError,
     NoFaceError,
     ParameterError,
     check_choice,
     check_range,
+    face_input,
 )
 from idforge.identity.attention import SCALING_MODES
 from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
 from idforge.imageio import load_mask
+from idforge.methods.presets import identity_strength
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -81,7 +84,7 @@ def _normalise_scaling(name: str) -> str:
 class FaceIDParams:
     """Every control of ComfyUI's IPAdapter FaceID (Batch) node (seed 001) plus our batch/face options."""
 
-    weight: float = 1.0
+    weight: float | None = None  # None: the few-step preset's faceid_weight, else 1.0 (methods/presets.py)
     weight_faceidv2: float = 1.0
     weight_type: str = "linear"
     combine_embeds: str = "concat"
@@ -95,7 +98,8 @@ class FaceIDParams:
     det_size: int = 640
 
     def __post_init__(self) -> None:
-        check_range("weight", self.weight, -1.0, 3.0)
+        if self.weight is not None:
+            check_range("weight", self.weight, -1.0, 3.0)
         check_range("weight_faceidv2", self.weight_faceidv2, -1.0, 5.0)
         self.weight_type = check_choice("weight_type", self.weight_type.strip(), WEIGHT_TYPES)
         self.combine_embeds = check_choice(
@@ -135,6 +139,10 @@ class FaceIDRequest:
     # Several people in one image (methods/faceid/persons.py): each Person with its faces, weight, window and
     # region; `faces` and `attn_mask` stay empty then.
     persons: Sequence[Any] = ()
+
+    def __post_init__(self) -> None:
+        weight = identity_strength("faceid_weight", self.faceid.weight, self.generation.preset)
+        self.faceid = replace(self.faceid, weight=weight)  # the preset's, when not given
 
 
 @dataclass
@@ -184,14 +192,16 @@ def _load(source: ImageSource | NamedImage, fallback: str) -> Image.Image:
 
 def decode_inputs(request: FaceIDRequest) -> FaceIDRequest:
     """A copy of the request with every image decoded and checked: bad input fails before any model loads."""
-    faces = [
-        load_named(source, f"face image {i}") for i, source in enumerate(expand_face_sources(request.faces))
-    ]
+    faces = [load_named(source, face_input(i)) for i, source in enumerate(expand_face_sources(request.faces))]
     negative = request.negative_image
     if negative is not None:
         negative = load_named(negative, "negative image")
     if request.attn_mask is not None:
-        load_mask(request.attn_mask, (8, 8), name=image_name(request.attn_mask, "attn mask"))
+        load_mask(
+            request.attn_mask,
+            (8, 8),
+            name=image_name(request.attn_mask, InputName("attn mask", "mask_image")),
+        )
     return replace(request, faces=faces, negative_image=negative)
 
 
@@ -342,7 +352,7 @@ def prepare_faceid(
     embeddings, crops, faces_info = [], [], []
     crop_size = crop_size_for(ckpt.cross_dim)
     for index, source in enumerate(expand_face_sources(request.faces)):
-        name = image_name(source, f"face image {index}")
+        name = image_name(source, face_input(index))
         image = _load(source, name)
         try:
             face = engine.analyze_face(analyzer, image, name=name, pick=params.pick, det_size=params.det_size)

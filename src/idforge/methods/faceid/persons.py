@@ -23,7 +23,7 @@ from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
-from idforge.errors import NoFaceError, ParameterError
+from idforge.errors import InputName, NoFaceError, ParameterError, person_input
 from idforge.methods.faceid.core import (
     FaceIDParams,
     FaceIDRequest,
@@ -60,8 +60,10 @@ def check_faceid_persons(request: FaceIDRequest) -> list[FaceIDParams]:
     resolved = []
     for index, person in enumerate(request.persons, start=1):
         if person.cn_strength is not None:
-            raise ParameterError(f"person {index} cn_strength", "FaceID has no IdentityNet; leave it out")
-        resolved.append(person_params(person, f"person {index}", request.faceid, FACEID_FIELDS))
+            raise ParameterError(
+                person_input(index, "cn_strength"), "FaceID has no IdentityNet; leave it out"
+            )
+        resolved.append(person_params(person, person_input(index), request.faceid, FACEID_FIELDS))
     return resolved
 
 
@@ -113,7 +115,10 @@ def generate_faceid_persons(
                 part = replace(request, faces=person.faces, faceid=params)
                 prepared.append(prepare_faceid(engine, part, models, gen.num_images))
             except NoFaceError as exc:
-                raise NoFaceError(f"person {index} face {exc.name}", exc.sizes_tried) from None
+                raise NoFaceError(
+                    InputName(f"person {index} face {exc.name}", f"persons[{index - 1}].face_image"),
+                    exc.sizes_tried,
+                ) from None
 
     from idforge.identity.attention import IdentityAttention
 

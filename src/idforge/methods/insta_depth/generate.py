@@ -26,7 +26,7 @@ from idforge.engine.result import GenerationResult
 from idforge.engine.scoring import attach_identity
 from idforge.engine.session import Engine
 from idforge.engine.sizing import instantid_size
-from idforge.errors import NoFaceError, ParameterError, check_range
+from idforge.errors import POSE, InputName, NoFaceError, ParameterError, check_range
 from idforge.methods.instantid.core import (
     ExtraControl,
     ImageSource,
@@ -78,6 +78,9 @@ class InstaDepthRequest:
     depth_controlnet: str | None = None
     depth_estimator: str | None = None
 
+    def __post_init__(self) -> None:
+        self.instantid = self.instantid.with_preset(self.generation.preset)  # the preset's, when not given
+
 
 def output_size(gen: GenerationParams, pose_size: tuple[int, int]) -> tuple[int, int]:
     """Width and height: both given, or InstantID's resize rule on the pose image."""
@@ -109,8 +112,8 @@ def generate_insta_depth(
     started = time.perf_counter()
     params = request.instantid
     # Every input image is decoded before any model loads: bad input fails fast and costs nothing.
-    face = load_named(request.face, "face image")
-    pose = load_named(request.pose, "pose image")
+    face = load_named(request.face, InputName("face image", "face_image"))
+    pose = load_named(request.pose, POSE)
     pose_image, pose_name = pose.image, pose.name
     width, height = output_size(request.generation, pose_image.size)
     gen = dataclasses.replace(request.generation, width=width, height=height)

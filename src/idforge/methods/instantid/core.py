@@ -33,7 +33,15 @@ from idforge.engine.scoring import reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
-from idforge.errors import ModelFormatError, NoFaceError, ParameterError
+from idforge.errors import (
+    KPS,
+    POSE,
+    InputName,
+    ModelFormatError,
+    NoFaceError,
+    ParameterError,
+    face_input,
+)
 from idforge.identity.attention import timestep_window
 from idforge.imageio import load_mask
 from idforge.methods.instantid.params import InstantIDParams
@@ -59,6 +67,9 @@ class InstantIDRequest:
     # `faces` and `mask` stay empty then, and pose/kps_image give the keypoints of every person.
     persons: Sequence[Any] = ()
 
+    def __post_init__(self) -> None:
+        self.instantid = self.instantid.with_preset(self.generation.preset)  # the preset's, when not given
+
 
 @dataclass
 class PreparedInstantID:
@@ -78,12 +89,12 @@ def load_request_images(request: InstantIDRequest) -> InstantIDRequest:
     """A copy of the request with every image decoded and checked: bad input fails before any model loads."""
     if not request.faces:
         raise ParameterError("face", "at least one reference face image is needed")
-    faces = [load_named(source, f"face image {i}") for i, source in enumerate(request.faces)]
-    pose = load_named(request.pose, "pose image") if request.pose is not None else None
-    kps_image = load_named(request.kps_image, "keypoint image") if request.kps_image is not None else None
+    faces = [load_named(source, face_input(i)) for i, source in enumerate(request.faces)]
+    pose = load_named(request.pose, POSE) if request.pose is not None else None
+    kps_image = load_named(request.kps_image, KPS) if request.kps_image is not None else None
     if request.mask is not None:
         load_mask(
-            request.mask, (8, 8), name=image_name(request.mask, "mask")
+            request.mask, (8, 8), name=image_name(request.mask, InputName("mask", "mask_image"))
         )  # readable? (alpha matters: keep source)
     return replace(request, faces=faces, pose=pose, kps_image=kps_image)
 
@@ -116,17 +127,17 @@ def identity_tokens(
     faces: Sequence[ImageSource],
     params: InstantIDParams,
     projection: torch.nn.Module,
-    label: str = "face image",
+    person: int | None = None,
 ) -> IdentityTokens:
     """Analyse the reference faces, combine their raw embeddings and project cond and uncond through the
-    Resampler. `label` names in-memory images in error messages ("person 2 face image 0")."""
+    Resampler. `person` (1-based) names in-memory images as that person's ("person 2 face image 0")."""
     if not faces:
         raise ParameterError("face", "at least one reference face image is needed")
     reference_faces = []
     faces_info = []
     warnings: list[str] = []
     for index, source in enumerate(faces):
-        named = load_named(source, f"{label} {index}")
+        named = load_named(source, face_input(index, person=person))
         face = engine.analyze_face(
             analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
         )
@@ -169,11 +180,11 @@ def prepare_instantid(
     ready_kps: Image.Image | None = None
     face_box = None
     if request.kps_image is not None:
-        ready_kps = load_named(request.kps_image, "keypoint image").image
+        ready_kps = load_named(request.kps_image, KPS).image
         kps_source_size = ready_kps.size
         kps = None
     elif request.pose is not None:
-        pose = load_named(request.pose, "pose image")
+        pose = load_named(request.pose, POSE)
         pose_image, pose_name = pose.image, pose.name
         kps_source_size = pose_image.size
         try:

@@ -7,7 +7,7 @@ nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from idforge.engine.params import check_pick
 from idforge.errors import ParameterError, check_choice, check_range
@@ -24,8 +24,9 @@ def _normalise_combine(name: str) -> str:
 class InstantIDParams:
     """Every control of ComfyUI's "Apply InstantID Advanced" (seed 000) plus the official demo's extras."""
 
-    ip_weight: float = 0.8
-    cn_strength: float = 0.8
+    # None: the few-step preset's recommendation, else 0.8 (methods/presets.py; the request resolves them)
+    ip_weight: float | None = None
+    cn_strength: float | None = None
     start_at: float = 0.0
     end_at: float = 1.0
     noise: float = 0.0
@@ -35,8 +36,10 @@ class InstantIDParams:
     det_size: int = 640
 
     def __post_init__(self) -> None:
-        check_range("ip_weight", self.ip_weight, 0.0, 3.0)
-        check_range("cn_strength", self.cn_strength, 0.0, 10.0)
+        if self.ip_weight is not None:
+            check_range("ip_weight", self.ip_weight, 0.0, 3.0)
+        if self.cn_strength is not None:
+            check_range("cn_strength", self.cn_strength, 0.0, 10.0)
         check_range("start_at", self.start_at, 0.0, 1.0)
         check_range("end_at", self.end_at, 0.0, 1.0)
         if self.end_at < self.start_at:
@@ -47,3 +50,13 @@ class InstantIDParams:
         )
         self.pick = check_pick(self.pick)
         check_range("det_size", self.det_size, 64, 2048)
+
+    def with_preset(self, preset: str | None) -> InstantIDParams:
+        """A copy whose unset strengths are the preset's recommendation (or the defaults)."""
+        from idforge.methods.presets import identity_strength
+
+        return replace(
+            self,
+            ip_weight=identity_strength("ip_weight", self.ip_weight, preset),
+            cn_strength=identity_strength("cn_strength", self.cn_strength, preset),
+        )

@@ -32,7 +32,7 @@ from idforge.engine.sampling import sample_and_decode
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.engine.sizing import scale_box, scale_kps
-from idforge.errors import NoFaceError, ParameterError
+from idforge.errors import KPS, POSE, InputName, NoFaceError, ParameterError, person_input
 from idforge.methods.instantid.core import (
     IdentityRun,
     InstantIDRequest,
@@ -82,7 +82,7 @@ def check_person_request(request: InstantIDRequest) -> list[InstantIDParams]:
         )
     fields = {name: name for name in ("ip_weight", "cn_strength", "start_at", "end_at")}
     return [
-        person_params(person, f"person {index}", request.instantid, fields)
+        person_params(person, person_input(index), request.instantid, fields)
         for index, person in enumerate(request.persons, start=1)
     ]
 
@@ -90,8 +90,8 @@ def check_person_request(request: InstantIDRequest) -> list[InstantIDParams]:
 def load_person_images(request: InstantIDRequest) -> InstantIDRequest:
     """A copy of the request with every person's faces, the pose and the keypoint image decoded, and every mask
     checked: a bad image fails, naming it, before any model loads."""
-    pose = load_named(request.pose, "pose image") if request.pose is not None else None
-    kps_image = load_named(request.kps_image, "keypoint image") if request.kps_image is not None else None
+    pose = load_named(request.pose, POSE) if request.pose is not None else None
+    kps_image = load_named(request.kps_image, KPS) if request.kps_image is not None else None
     return replace(request, persons=decode_persons(request.persons), pose=pose, kps_image=kps_image)
 
 
@@ -105,7 +105,7 @@ def prepare_persons(
     analyzer = engine.face_analyzer(request.face_models)
     width, height = output_size(request)
     persons = list(request.persons)
-    labels = [f"person {i}" for i in range(1, len(persons) + 1)]
+    labels = [person_input(i) for i in range(1, len(persons) + 1)]
     masks = person_regions(request.persons, (width, height))
     warnings: list[str] = []
 
@@ -113,7 +113,7 @@ def prepare_persons(
     pose_kps: list[np.ndarray] = []
     pose_name = ""
     if request.pose is not None:
-        pose = load_named(request.pose, "pose image")
+        pose = load_named(request.pose, POSE)
         pose_name = pose.name
         det_size = request.instantid.det_size
         found = analyzer.find_faces(pose.image, det_size=det_size, name=pose_name)
@@ -128,19 +128,20 @@ def prepare_persons(
             pose_boxes.append(scale_box(face.bbox, pose.image.size, (width, height)))
     ready_kps = None
     if request.kps_image is not None:
-        ready = load_named(request.kps_image, "keypoint image").image.convert("RGB")
+        ready = load_named(request.kps_image, KPS).image.convert("RGB")
         ready_kps = np.asarray(ready.resize((width, height), Image.BICUBIC))
 
     prepared: list[PreparedPerson] = []
-    for person, label, mask, params in zip(persons, labels, masks, params_list, strict=True):
+    for number, (person, label, mask, params) in enumerate(
+        zip(persons, labels, masks, params_list, strict=True), start=1
+    ):
         try:
-            identity = identity_tokens(
-                engine, analyzer, person.faces, params, projection, label=f"{label} face image"
-            )
+            identity = identity_tokens(engine, analyzer, person.faces, params, projection, person=number)
         except NoFaceError as exc:
             if exc.name.startswith(label):
                 raise
-            raise NoFaceError(f"{label} face {exc.name}", exc.sizes_tried) from None
+            field = f"{label.field}.face_image" if isinstance(label, InputName) else None
+            raise NoFaceError(InputName(f"{label} face {exc.name}", field), exc.sizes_tried) from None
         warnings += [f"{label}: {warning}" for warning in identity.warnings]
         box = mask_box(mask)
         face_box: np.ndarray | None
@@ -157,7 +158,7 @@ def prepare_persons(
                         [round(float(b[0] + b[2]) / 2), round(float(b[1] + b[3]) / 2)] for b in pose_boxes
                     ]
                     raise ParameterError(
-                        f"{label} region",
+                        InputName(f"{label} region", f"{label.field}"),
                         f"no face of the pose image {pose_name} has its centre in {person.region_text()} "
                         f"(face centres at output size: {centres}); move the region or pass pose_fallback "
                         "to use the person's own keypoints",

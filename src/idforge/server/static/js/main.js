@@ -9,7 +9,8 @@ import { imageRecipe, recipeToForm, summaryLine } from "./recipe.js";
 import { history } from "./history.js";
 
 const $ = (selector) => document.querySelector(selector);
-const METHOD_NAMES = { instantid: "InstantID", faceid: "FaceID", "insta-depth": "Insta Depth" };
+// slug -> title, filled from the server's method registry (the x-idforge-method of each /v2/<slug> operation)
+const METHOD_NAMES = {};
 const ZONES = [
   { field: "face_image", label: "Reference face(s)", multiple: true, help: "One or several photos of the same person.", helpOne: "A photo of the person." },
   { field: "pose_image", label: "Pose image", help: "The photo whose face position (and depth) the result follows." },
@@ -146,6 +147,27 @@ function renderMethod(slug) {
   renderStyles();
   document.title = `idforge studio · ${METHOD_NAMES[slug]}`;
   schedulePreview();
+}
+
+// One radio per registered method, in the server's order: a method added on the server appears here unchanged.
+function renderMethodChoices() {
+  const fieldset = document.querySelector("fieldset.methods");
+  fieldset.querySelectorAll("label").forEach((label) => label.remove());
+  for (const [path, item] of Object.entries(state.schema.paths)) {
+    const info = item.post && item.post["x-idforge-method"];
+    if (!path.startsWith("/v2/") || !info) continue;
+    const slug = path.slice(4);
+    METHOD_NAMES[slug] = info.title;
+    const label = document.createElement("label");
+    const radio = document.createElement("input");
+    radio.type = "radio";
+    radio.name = "method";
+    radio.value = slug;
+    label.append(radio, ` ${info.title}`);
+    fieldset.append(label);
+  }
+  if (!METHOD_NAMES[state.slug]) state.slug = Object.keys(METHOD_NAMES)[0];
+  setupMethods();
 }
 
 function setupMethods() {
@@ -765,7 +787,6 @@ async function checkHealth() {
 
 async function start() {
   setupKey();
-  setupMethods();
   setupRestore();
   $(".skip").addEventListener("click", (event) => {
     event.preventDefault();
@@ -787,6 +808,7 @@ async function start() {
     return;
   }
   state.version = state.schema.info ? state.schema.info.version : "";
+  renderMethodChoices();
   await setupStyles();
   renderMethod(state.slug);
   document.addEventListener("change", (event) => {

@@ -1,0 +1,132 @@
+"""A command for every registered method without a hand-written one: its flags come from the method's body
+(the same vocabulary, defaults and help as its HTTP schema) and its image inputs."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from typing import Any
+
+from idforge.commands._common import (
+    add_generation_arguments,
+    generation_params,
+    make_engine,
+    progress_bar,
+    report,
+)
+from idforge.methods.body import COMMON_FIELDS, JOB_FIELDS
+from idforge.methods.registry import Method, MethodCall, get_method, methods
+
+HAND_WRITTEN = frozenset({"instantid", "faceid", "insta-depth"})  # commands/<name>.py: extra CLI-only options
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for method in methods():
+        if method.name not in HAND_WRITTEN:
+            add_method_command(subparsers, method)
+
+
+def body_flags(method: Method) -> dict[str, str]:
+    """Body field -> flag, for the fields a method adds to the common ones (images and aliases aside)."""
+    images = {image.field for image in method.images} | {
+        image.extra for image in method.images if image.extra
+    }
+    skip = COMMON_FIELDS | JOB_FIELDS | images | set(method.body.ALIASES) | method.cli.skip
+    return {
+        name: method.cli.flags.get(name, "--" + name.replace("_", "-"))
+        for name in method.body.model_fields
+        if name not in skip
+    }
+
+
+def _flag_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
+    """(argparse type, choices) of a body field's annotation: Optional unwrapped, Literal as choices."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = typing.get_args(annotation)
+        return type(choices[0]), choices
+    return annotation, None
+
+
+def add_method_command(subparsers: argparse._SubParsersAction, method: Method) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        method.name, help=method.cli.help or method.summary, conflict_handler="resolve"
+    )
+    for image in method.images:
+        parser.add_argument(
+            image.flag,
+            dest=f"image_{image.field}",
+            action="append" if image.extra else "store",
+            default=[] if image.extra else None,
+            required=image.required,
+            metavar="IMG",
+            help=image.help,
+        )
+    group = parser.add_argument_group(method.title)
+    for name, flag in body_flags(method).items():
+        info = method.body.model_fields[name]
+        kind, choices = _flag_type(info.annotation)
+        text = info.description or ""
+        if kind is bool:
+            group.add_argument(flag, dest=f"param_{name}", action="store_true", default=None, help=text)
+        else:
+            default = None if info.is_required() else info.default
+            group.add_argument(
+                flag,
+                dest=f"param_{name}",
+                type=kind,
+                choices=choices,
+                default=None,
+                help=f"{text} (default {default})",
+            )
+    steps = method.body.model_fields["num_inference_steps"].default
+    guidance = method.body.model_fields["guidance_scale"].default
+    add_generation_arguments(parser, steps=steps, guidance=guidance)
+    if method.cli.add_arguments:
+        method.cli.add_arguments(parser)
+    parser.set_defaults(func=run, method_name=method.name)
+    return parser
+
+
+def method_call(method: Method, args: argparse.Namespace) -> MethodCall:
+    """The MethodCall of the command line: the body's defaults, then every flag given."""
+    params: dict[str, Any] = {}
+    for name in method.body.model_fields:
+        info = method.body.model_fields[name]
+        params[name] = None if info.is_required() else info.get_default(call_default_factory=True)
+    for name in body_flags(method):
+        value = getattr(args, f"param_{name}", None)
+        if value is not None:
+            params[name] = value
+    images: dict[str, Any] = {}
+    for image in method.images:
+        value = getattr(args, f"image_{image.field}")
+        if image.extra:
+            images[image.field] = value[0] if value else None
+            images[image.extra] = value[1:]
+        else:
+            images[image.field] = value
+    options = method.cli.options(args) if method.cli.options else {}
+    return MethodCall(params=params, images=images, generation=generation_params(args), options=options)
+
+
+def run(args: argparse.Namespace) -> int:
+    method = get_method(args.method_name)
+    call = method_call(method, args)
+    if method.check is not None:
+        method.check(call)
+    request = method.build_request(call)
+    choices = method.cli.model_choices(args) if method.cli.model_choices else {}
+    engine = make_engine(args, **choices)
+    update, close = progress_bar(args, method.name)
+    try:
+        result = method.run(engine, request, update)
+    finally:
+        close()
+    written = result.save(args.output)
+    if method.cli.after:
+        method.cli.after(args, result)
+    report(args, result, written)
+    return 0

@@ -1,0 +1,68 @@
+"""IP-Adapter FaceID in the method registry: its body, inputs, request and output count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from idforge.methods.faceid.body import FaceIDBody
+from idforge.methods.registry import ImageInput, Method, MethodCall
+
+
+def build_request(call: MethodCall) -> Any:
+    from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+
+    p = call.params
+    return FaceIDRequest(
+        faces=call.faces(),
+        persons=call.persons,
+        generation=call.generation,
+        faceid=FaceIDParams(
+            weight=p["weight"],
+            weight_faceidv2=p["weight_faceidv2"],
+            weight_type=p["weight_type"],
+            combine_embeds=p["combine_embeds"],
+            start_at=p["start_at"],
+            end_at=p["end_at"],
+            embeds_scaling=p["embeds_scaling"],
+            lora_strength=p["lora_strength"],
+            batch=p["batch"],
+        ),
+        negative_image=call.image("negative_image"),
+        attn_mask=call.image("mask_image"),
+        adapter=p["adapter"],
+    )
+
+
+def run(engine: Any, request: Any, progress: Any) -> Any:
+    from idforge.methods.faceid.generate import generate_faceid
+
+    return generate_faceid(engine, request, progress)
+
+
+def outputs(body: Any) -> int:
+    """FaceID's batch rule: one output per reference, at least num_images."""
+    references = 1 + len(body.extra_face_images)
+    return max(body.num_images, references) if body.batch else body.num_images
+
+
+METHOD = Method(
+    name="faceid",
+    title="FaceID",
+    summary="IP-Adapter FaceID (batch included)",
+    body=FaceIDBody,
+    images=(
+        ImageInput(
+            "face_image",
+            "--face",
+            "reference face or a folder of them (repeatable)",
+            extra="extra_face_images",
+        ),
+        ImageInput("negative_image", "--negative-image", "CLIP negative (plus models)"),
+        ImageInput("mask_image", "--attn-mask", "restrict FaceID to this area"),
+    ),
+    build_request=build_request,
+    run=run,
+    recipe_section="faceid",
+    outputs=outputs,
+    previews=("faces",),
+)

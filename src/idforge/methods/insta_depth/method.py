@@ -1,0 +1,52 @@
+"""Insta Depth in the method registry: its body (seed 002), inputs, request and the depth map it returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from idforge.methods.insta_depth.body import InstaDepthBody
+from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.registry import ImageInput, Method, MethodCall
+
+
+def build_request(call: MethodCall) -> Any:
+    from idforge.methods.insta_depth.generate import InstaDepthParams, InstaDepthRequest
+
+    p = call.params
+    return InstaDepthRequest(
+        face=call.image("face_image"),
+        pose=call.image("pose_image"),
+        generation=call.generation,
+        instantid=InstantIDParams(ip_weight=p.get("ip_weight"), cn_strength=p.get("cn_strength")),
+        depth=InstaDepthParams(depth_strength=p.get("depth_strength", 0.5)),
+    )
+
+
+def run(engine: Any, request: Any, progress: Any) -> Any:
+    from idforge.methods.insta_depth.generate import generate_insta_depth
+
+    return generate_insta_depth(engine, request, progress)
+
+
+def extras(call: MethodCall, result: Any) -> dict[str, Any]:
+    """The depth map, when the body asks for it."""
+    depth = result.extras.get("depth_map")
+    return {"depth_map": depth} if call.params.get("return_depth_map") and depth is not None else {}
+
+
+METHOD = Method(
+    name="insta-depth",
+    title="Insta Depth",
+    summary="Insta Depth: InstantID + depth ControlNet",
+    body=InstaDepthBody,
+    images=(
+        ImageInput("face_image", "--face", "face photo giving the identity", required=True),
+        ImageInput("pose_image", "--pose", "photo giving the composition", required=True),
+    ),
+    build_request=build_request,
+    run=run,
+    recipe_section="insta_depth",
+    extras=extras,
+    warm_up_images=("face_image", "pose_image"),
+    previews=("faces", "keypoints", "depth"),
+)

@@ -1,0 +1,110 @@
+"""InstantID in the method registry: its body, inputs, request, batching and warm-up."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from idforge.errors import ParameterError
+from idforge.methods.instantid.body import InstantIDBody
+from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.registry import ImageInput, Method, MethodCall
+
+PER_SAMPLE_PARAMS = frozenset({"prompt", "negative_prompt", "seed", "style", "score_models", "base64"})
+
+
+def build_request(call: MethodCall) -> Any:
+    from idforge.methods.instantid.core import InstantIDRequest
+
+    p = call.params
+    return InstantIDRequest(
+        faces=call.faces(),
+        persons=call.persons,
+        generation=call.generation,
+        instantid=InstantIDParams(
+            ip_weight=p["ip_weight"],
+            cn_strength=p["cn_strength"],
+            start_at=p["start_at"],
+            end_at=p["end_at"],
+            noise=p["noise"],
+            combine_embeds=p["combine_embeds"],
+            enhance_face_region=p["enhance_face_region"],
+            **({"pick": call.options["pick"]} if "pick" in call.options else {}),
+        ),
+        pose=call.image("pose_image"),
+        kps_image=call.image("kps_image"),
+        mask=call.image("mask_image"),
+        pose_fallback=p["pose_fallback"],
+    )
+
+
+def check(call: MethodCall) -> None:
+    """face_image, or persons (with regions inside the image and disjoint): checked before anything is queued."""
+    has_face = call.image("face_image") is not None
+    if not call.persons:
+        if not has_face:
+            raise ParameterError(
+                "face_image",
+                "required (or `persons`: several people, each with a face_image)",
+                field="face_image",
+            )
+        return
+    if has_face or call.image("extra_face_images") or call.image("mask_image") is not None:
+        raise ParameterError(
+            "persons",
+            "replaces face_image, extra_face_images and mask_image: give each person's own instead",
+            field="persons",
+        )
+    from idforge.methods.instantid.persons import check_person_request
+    from idforge.methods.persons import output_size, person_regions
+
+    request = build_request(call)
+    check_person_request(request)
+    person_regions(request.persons, output_size(request))
+
+
+def run(engine: Any, request: Any, progress: Any) -> Any:
+    from idforge.methods.instantid.generate import generate_instantid
+
+    return generate_instantid(engine, request, progress)
+
+
+def run_batch(engine: Any, requests: Any, progress: Any) -> list[Any]:
+    from idforge.methods.instantid.batch import generate_instantid_batch
+
+    return generate_instantid_batch(engine, requests, progress)
+
+
+def batch_key(params: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """Jobs with equal keys share one denoising pass (methods/instantid/batch.py); None: it runs alone."""
+    if params.get("persons") or given.get("mask_image") or params.get("enhance_face_region"):
+        return None
+    if params.get("best_of", 1) != 1 or params.get("num_images", 1) != 1:
+        return None
+    if params.get("width") is None or params.get("height") is None:
+        return None
+    shared = {name: value for name, value in sorted(params.items()) if name not in PER_SAMPLE_PARAMS}
+    images = sorted(name for name, present in given.items() if present and name != "extra_face_images")
+    references = 1 + len(given.get("extra_face_images") or [])  # concat: tokens per reference
+    return json.dumps(["instantid", shared, images, references], sort_keys=True, default=str)
+
+
+METHOD = Method(
+    name="instantid",
+    title="InstantID",
+    summary="InstantID",
+    body=InstantIDBody,
+    images=(
+        ImageInput("face_image", "--face", "reference face (repeatable)", extra="extra_face_images"),
+        ImageInput("pose_image", "--pose", "photo whose face gives the keypoints"),
+        ImageInput("kps_image", "--kps-image", "an already drawn keypoint image"),
+        ImageInput("mask_image", "--mask", "restrict IP attention and IdentityNet to this area"),
+    ),
+    build_request=build_request,
+    run=run,
+    recipe_section="instantid",
+    check=check,
+    run_batch=run_batch,
+    batch_key=batch_key,
+    previews=("faces", "keypoints"),
+)

@@ -1,0 +1,157 @@
+"""The method registry: a method registered once appears in the CLI, /v1 and /v2, the OpenAPI schema and the
+studio (test_studio.py); the same preset gives the same settings from the CLI, Python and HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Literal
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import Field
+
+from idforge.cli import build_parser, main
+from idforge.engine.fewstep import FEW_STEP_PRESETS
+from idforge.engine.params import GenerationParams
+from idforge.engine.result import GenerationResult, read_recipe
+from idforge.methods.body import MethodBody
+from idforge.methods.instantid.core import InstantIDRequest
+from idforge.methods.registry import ImageInput, Method, MethodCall, register, unregister
+from server_fixtures import b64, face_b64, running_server
+
+
+class DummyBody(MethodBody):
+    """A method that paints the output one colour: enough to see every surface pick it up."""
+
+    face_image: str = Field(..., description="any image")
+    shade: int = Field(128, ge=0, le=255, description="grey level of the output")
+    tint: Literal["grey", "red"] = Field("grey", description="colour of the output")
+
+
+def _build(call: MethodCall) -> dict:
+    return {"params": call.params, "generation": call.generation, "face": call.image("face_image")}
+
+
+def _run(engine, request, progress) -> GenerationResult:
+    params, generation = request["params"], request["generation"]
+    size = (generation.width or 64, generation.height or 64)
+    colour = (params["shade"],) * 3 if params["tint"] == "grey" else (params["shade"], 0, 0)
+    progress(1, 1)
+    recipe = {"method": "dummy", "params": {"shade": params["shade"], "tint": params["tint"]}}
+    return GenerationResult(
+        images=[Image.new("RGB", size, colour)], seeds=[generation.seed or 0], recipe=recipe
+    )
+
+
+DUMMY = Method(
+    name="dummy",
+    title="Dummy",
+    summary="Dummy: one colour",
+    body=DummyBody,
+    images=(ImageInput("face_image", "--face", "any image", required=True),),
+    build_request=_build,
+    run=_run,
+    recipe_section="dummy",
+)
+
+
+@pytest.fixture
+def dummy():
+    register(DUMMY)
+    try:
+        yield DUMMY
+    finally:
+        unregister("dummy")
+
+
+def test_a_registered_method_is_a_cli_command_with_its_body_flags(dummy, tmp_path, capsys):
+    parser = build_parser()
+    help_text = parser.format_help()
+    assert "dummy" in help_text
+    face = _face_file(tmp_path)
+    out = tmp_path / "dummy.png"
+    argv = ["dummy", "--face", str(face), "--prompt", "x", "--shade", "200", "--tint", "red"]
+    assert main([*argv, "--width", "64", "--height", "64", "--seed", "3", "-o", str(out), "--quiet"]) == 0
+    pixels = np.asarray(Image.open(out).convert("RGB"))
+    assert pixels.shape == (64, 64, 3) and tuple(pixels[0, 0]) == (200, 0, 0)
+    params = read_recipe(out)["params"]
+    assert (params["shade"], params["tint"], params["seed"]) == (200, "red", 3)
+
+
+def test_a_bad_choice_on_the_cli_is_refused_with_the_choices(dummy, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["dummy", "--face", "f.png", "--prompt", "x", "--tint", "blue", "-o", str(tmp_path / "o.png")])
+    assert "invalid choice: 'blue'" in capsys.readouterr().err
+
+
+def test_a_registered_method_is_served_documented_and_runs_as_a_job(dummy, tmp_path):
+    with running_server(tmp_path / "s.db", None, warm_up=()) as (url, keys):
+        record, token = keys.create_key(10)
+        client = httpx.Client(base_url=url, headers={"x-api-key": token}, timeout=60)
+        schema = client.get("/openapi.json").json()
+        assert {"/v1/dummy", "/v2/dummy"} <= set(schema["paths"])
+        operation = schema["paths"]["/v2/dummy"]["post"]
+        assert operation["x-idforge-method"]["title"] == "Dummy"
+        body = schema["components"]["schemas"]["DummyBody"]["properties"]
+        assert (body["shade"]["minimum"], body["shade"]["maximum"], body["shade"]["default"]) == (0, 255, 128)
+        bad = client.post("/v2/dummy", json={"prompt": "x", "face_image": face_b64(), "shade": 300})
+        assert bad.status_code == 400 and bad.json()["field"] == "shade"
+        job = client.post(
+            "/v2/dummy",
+            json={"prompt": "x", "face_image": face_b64(), "shade": 40, "width": 64, "height": 64, "seed": 5},
+        )
+        assert job.status_code == 202, job.text
+        deadline = time.monotonic() + 60
+        while True:
+            result = client.get(job.json()["response_url"]).json()
+            if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert result["status"] == "COMPLETED", result
+        assert (result["recipe"]["params"]["shade"], result["recipe"]["params"]["tint"]) == (40, "grey")
+        assert keys.get(record.id).balance == 10 - result["credits"]
+        client.close()
+
+
+def _face_file(tmp_path):
+    path = tmp_path / "face.png"
+    path.write_bytes(base64.b64decode(face_b64()))
+    return path
+
+
+@pytest.mark.parametrize("preset", ["lightning-2"])
+def test_a_preset_gives_the_same_strengths_from_cli_python_and_http(tiny_kit, tmp_path, preset):
+    expected = FEW_STEP_PRESETS[preset].identity
+    # Python: a request that leaves the strengths out takes the preset's
+    python = InstantIDRequest(
+        faces=["f.png"], generation=GenerationParams(prompt="p", preset=preset)
+    ).instantid
+    # CLI
+    face = _face_file(tmp_path)
+    out = tmp_path / "cli.png"
+    argv = ["instantid", "--face", str(face), "--prompt", "p", "--preset", preset, "--width", "64"]
+    argv += ["--height", "64", "--seed", "1", "--models", str(tiny_kit), "-o", str(out), "--quiet"]
+    assert main(argv) == 0
+    cli = read_recipe(out)["params"]
+    # HTTP
+    with running_server(tmp_path / "s.db", None, models_dirs=[str(tiny_kit)], warm_up=()) as (url, keys):
+        _, token = keys.create_key(100)
+        with httpx.Client(base_url=url, headers={"x-api-key": token}, timeout=300) as client:
+            body = {"prompt": "p", "face_image": b64(face.read_bytes()), "preset": preset}
+            response = client.post("/v2/instantid", json=body | {"width": 64, "height": 64, "seed": 1})
+            assert response.status_code == 202, response.text
+            deadline = time.monotonic() + 300
+            while True:
+                result = client.get(response.json()["response_url"]).json()
+                if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+    assert result["status"] == "COMPLETED", json.dumps(result)[:500]
+    http = result["recipe"]["params"]
+    for name in ("ip_weight", "cn_strength"):
+        assert python.__dict__[name] == cli[name] == http[name] == expected[name], name
+    assert (cli["steps"], cli["guidance"]) == (http["steps"], http["guidance"])
