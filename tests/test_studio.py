@@ -730,3 +730,38 @@ def test_dropping_an_idforge_png_restores_its_parameters(page, studio, tiny_kit,
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     drop_file(page, buffer.getvalue(), "plain.png")
     page.wait_for_function("document.querySelector('#error').textContent.includes('no idforge recipe')")
+
+
+def test_a_registered_method_appears_in_the_form_with_its_fields(browser, console, tmp_path):
+    """The registry is the studio's only list of methods: a method registered on the server gets its radio and
+    a form built from its body, with nothing changed in the page."""
+    from idforge.methods.registry import register, unregister
+    from server_fixtures import running_server
+    from test_method_registry import DUMMY
+
+    register(DUMMY)
+    try:
+        with running_server(tmp_path / "s.db", None, warm_up=()) as (url, _keys):
+            page = browser.new_page()
+            page.on("pageerror", lambda e: console.record("pageerror", str(e)))
+            try:
+                page.goto(url + "/")
+                page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+                titles = page.eval_on_selector_all(
+                    "fieldset.methods label", "els => els.map(e => e.textContent.trim())"
+                )
+                assert titles == ["InstantID", "FaceID", "Insta Depth", "Dummy"]
+                choose(page, "dummy")
+                shade = page.locator("#param-shade")
+                assert (shade.get_attribute("min"), shade.get_attribute("max"), shade.input_value()) == (
+                    "0",
+                    "255",
+                    "128",
+                )
+                assert page.locator("#param-tint option").all_inner_texts() == ["grey", "red"]
+                assert page.title().endswith("Dummy")
+            finally:
+                page.close()
+    finally:
+        unregister("dummy")
+    assert console.errors == []
