@@ -1,17 +1,21 @@
 """`idforge serve --ray` for real: a local Ray cluster, two CPU model replicas on the tiny kit, PostgreSQL as the
 shared store, HTTP from several clients. Killing a replica mid-job, and restarting the whole service with jobs
-queued, lose no job and charge none twice (every credit is checked against the ledger)."""
+queued, lose no job and charge none twice (every credit is checked against the ledger). A webhook for a job a
+model replica finished carries exactly the job's status body."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from idforge.server.app import ServerConfig
 from idforge.server.db import Store
-from server_fixtures import seed_request, wait_for
+from idforge.server.webhooks import WebhookPolicy
+from server_fixtures import WebhookReceiver, seed_request, wait_for
 
 APP = "idforge"
 
@@ -41,8 +45,11 @@ def healthy(url: str, replicas: int = 2) -> dict:
 def service(ray_serve_url, postgres, tiny_kit):
     db = postgres.create_database()
     store = Store.open(db)
+    hooks = WebhookPolicy(
+        allow_hosts=("127.0.0.1",), timeout=2.0, first_retry=0.2, max_interval=0.5, retry_for=120
+    )
     config = ServerConfig(
-        db_path=db, models_dirs=[str(tiny_kit)], queue_size=500, lease_s=2.0, result_ttl=600
+        db_path=db, models_dirs=[str(tiny_kit)], queue_size=500, lease_s=2.0, result_ttl=600, webhooks=hooks
     )
     deploy(config)
     healthy(ray_serve_url)
@@ -88,6 +95,28 @@ def test_many_clients_both_replicas_exact_balances(service):
     metrics = httpx.get(url + "/metrics").text
     assert 'idforge_jobs{state="COMPLETED"}' in metrics and "idforge_step_seconds_bucket" in metrics
     assert "idforge_credits_charged_total 100.0" in metrics
+
+
+def test_a_webhook_for_a_job_a_replica_finished_is_its_status_body(service):
+    """The body is made where the job ends (in the model replica's own Store, in the job's final transaction) and
+    sent by the ingress: it must be what a poller of the status sees, not a poorer default."""
+    url, store, _ = service
+    record, token = store.create_key(10)
+    secret = store.webhook_secret(record.id)
+    receiver = WebhookReceiver()
+    try:
+        job = v2(url, token, seed=11, webhook_url=receiver.url)
+        attempts = wait_for(lambda: receiver.for_job(job["request_id"]), timeout=180, interval=0.2)
+        (headers, raw), *_ = attempts
+        sent = Webhook(secret).verify(raw, headers)  # signed by the key's secret
+        polled = status(job, token)
+    finally:
+        receiver.close()
+    row = store.job(job["request_id"])
+    assert row["status"] == "COMPLETED" and "ModelReplica" in row["replica"]  # ended on a Ray model replica
+    assert sent == polled
+    assert raw == json.dumps(polled, separators=(",", ":")).encode()  # the very same JSON, key order too
+    assert {"metrics", "attempts", "replica", "credits", "finished_at", "status_url"} <= set(sent)
 
 
 def test_a_replica_killed_mid_job_its_job_completes_elsewhere_charged_once(service):

@@ -53,9 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _store(args: argparse.Namespace):
-    from idforge.server.db import Store
+    from idforge.server.store_factory import open_store
 
-    return Store.open(args.db)
+    return open_store(args.db)
 
 
 def run_create(args: argparse.Namespace) -> int:

@@ -161,11 +161,12 @@ def run(args: argparse.Namespace) -> int:
     from idforge.commands._common import fast_path
     from idforge.errors import ParameterError
     from idforge.server.app import ServerConfig, create_app
-    from idforge.server.db import Store, default_target, parse_target
+    from idforge.server.db import default_target, parse_target
     from idforge.server.images import ImagePolicy
     from idforge.server.logs import setup_logging
     from idforge.server.pricing import Pricing
     from idforge.server.runner import uvicorn_config
+    from idforge.server.store_factory import open_store
     from idforge.server.webhooks import WebhookPolicy
 
     for flag, value in (
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     db = args.db or default_target()
     target = parse_target(db)  # a malformed --db is one line before anything starts
-    Store.open(db).close()  # ... and so is an unreachable one (and the schema is brought up to date once)
+    open_store(db).close()  # ... and so is an unreachable one (and the schema is brought up to date once)
     for flag, count in (
         ("--replicas", args.replicas),
         ("--max-attempts", args.max_attempts),

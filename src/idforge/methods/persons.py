@@ -1,22 +1,8 @@
 """Several people in one image: the persons, their regions and their keypoint placement, for every method.
 
 InstantID's persons (one IP adapter and one IdentityNet per person) are methods/instantid/persons.py, FaceID's
-(one FaceID adapter per person) methods/faceid/persons.py; this module is what they share.
-
-Flow, top to bottom (issue 11 item 5; SPEC.md section 8 says what the reference workflows do):
-1. check every person (faces, strengths, window, exactly one region) and decode every image before any model loads;
-2. the output size: width/height when given, else the pose (or keypoint) image's InstantID size, else 1280x960
-   (960x1280 when every region is `top` or `bottom`);
-3. each region becomes a 0/1 (H, W) mask at the output size; regions must be inside the image, not empty and
-   disjoint;
-4. each person's keypoints: the face of the pose image whose centre lies in the person's region (the largest if
-   several), or the person's own reference face fitted into the region (the reference image scaled to fit the
-   region's box, centred), or the ready keypoint image cut to the region;
-5. ONE denoising pass: per person an IP adapter on the shared `IdentityAttention` (its tokens, ip_weight, window,
-   region) and one IdentityNet `ControlUnit` (its tokens as context, its keypoint image, cn_strength, window,
-   region); `attach_instantid` builds both, exactly as for one person, and the loop sums the residuals;
-6. one identity score per person: faces found in the output are matched to persons by position (the face whose
-   centre lies in the person's region, the largest if several).
+(one FaceID adapter per person) methods/faceid/persons.py (the flow is in the InstantID module's docstring); this
+module is what they share: the `Person`, region masks (inside the image, not empty, disjoint), the output size.
 """
 
 from __future__ import annotations

@@ -14,14 +14,14 @@ def run_http_demo(kit_dir: Path, out_dir: Path) -> list[Path]:
     import httpx
 
     from idforge.server.app import ServerConfig, create_app
-    from idforge.server.db import Store
     from idforge.server.runner import BackgroundServer
+    from idforge.server.store_factory import open_store
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="idforge-demo-") as tmp:
         db = Path(tmp) / "demo.db"
-        keys = Store.open(db)
+        keys = open_store(db)
         _, api_key = keys.create_key(10, "demo")
         config = ServerConfig(db_path=db, models_dirs=[str(kit_dir)], warm_up=("insta-depth",))
         app = create_app(config, keys=keys)

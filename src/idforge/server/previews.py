@@ -7,23 +7,21 @@ order (pick policy, fallback detection sizes, `draw_kps` at the output size, the
 
 Previews never touch the worker's models: they run on a second, CPU-only `Engine` that loads just the face packs and
 the depth estimator, one preview at a time (a lock), in the thread pool. They are authenticated and cost nothing.
+The endpoints are in routers/previews.py; this module is the service and its bodies.
 """
 
 import base64
 import io
 import threading
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from idforge.errors import NoFaceError
 from idforge.imageio import load_image
 from idforge.server.images import ImagePolicy, image_bytes
-from idforge.server.schemas import IMAGE_HELP, ErrorResponse
-from idforge.server.store import KeyRecord
+from idforge.server.schemas import IMAGE_HELP
 
 Method = Literal["instantid", "faceid", "insta-depth"]
 PREVIEW_MAX_SIDE = 512  # annotated images are shrunk to this: a preview, not a copy of the upload
@@ -255,53 +253,3 @@ class PreviewService:
         with self.lock:
             depth_map = engine_depth_estimator(self.engine).estimate(pose, (width, height))
         return DepthPreviewResponse(image=_png_b64(depth_map), width=width, height=height)
-
-
-async def preview_key(
-    request: Request, x_api_key: Annotated[str | None, Header(description="Your API key")] = None
-) -> KeyRecord:
-    """The app's key check (401 for a missing, unknown or revoked key); sets the key so credits come back."""
-    record = request.app.state.keys.authenticate(x_api_key or "")
-    if record is None:
-        raise HTTPException(401, "user authentication failed: missing, unknown or revoked x-api-key")
-    request.state.key_id = record.id
-    return record
-
-
-router = APIRouter(
-    prefix="/v1/preview",
-    tags=["previews"],
-    responses={
-        400: {"model": ErrorResponse, "description": "Invalid input (the field is named)"},
-        401: {"model": ErrorResponse, "description": "Unauthorized: user authentication failed"},
-    },
-)
-
-
-@router.post(
-    "/faces",
-    response_model=FacesPreviewResponse,
-    summary="Free preview: faces found in each reference (boxes, the one used), the pose face, the keypoint image",
-)
-async def preview_faces(
-    body: FacesPreviewBody, request: Request, key: Annotated[KeyRecord, Depends(preview_key)]
-):
-    return await run_in_threadpool(request.app.state.previews.faces, body)
-
-
-@router.post(
-    "/depth",
-    response_model=DepthPreviewResponse,
-    summary="Free preview: the depth map Insta Depth will use for this pose image, at the output size",
-)
-async def preview_depth(
-    body: DepthPreviewBody, request: Request, key: Annotated[KeyRecord, Depends(preview_key)]
-):
-    return await run_in_threadpool(request.app.state.previews.depth, body)
-
-
-def install(app: FastAPI) -> None:
-    """Add the preview endpoints to `app` (which has `state.config` and `state.keys`)."""
-    config = app.state.config
-    app.state.previews = PreviewService(list(config.models_dirs), config.face_models, config.images)
-    app.include_router(router)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import serve
 
-from idforge.server.app import ServerConfig
+from idforge.server.config import ServerConfig
 
 log = logging.getLogger("idforge.server.ray")
 
@@ -52,14 +52,14 @@ class ModelReplica:
     """One Engine, one worker thread pulling jobs from the database."""
 
     def __init__(self, config: ServerConfig) -> None:
-        from idforge.server.db import Store
         from idforge.server.logs import setup_logging
+        from idforge.server.store_factory import open_store
         from idforge.server.worker import Worker, WorkerConfig
 
         setup_logging(config.log_level)
         context = serve.get_replica_context()
         self.name = context.replica_id.to_full_id_str().removeprefix("SERVE_REPLICA::")
-        self.store = Store.open(config.db_path)
+        self.store = open_store(config)  # its webhooks carry the contract's status body
         from idforge.server.methods import make_generator
 
         generator = make_generator(config)

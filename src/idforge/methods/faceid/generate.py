@@ -1,18 +1,5 @@
-"""IP-Adapter FaceID (seed 001, IPAdapterFaceID / IPAAdapterFaceIDBatch) on the shared engine loop.
-
-Flow, top to bottom (SPEC.md section 3):
-1. resolve the adapter and read its kind from the checkpoint (faceid, plus, plusv2, portrait, portrait-unnorm);
-   the base follows the adapter's family unless named, and a base the adapter does not fit is refused before any
-   generation; find the LoRA (embedded keys, `--lora`, or `<adapter>_lora.safetensors`) and, for plus models, the
-   CLIP vision encoder;
-2. analyse every reference face (highest score by default, buffalo_l), take the normed embedding (raw for
-   portrait-unnorm) and the aligned crop (`face_image`), and CLIP features of the crop for plus models;
-3. combine (concat | add | subtract | average | norm average) and project cond and uncond (zeros; CLIP uncond
-   from `image_negative` or black), or in batch mode project each reference alone: reference i conditions
-   output i only, through per-sample IP tokens;
-4. merge the LoRA (restored exactly afterwards) and denoise with the FaceID IP attention (weight, weight type,
-   embeds scaling, start/end, attn mask), optionally next to InstantID (its own IP adapter and IdentityNet).
-"""
+"""`generate_faceid`: FaceID end to end (the flow is in methods/faceid/core.py's docstring), with InstantID beside
+it when asked and several people through methods/faceid/persons.py."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""InstantID: face embedding -> Resampler tokens into the UNet's IP cross-attention, plus IdentityNet on keypoints.
-
-Flow, top to bottom (SPEC.md section 2):
-1. analyse every reference face (largest by default), combine their raw embeddings (average | norm average | concat);
-2. project cond and uncond embeddings (zeros, or `noise * U[0,1)` seeded from the embedding) through the Resampler;
-3. keypoints from the pose image's face, or a ready keypoint image, or the reference face; draw them at output size;
-4. denoise with IP attention (ip_weight) and IdentityNet (cn_strength, face tokens as context), both gated by
-   start_at/end_at on the noise schedule and restricted by the mask (and the face box with "enhance face region").
-"""
+"""`generate_instantid`: InstantID end to end (the flow is in methods/instantid/core.py's docstring); several
+people go through methods/instantid/persons.py."""
 
 from __future__ import annotations
 

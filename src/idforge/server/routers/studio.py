@@ -6,18 +6,21 @@ server (the OpenAPI schema, the preview endpoints, /v2 jobs).
 
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-STATIC_DIR = Path(__file__).with_name("static")
+STATIC_DIR = Path(__file__).parent.parent / "static"
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def studio_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 def install(app: FastAPI) -> None:
     """Serve the studio page at `/` and its assets under `/studio/` (kept out of the OpenAPI schema)."""
-
-    @app.get("/", include_in_schema=False)
-    async def studio_page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
+    app.include_router(router)
     app.mount("/studio", StaticFiles(directory=STATIC_DIR), name="studio")
