@@ -381,7 +381,7 @@ def reference_latents(
 @pytest.mark.parametrize(
     ("params", "depth"),
     [
-        (InstantIDParams(), InstaDepthParams()),
+        (InstantIDParams().with_preset(None), InstaDepthParams()),
         (
             InstantIDParams(ip_weight=1.2, cn_strength=1.5, start_at=0.1, end_at=0.9),
             InstaDepthParams(1.3, 0.4, 1.0),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from idforge.errors import InputImageError, ModelFormatError
+from idforge.errors import POSE, InputImageError, ModelFormatError
 
 
 def normalise_depth(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -88,7 +88,7 @@ class DepthEstimator:
         self.model = model.to(self.device).eval()
 
     @torch.no_grad()
-    def predict(self, image: Image.Image, name: str = "pose image") -> torch.Tensor:
+    def predict(self, image: Image.Image, name: str = POSE) -> torch.Tensor:
         """The raw predicted depth (1, h, w) at the model's own resolution (float32)."""
         try:
             inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
