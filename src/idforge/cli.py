@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "instantid",
     "faceid",
     "insta_depth",
+    "reproduce",
     "serve",
     "keys",
     "demo",
