@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "faceid",
     "insta_depth",
     "method",  # every other registered method, its flags from its body
+    "reproduce",
     "serve",
     "keys",
     "demo",

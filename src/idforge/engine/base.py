@@ -74,14 +74,22 @@ def encode_text(
     return TextConditioning(cond, uncond if do_cfg else None)
 
 
+def vae_decode_dtype(vae) -> torch.dtype:
+    """The dtype the VAE decodes in: an fp16 VAE that would overflow is upcast to fp32 (as diffusers does),
+    unless the fast path chose its dtype (bf16, fp16-fix)."""
+    keep = getattr(vae, "idforge_keep_dtype", False)
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and not keep:
+        return torch.float32
+    return vae.dtype
+
+
 @torch.no_grad()
 def decode_latents(base: BaseModel, latents: torch.Tensor) -> list[Image.Image]:
     """VAE-decode to PIL images, upcasting an fp16 SDXL VAE that would overflow (as diffusers does)."""
     vae = base.pipe.vae
     original_dtype = vae.dtype
-    keep = getattr(vae, "idforge_keep_dtype", False)  # the fast path chose this dtype (bf16, fp16-fix)
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False) and not keep:
-        vae.to(torch.float32)
+    if vae_decode_dtype(vae) != original_dtype:
+        vae.to(vae_decode_dtype(vae))
     latents = latents.to(vae.dtype)
     mean = getattr(vae.config, "latents_mean", None)
     std = getattr(vae.config, "latents_std", None)

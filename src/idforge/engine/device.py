@@ -24,6 +24,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def device_name(device: torch.device) -> str:
+    """The device as recipes record it, with its index: "cpu", "cuda:0", "mps"."""
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto`: half precision where it is fast and safe (CUDA), full precision elsewhere."""
     if name == "auto":

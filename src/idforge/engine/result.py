@@ -39,8 +39,10 @@ class GenerationResult:
         """The recipe of image `index` alone: its own seed and num_images = 1 regenerate it."""
         recipe = json.loads(json.dumps(self.recipe))
         recipe["seed"] = self.seeds[index]
+        recipe["seeds"] = [self.seeds[index]]
         recipe["batch_seed"] = self.seeds[0]
         recipe["batch_index"] = index
+        recipe["batch_size"] = len(self.images)  # reproduce.py regenerates the whole batch: bit for bit
         recipe.setdefault("params", {})["seed"] = self.seeds[index]
         recipe["params"]["num_images"] = 1
         identity = recipe.get("identity")

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from idforge.engine.recipe import Recipe
 from idforge.engine.result import GenerationResult
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
@@ -70,9 +71,11 @@ def generate_best_of(
         # progress stays at "all candidates done" but is still called every step (the server cancels there)
         hold = None if progress is None else (lambda step, _total: progress(total, total))
         result = generate(engine, _with_generation(request, seed=best_seed, num_images=1, best_of=1), hold)
-    else:
-        result.recipe["params"] |= {"seed": best_seed, "num_images": 1}
-    result.recipe["best_of"] = {
+    recipe = Recipe.from_dict(result.recipe)
+    if not rerun:
+        recipe.generation |= {"seed": best_seed, "num_images": 1}
+        recipe.seeds = [best_seed]
+    recipe.sections["best_of"] = {
         "n": count,
         "first_seed": seeds[0],
         "batch_size": batch,
@@ -82,6 +85,7 @@ def generate_best_of(
             {"seed": s, "score": None if v is None else round(v, 6), "status": st} for s, v, st in ranking
         ],
     }
+    result.recipe = recipe.to_dict()
     if ranking[0][1] is None:
         result.warnings.append(
             f"best-of-{count}: no candidate had a face to score; returning the first seed {best_seed}"

@@ -17,7 +17,6 @@ Flow, top to bottom (SPEC.md section 3):
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -28,14 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idforge import __version__
 from idforge.engine.base import BaseModel
-from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
-from idforge.engine.params import GenerationParams, check_pick, params_to_dict
+from idforge.engine.params import GenerationParams, check_pick
+from idforge.engine.recipe import Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice
-from idforge.engine.session import Engine
+from idforge.engine.seeds import image_seeds
+from idforge.engine.session import Engine, image_digest
 from idforge.errors import (
     InputImageError,
     InputName,
@@ -368,7 +367,14 @@ def prepare_faceid(
         vector = face.embedding if ckpt.uses_raw_embedding else face.normed_embedding
         embeddings.append(torch.from_numpy(np.asarray(vector, dtype=np.float32)))
         crops.append(face_crops([np.asarray(image)], [face.kps], crop_size)[0])
-        faces_info.append({"image": name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)})
+        faces_info.append(
+            {
+                "image": name,
+                "bbox": [float(v) for v in face.bbox],
+                "score": float(face.score),
+                "pixels_sha256": image_digest(image),
+            }
+        )
     if not embeddings:
         raise NoFaceError("face images", [params.det_size], "no reference image has a face")
 
@@ -432,42 +438,44 @@ def faceid_recipe(
     width: int,
     height: int,
     started: float,
-) -> dict[str, Any]:
+) -> Recipe:
     """Everything needed to regenerate: parameters, seed, models with hashes, inputs, the batch layout."""
-    gen = request.generation
     lora = None
     if models.lora_source is not None:
         lora = {"source": models.lora_source, "strength": request.faceid.lora_strength}
         if models.lora_path is not None:
             lora["sha256"] = model_hash(models.lora_path)
-    return {
-        "method": "faceid",
-        "idforge_version": __version__,
-        "seed": seed,
-        "width": width,
-        "height": height,
-        "params": params_to_dict(gen, request.faceid) | {"seed": seed, "num_images": batch},
-        "adapter_kind": models.adapter.kind,
-        "models": {
-            "base": {"source": models.base.source, "sha256": model_hash(models.base.source)},
+    return build_recipe(
+        engine,
+        models.base,
+        request.generation,
+        method="faceid",
+        seeds=image_seeds(seed, batch),
+        width=width,
+        height=height,
+        params={"faceid": request.faceid},
+        models={
             "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
             "lora": lora,
             "clip_vision": None if models.clip_path is None else {"source": str(models.clip_path)},
             "face_models": {
                 "source": str(engine.face_analyzer(request.face_models, default="buffalo_l").pack_dir)
             },
-        }
-        | few_step_models(engine, gen),
-        "inputs": {
+        },
+        inputs={
             "faces": prepared.faces_info,
             "batch_references": prepared.batch_references,
             "negative_image": None
             if request.negative_image is None
             else image_name(request.negative_image, "<image>"),
             "attn_mask": None if request.attn_mask is None else image_name(request.attn_mask, "<image>"),
+            "pixels_sha256": input_digests(
+                negative_image=request.negative_image, attn_mask=request.attn_mask
+            ),
         },
-        "timings": {"total_s": round(time.perf_counter() - started, 3)},
-    }
+        started=started,
+        sections={"adapter_kind": models.adapter.kind},
+    )
 
 
 def attach_faceid_adapter(

@@ -7,7 +7,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import image_name
 from idforge.engine.loop import ControlUnit
 from idforge.engine.memory import on_device, park_on_cpu
@@ -31,7 +30,7 @@ from idforge.methods.faceid.core import (
     load_faceid_models,
     prepare_faceid,
 )
-from idforge.methods.instantid.core import ProgressCallback
+from idforge.methods.instantid.core import ProgressCallback, instantid_inputs, instantid_model_entries
 
 
 def generate_faceid(
@@ -139,14 +138,14 @@ def generate_faceid(
     recipe = faceid_recipe(engine, request, models, prepared, seed, batch, width, height, started)
     extras: dict[str, Any] = {"face_images": prepared.face_images}
     if instantid is not None:
-        recipe["method"] = "instantid+faceid"
-        recipe["instantid"] = _instantid_part(engine, iid_request, iid_models, iid_prepared)
+        recipe.method = "instantid+faceid"
+        recipe.sections["instantid"] = _instantid_part(engine, iid_request, iid_models, iid_prepared)
         extras["kps_image"] = iid_prepared.kps_image
         warnings += iid_prepared.warnings
     result = GenerationResult(
         images=images,
         seeds=seeds,
-        recipe=recipe,
+        recipe=recipe.to_dict(),
         extras=extras,
         warnings=warnings,
         latents=latents,
@@ -168,15 +167,9 @@ def generate_faceid(
 
 
 def _instantid_part(engine, request, models, prepared) -> dict[str, Any]:
+    """The InstantID half of a combined recipe: its parameters, models and inputs (faces, pose, keypoints, mask)."""
     return {
         "params": params_to_dict(request.instantid),
-        "models": {
-            "identitynet": {
-                "source": str(models.identitynet_path),
-                "sha256": model_hash(models.identitynet_path),
-            },
-            "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
-            "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
-        },
-        "inputs": {"faces": prepared.faces_info},
+        "models": instantid_model_entries(engine, request, models),
+        "inputs": instantid_inputs(request, prepared),
     }

@@ -143,10 +143,10 @@ def generate_faceid_persons(
     )
 
     recipe = faceid_recipe(engine, request, models, prepared[0], seed, len(seeds), width, height, started)
-    recipe["inputs"].pop("faces")
-    recipe["inputs"].pop("attn_mask")
-    recipe["inputs"].pop("batch_references")
-    recipe["persons"] = [
+    recipe.inputs.pop("faces")
+    recipe.inputs.pop("attn_mask")
+    recipe.inputs.pop("batch_references")
+    recipe.sections["persons"] = [
         faceid_person_recipe(f"person {index}", person, params, region, part.faces_info)
         for index, (person, params, region, part) in enumerate(
             zip(request.persons, params_list, regions, prepared, strict=True), start=1
@@ -155,7 +155,7 @@ def generate_faceid_persons(
     result = GenerationResult(
         images=images,
         seeds=seeds,
-        recipe=recipe,
+        recipe=recipe.to_dict(),
         extras={"face_images": [crop for part in prepared for crop in part.face_images], "regions": regions},
         warnings=models.warnings + [w for part in prepared for w in part.warnings],
         latents=latents,
@@ -173,5 +173,5 @@ def generate_faceid_persons(
             default_pack="buffalo_l",
             score_models=gen.score_models,
         )
-        recipe["identity"] = result.identity.to_json()
+        result.recipe["identity"] = result.identity.to_json()
     return result

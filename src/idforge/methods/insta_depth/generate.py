@@ -22,6 +22,7 @@ from idforge.control.depth import engine_depth_estimator
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import image_name, load_named
 from idforge.engine.params import GenerationParams
+from idforge.engine.recipe import input_digests
 from idforge.engine.result import GenerationResult
 from idforge.engine.scoring import attach_identity
 from idforge.engine.session import Engine
@@ -166,23 +167,35 @@ def generate_insta_depth(
         engine, models, prepared, gen, params, extra_controls=[extra], progress=progress
     )
 
-    recipe = instantid_recipe(engine, inner, models, prepared, run, started, method="insta_depth")
-    recipe["params"] |= dataclasses.asdict(depth)
-    recipe["models"]["depth_controlnet"] = {"source": str(cn_path), "sha256": model_hash(cn_path)}
-    recipe["models"]["depth_estimator"] = (
-        {"source": str(estimator.folder), "sha256": model_hash(estimator.folder)} if estimator else None
+    recipe = instantid_recipe(
+        engine,
+        inner,
+        models,
+        prepared,
+        run,
+        started,
+        method="insta_depth",
+        params={"depth": depth},
+        extra_models={
+            "depth_controlnet": {"source": str(cn_path), "sha256": model_hash(cn_path)},
+            "depth_estimator": (
+                {"source": str(estimator.folder), "sha256": model_hash(estimator.folder)}
+                if estimator
+                else None
+            ),
+        },
+        inputs={
+            "face": image_name(request.face, "<image>"),
+            "pose": image_name(request.pose, "<image>"),
+            "kps_source": kps_source,
+            "depth_map": image_name(request.depth_map, "<image>") if request.depth_map is not None else None,
+            "pixels_sha256": input_digests(face=face, pose=pose, depth_map=request.depth_map),
+        },
     )
-    recipe["inputs"] |= {
-        "face": image_name(request.face, "<image>"),
-        "pose": image_name(request.pose, "<image>"),
-        "kps_source": kps_source,
-        "depth_map": image_name(request.depth_map, "<image>") if request.depth_map is not None else None,
-    }
-    recipe["timings"] = {"total_s": round(time.perf_counter() - started, 3)}
     result = GenerationResult(
         images=run.images,
         seeds=run.seeds,
-        recipe=recipe,
+        recipe=recipe.to_dict(),
         extras={"depth_map": depth_map, "kps_image": prepared.kps_image},
         warnings=warnings + prepared.warnings,
         latents=run.latents,

@@ -136,12 +136,14 @@ def generate_instantid_batch(
         )
         for slot, ((index, request, prepared), seed) in enumerate(zip(loaded, seeds, strict=True)):
             run = IdentityRun([images[slot]], seed, [seed], latents[slot : slot + 1])
-            recipe = instantid_recipe(engine, request, models, prepared, run, started)
-            recipe["batch"] = {"jobs": len(loaded), "index": slot}
+            batch = {"jobs": len(loaded), "index": slot}
+            recipe = instantid_recipe(
+                engine, request, models, prepared, run, started, sections={"batch": batch}
+            )
             result = GenerationResult(
                 images=run.images,
                 seeds=run.seeds,
-                recipe=recipe,
+                recipe=recipe.to_dict(),
                 extras={"kps_image": prepared.kps_image},
                 warnings=list(prepared.warnings),
                 latents=run.latents,

@@ -10,7 +10,6 @@ Flow, top to bottom (SPEC.md section 2):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,17 +20,16 @@ import torch
 from diffusers import ControlNetModel
 from PIL import Image
 
-from idforge import __version__
 from idforge.engine.base import BaseModel, pil_to_control_tensor
-from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
-from idforge.engine.params import GenerationParams, params_to_dict
+from idforge.engine.params import GenerationParams
+from idforge.engine.recipe import Recipe, build_recipe, input_digests
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.scoring import reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
-from idforge.engine.session import Engine
+from idforge.engine.session import Engine, image_digest
 from idforge.engine.sizing import box_mask, instantid_size, scale_box, scale_kps
 from idforge.errors import (
     KPS,
@@ -146,7 +144,12 @@ def identity_tokens(
             engine, analyzer, named.image, name=named.name, pick=params.pick, det_size=params.det_size
         )
         faces_info.append(
-            {"image": named.name, "bbox": [float(v) for v in face.bbox], "score": float(face.score)}
+            {
+                "image": named.name,
+                "bbox": [float(v) for v in face.bbox],
+                "score": float(face.score),
+                "pixels_sha256": image_digest(named.image),
+            }
         )
 
     from idforge.identity.embeds import combine_instantid, instantid_uncond_embedding
@@ -388,32 +391,50 @@ def instantid_recipe(
     run: IdentityRun,
     started: float,
     method: str = "instantid",
+    *,
+    params: dict[str, Any] | None = None,
+    extra_models: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
+) -> Recipe:
+    """The recipe of an InstantID generation; methods built on it (Insta Depth, several people, batches) add their
+    parameter objects, models, inputs and sections."""
+    return build_recipe(
+        engine,
+        models.base,
+        request.generation,
+        method=method,
+        seeds=run.seeds,
+        width=prepared.width,
+        height=prepared.height,
+        params={"instantid": request.instantid} | (params or {}),
+        models=instantid_model_entries(engine, request, models) | (extra_models or {}),
+        inputs=instantid_inputs(request, prepared) | (inputs or {}),
+        started=started,
+        sections=sections,
+    )
+
+
+def instantid_model_entries(
+    engine: Engine, request: InstantIDRequest, models: InstantIDModels
 ) -> dict[str, Any]:
-    """The recipe of an InstantID generation (other methods built on it extend this dict)."""
-    gen, params = request.generation, request.instantid
-    base = models.base
+    """IdentityNet, the ip-adapter and the face pack, each with its source (and hash): the recipe's entries."""
     return {
-        "method": method,
-        "idforge_version": __version__,
-        "seed": run.seed,
-        "width": prepared.width,
-        "height": prepared.height,
-        "params": params_to_dict(gen, params) | {"seed": run.seed},
-        "models": {
-            "base": {"source": base.source, "sha256": model_hash(base.source)},
-            "identitynet": {
-                "source": str(models.identitynet_path),
-                "sha256": model_hash(models.identitynet_path),
-            },
-            "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
-            "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
-        }
-        | few_step_models(engine, gen),
-        "inputs": {
-            "faces": prepared.faces_info,
-            "pose": image_name(request.pose, "<image>") if request.pose is not None else None,
-            "kps_image": image_name(request.kps_image, "<image>") if request.kps_image is not None else None,
-            "mask": image_name(request.mask, "<image>") if request.mask is not None else None,
+        "identitynet": {
+            "source": str(models.identitynet_path),
+            "sha256": model_hash(models.identitynet_path),
         },
-        "timings": {"total_s": round(time.perf_counter() - started, 3)},
+        "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
+        "face_models": {"source": str(engine.face_analyzer(request.face_models).pack_dir)},
+    }
+
+
+def instantid_inputs(request: InstantIDRequest, prepared: PreparedInstantID) -> dict[str, Any]:
+    """The recipe's inputs: reference faces (name, box, score, pixels_sha256), pose, keypoint image and mask."""
+    return {
+        "faces": prepared.faces_info,
+        "pose": image_name(request.pose, "<image>") if request.pose is not None else None,
+        "kps_image": image_name(request.kps_image, "<image>") if request.kps_image is not None else None,
+        "mask": image_name(request.mask, "<image>") if request.mask is not None else None,
+        "pixels_sha256": input_digests(pose=request.pose, kps_image=request.kps_image, mask=request.mask),
     }

@@ -41,7 +41,7 @@ def generate_instantid(
     result = GenerationResult(
         images=run.images,
         seeds=run.seeds,
-        recipe=instantid_recipe(engine, request, models, prepared, run, started),
+        recipe=instantid_recipe(engine, request, models, prepared, run, started).to_dict(),
         extras={"kps_image": prepared.kps_image},
         warnings=prepared.warnings,
         latents=run.latents,

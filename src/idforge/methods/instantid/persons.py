@@ -270,14 +270,21 @@ def generate_persons(
     models = load_instantid_models(engine, request.base, request.instantid_model)
     persons, warnings = prepare_persons(engine, request, params_list, models.projection)
     run = run_persons(engine, models, persons, request, progress)
-    recipe = instantid_recipe(engine, request, models, persons[0].prepared, run, started)
-    recipe["inputs"].pop("faces")
-    recipe["inputs"].pop("mask")
-    recipe["persons"] = [person_recipe(person) for person in persons]
+    recipe = instantid_recipe(
+        engine,
+        request,
+        models,
+        persons[0].prepared,
+        run,
+        started,
+        sections={"persons": [person_recipe(person) for person in persons]},
+    )
+    recipe.inputs.pop("faces")
+    recipe.inputs.pop("mask")
     result = GenerationResult(
         images=run.images,
         seeds=run.seeds,
-        recipe=recipe,
+        recipe=recipe.to_dict(),
         extras={"kps_image": combined_kps_image(persons), "regions": [p.region for p in persons]},
         warnings=warnings,
         latents=run.latents,
@@ -295,5 +302,5 @@ def generate_persons(
             default_pack="antelopev2",
             score_models=request.generation.score_models,
         )
-        recipe["identity"] = result.identity.to_json()
+        result.recipe["identity"] = result.identity.to_json()
     return result
