@@ -169,8 +169,10 @@ def test_unet_file_with_original_ldm_keys_gives_the_same_result(engine, face, ti
     path.parent.mkdir()
     save_file(ldm, str(path))
     kw = dict(steps=4, guidance=0.0, timestep_spacing="trailing")
+    identity = FEW_STEP_PRESETS["lightning-4-unet"].identity  # the preset's strengths, given by hand
+    strengths = InstantIDParams(ip_weight=identity["ip_weight"], cn_strength=identity["cn_strength"])
     assert torch.equal(
-        _run(engine, face, unet=str(path), **kw).latents,
+        _run(engine, face, instantid=strengths, unet=str(path), **kw).latents,
         _run(engine, face, preset="lightning-4-unet").latents,
     )
 
