@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --no-deps ip-adapter==0.1.0
 	touch $(STAMP)
 
+# PYTEST_ARGS: extra pytest options (.ci/run adds the skip summary and the 25 slowest tests).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/idforge demo --out outputs

@@ -59,7 +59,6 @@ def test_table_and_drawings(capsys, tmp_path, kit_packs, two_faces):  # noqa: F8
 
 
 def test_pack_name_resolved_through_the_model_store(capsys, tmp_path, kit_packs, two_faces):  # noqa: F811
-    pytest.importorskip("idforge.models.store")
     models = tmp_path / "models"
     shutil.copytree(kit_packs["antelopev2"], models / "insightface" / "models" / "antelopev2")
     code, out, err = _run(

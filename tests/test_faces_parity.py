@@ -169,6 +169,7 @@ def _env_paths(variable: str) -> list[str]:
     return [p for p in os.environ.get(variable, "").split(os.pathsep) if p.strip()]
 
 
+@pytest.mark.published_weights
 @pytest.mark.skipif(
     not (_env_paths("IDFORGE_PARITY_FACE_PACKS") and _env_paths("IDFORGE_PARITY_FACE_IMAGES")),
     reason="set IDFORGE_PARITY_FACE_PACKS and IDFORGE_PARITY_FACE_IMAGES (os.pathsep lists) to check real packs",

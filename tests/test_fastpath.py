@@ -182,6 +182,7 @@ def test_cli_switches_build_the_fast_path():
     assert fast.compile and fast.vae_dtype == "bfloat16" and not fast.cache_control_embedding
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not torch.cuda.is_available() and not os.environ.get("IDFORGE_TEST_COMPILE"),
     reason="torch.compile of three networks takes minutes on 2 CPU cores; benchmarks/gpu.sh runs it on CUDA, "

@@ -479,6 +479,7 @@ def test_processor_traces_without_graph_breaks(sdxl_unet) -> None:
             )
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_half_matches_cpu(dtype: torch.dtype) -> None:

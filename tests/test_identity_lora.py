@@ -272,7 +272,8 @@ def test_bad_lora_files(tmp_path):
 
 def test_kit_kohya_faceid_lora_reads_back_like_embedded():
     """Cross-check with the kit's independent LDM naming (models.kit.single_files.faceid_lora_to_kohya)."""
-    single_files = pytest.importorskip("idforge.models.kit.single_files")
+    from idforge.models.kit import single_files
+
     unet = copy.deepcopy(tiny_sdxl_unet())
     before = _snapshot(unet)
     lora_sd = faceid_lora_sd(unet, seed=9)

@@ -334,7 +334,6 @@ def test_clip_penultimate_features(tiny_clip):
 
 
 def test_face_crops_use_norm_crop():
-    pytest.importorskip("idforge.faces.align")
     from idforge.identity.clip_face import face_crops
 
     image = np.zeros((400, 400, 3), np.uint8)

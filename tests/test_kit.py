@@ -3,7 +3,6 @@ deterministic. The kit is built once per session (a few seconds on CPU)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -49,9 +48,6 @@ EXPECTED_PATHS = [
     "depth/tiny-depth-anything/preprocessor_config.json",
     *(f"ipadapter/{name}" for name in FACEID_FILES),
 ]
-HAS_FACE_PACKS = importlib.util.find_spec("idforge.faces") is not None and (
-    importlib.util.find_spec("idforge.faces.kitpacks") is not None
-)
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +111,6 @@ def test_layout_paths_and_readmes(kit: Path) -> None:
         assert "not a real model" in readme.read_text()
 
 
-@pytest.mark.skipif(not HAS_FACE_PACKS, reason="idforge.faces.kitpacks not available")
 def test_face_packs_written_through_faces_module(kit: Path) -> None:
     parts = read_manifest(kit)["parts"]
     for pack in ("antelopev2", "buffalo_l"):
