@@ -8,14 +8,17 @@ the final latents (float32 CPU; the paths differ only in operation order).
 
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline
+from PIL import Image
 
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
-from idforge.faces.draw import draw_kps
 from idforge.methods.instantid.core import InstantIDRequest
 from idforge.methods.instantid.generate import generate_instantid
 from idforge.methods.instantid.params import InstantIDParams
@@ -31,12 +34,40 @@ SEED = 7
 PROMPT = "a portrait photo"
 
 
+def reference_draw_kps(image_pil: Image.Image, kps, color_list=None) -> Image.Image:
+    """InstantID's own `draw_kps` (pipeline_stable_diffusion_xl_instantid.py, Apache-2.0), transcribed here so the
+    reference never goes through idforge.faces.draw: limbs to the nose as ellipses of width 4 on a float canvas,
+    the canvas dimmed x0.6, then radius-10 circles in the keypoint colours."""
+    color_list = color_list or [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255)]
+    stickwidth = 4
+    limb_seq = np.array([[0, 2], [1, 2], [3, 2], [4, 2]])
+    kps = np.array(kps)
+    w, h = image_pil.size
+    out_img = np.zeros([h, w, 3])
+    for i in range(len(limb_seq)):
+        index = limb_seq[i]
+        color = color_list[index[0]]
+        x = kps[index][:, 0]
+        y = kps[index][:, 1]
+        length = ((x[0] - x[1]) ** 2 + (y[0] - y[1]) ** 2) ** 0.5
+        angle = math.degrees(math.atan2(y[0] - y[1], x[0] - x[1]))
+        polygon = cv2.ellipse2Poly(
+            (int(np.mean(x)), int(np.mean(y))), (int(length / 2), stickwidth), int(angle), 0, 360, 1
+        )
+        out_img = cv2.fillConvexPoly(out_img.copy(), polygon, color)
+    out_img = (out_img * 0.6).astype(np.uint8)
+    for idx_kp, kp in enumerate(kps):
+        color = color_list[idx_kp]
+        x, y = kp
+        out_img = cv2.circle(out_img.copy(), (int(x), int(y)), 10, color, -1)
+    return Image.fromarray(out_img.astype(np.uint8))
+
+
 def reference_latents(kit, face_path, ip_weight, cn_strength, start_at, end_at, guidance=5.0):
     app = insightface_app.FaceAnalysis(
         name=str(kit / "insightface/models/antelopev2"), providers=["CPUExecutionProvider"]
     )
     app.prepare(ctx_id=-1, det_size=(640, 640))
-    import cv2
 
     bgr = cv2.imread(str(face_path))
     faces = sorted(app.get(bgr), key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
@@ -63,7 +94,7 @@ def reference_latents(kit, face_path, ip_weight, cn_strength, start_at, end_at, 
     face_context = torch.cat([uncond_tokens, cond_tokens])
 
     kps = face.kps * np.array([SIZE / width_src, SIZE / height_src], dtype=np.float32)
-    kps_image = np.asarray(draw_kps((SIZE, SIZE), kps), dtype=np.float32) / 255.0
+    kps_image = np.asarray(reference_draw_kps(Image.new("RGB", (SIZE, SIZE)), kps), dtype=np.float32) / 255.0
     control = torch.from_numpy(kps_image).permute(2, 0, 1)[None]
     control = torch.cat([control, control])
 

@@ -105,7 +105,7 @@ def test_a_registered_method_is_served_documented_and_runs_as_a_job(dummy, tmp_p
             json={"prompt": "x", "face_image": face_b64(), "shade": 40, "width": 64, "height": 64, "seed": 5},
         )
         assert job.status_code == 202, job.text
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while True:
             result = client.get(job.json()["response_url"]).json()
             if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import httpx
 import pytest
 from PIL import Image
 
-from server_fixtures import b64, dark_png, face_b64, running_server
+from server_fixtures import b64, dark_png, face_b64, running_server, wait_for
 
 WIDTH, HEIGHT = 128, 64
 
@@ -67,11 +66,10 @@ def test_v2_instantid_with_persons_records_every_person(server):
     )
     assert accepted.status_code == 202, accepted.text
     job = accepted.json()
-    for _ in range(600):
-        state = client.get(job["status_url"]).json()
-        if state["status"] in ("COMPLETED", "FAILED"):
-            break
-        time.sleep(0.05)
+    state = wait_for(
+        lambda: (s := client.get(job["status_url"]).json())["status"] in ("COMPLETED", "FAILED") and s,
+        timeout=300,
+    )
     assert state["status"] == "COMPLETED", state
     recipe = client.get(job["response_url"]).json()["recipe"]
     first, second = recipe["persons"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 
 import httpx
 import numpy as np
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from idforge.demo.samples import square_face_png
-from server_fixtures import b64, dark_png, face_b64, running_server, seed_request
+from server_fixtures import b64, dark_png, face_b64, running_server, seed_request, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -182,19 +181,21 @@ def test_v2_job_reports_progress_and_result(server):
     assert job["status"] == "QUEUED" and job["credits_reserved"] == 2 and job["position"] >= 1
     assert job["status_url"].startswith(str(client.base_url).rstrip("/") + "/v2/requests/")
     seen = []
-    for _ in range(600):
+
+    def finished():
         state = client.get(job["status_url"]).json()
         seen.append((state["status"], state.get("step"), state.get("total_steps")))
-        if state["status"] in ("COMPLETED", "FAILED"):
-            break
-        time.sleep(0.02)
+        return state["status"] in ("COMPLETED", "FAILED") and state
+
+    state = wait_for(finished, timeout=300, interval=0.01)  # a hang bound only
     assert state["status"] == "COMPLETED", state
     result = client.get(job["response_url"]).json()
     assert jpeg(base64.b64decode(result["output"]["image"])).shape == (64, 64, 3)
     assert result["seed"] == 354849415 and result["recipe"]["seed"] == 354849415
     assert result["recipe"]["params"]["steps"] == 12 and result["metrics"]["inference_s"] > 0
     steps = [step for status, step, total in seen if status == "PROCESSING" and total == 12]
-    assert steps == sorted(steps) and all(0 <= s <= 12 for s in steps)
+    assert steps and max(steps) >= 1, f"no step progress was seen while the job ran: {seen}"
+    assert steps == sorted(steps) and all(0 <= s <= 12 for s in steps), seen
     assert keys.get(record.id).balance == before - 2
     assert client.get("/v2/requests/req_unknown").status_code == 404
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import httpx
 import numpy as np
@@ -16,7 +15,7 @@ import idforge.engine.sampling as sampling
 from faces_util import square_image, textured
 from idforge.faces.analysis import FaceAnalyzer
 from idforge.faces.scoring import reference_embedding, score_image
-from server_fixtures import face_b64, running_server
+from server_fixtures import face_b64, running_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +87,13 @@ def test_v1_noise_output_is_none(server):
 
 
 def _wait(client, job) -> dict:
-    for _ in range(3000):
-        state = client.get(job["status_url"]).json()
-        if state["status"] in ("COMPLETED", "FAILED", "CANCELED"):
-            break
-        time.sleep(0.02)
+    state = wait_for(
+        lambda: (
+            (s := client.get(job["status_url"]).json())["status"] in ("COMPLETED", "FAILED", "CANCELED") and s
+        ),
+        timeout=300,
+        interval=0.02,
+    )
     assert state["status"] == "COMPLETED", state
     return client.get(job["response_url"]).json()
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from server_fixtures import FakeGenerator, running_server, seed_request
+from server_fixtures import FakeGenerator, running_server, seed_request, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,10 @@ def test_queue_full_answers_503_with_retry_after(server, fake):
     for response in accepted:
         status_url = response.json()["status_url"]
         assert status_url.startswith(url + "/v2/requests/req_")  # absolute, from the request's host
-        for _ in range(100):
-            state = httpx.get(status_url, headers={"x-api-key": token}).json()
-            if state["status"] == "COMPLETED":
-                break
-            time.sleep(0.05)
-        assert state["status"] == "COMPLETED"
+        wait_for(
+            lambda u=status_url: httpx.get(u, headers={"x-api-key": token}).json()["status"] == "COMPLETED",
+            timeout=120,
+        )
     assert keys.get(record.id).spent == 4
 
 
@@ -102,11 +100,14 @@ def test_v2_failure_reports_error_and_refunds(server):
     url, keys = server
     record, token = keys.create_key(2)
     job = post(url, token, path="/v2/insta-depth", prompt="fail").json()
-    for _ in range(100):
-        state = httpx.get(job["status_url"], headers={"x-api-key": token}).json()
-        if state["status"] == "FAILED":
-            break
-        time.sleep(0.05)
+    state = wait_for(
+        lambda: (
+            (s := httpx.get(job["status_url"], headers={"x-api-key": token}).json())["status"] != "QUEUED"
+            and s["status"] != "PROCESSING"
+            and s
+        ),
+        timeout=120,
+    )
     assert state["status"] == "FAILED" and state["field"] == "face_image" and state["error_status"] == 400
     assert "no face" in state["error"] and state["credits"] == 0
     assert keys.get(record.id).balance == 2
@@ -162,11 +163,14 @@ def test_restart_with_queued_jobs_loses_nothing(tmp_path):
     with running_server(db, second) as (url, keys):
         states = {}
         for job_id in jobs:
-            for _ in range(200):
-                states[job_id] = httpx.get(f"{url}/v2/requests/{job_id}", headers={"x-api-key": token}).json()
-                if states[job_id]["status"] == "COMPLETED":
-                    break
-                time.sleep(0.05)
+            states[job_id] = wait_for(
+                lambda j=job_id: (
+                    (s := httpx.get(f"{url}/v2/requests/{j}", headers={"x-api-key": token}).json())["status"]
+                    == "COMPLETED"
+                    and s
+                ),
+                timeout=120,
+            )
         assert [states[j]["status"] for j in jobs] == ["COMPLETED"] * 4
         assert [states[j]["seed"] for j in jobs] == [0, 1, 2, 3]
         # The abandoned job either finished late on the stopped worker (its lease was still valid, so its result

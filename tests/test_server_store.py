@@ -284,11 +284,14 @@ def test_serve_command_runs_with_structured_logs(tmp_path):
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     try:
-        for _ in range(300):
+        deadline = time.monotonic() + 240  # a hang bound only: the server is up when it answers
+        while True:
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/health", headers={"x-request-id": "probe-42"})
                 break
             except httpx.TransportError:
+                assert process.poll() is None, "idforge serve exited before answering"
+                assert time.monotonic() < deadline, "idforge serve did not answer within 240 s"
                 time.sleep(0.1)
         assert health.status_code == 200 and health.json()["status"] in ("loading", "ready")
         assert health.headers["x-request-id"] == "probe-42"

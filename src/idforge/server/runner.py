@@ -43,7 +43,8 @@ class BackgroundServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> BackgroundServer:
+    def start(self, timeout: float = 120.0) -> BackgroundServer:
+        """Wait until uvicorn says it has started (or its thread dies); `timeout` only bounds a hang."""
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:

@@ -70,7 +70,9 @@ async def job_cancel(request_id: str, request: Request, key: Auth, state: State)
     row, failure = await own_job(request_id, key, request, allow_expired=True)
     if failure is not None:
         return failure
-    outcome = await run_in_threadpool(state.queue.cancel, request_id, "canceled by the client", 2.0)
+    outcome = await run_in_threadpool(
+        state.queue.cancel, request_id, "canceled by the client", state.config.cancel_wait_s
+    )
     return JSONResponse(
         {
             "request_id": request_id,
