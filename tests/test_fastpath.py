@@ -19,6 +19,19 @@ from instantid_fixtures import square_face
 
 SIZE = 64
 EAGER = FastPath(cache_control_embedding=False)
+# The tolerances engine/fastpath.py documents (max abs difference of the final latents; the VAE's on the image),
+# written here so that loosening them in the code fails this test instead of passing it.
+TOL = {
+    "cache_control_embedding": 0.0,
+    "channels_last": 1e-4,
+    "fused_qkv": 1e-4,
+    "vae_dtype": 5e-2,
+    "compile": 1e-3,
+}
+
+
+def test_the_code_states_the_tolerances_tested_here():
+    assert TOLERANCES == TOL
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +69,12 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize(
     ("switches", "tolerance"),
     [
-        ({"cache_control_embedding": True}, TOLERANCES["cache_control_embedding"]),
-        ({"channels_last": True}, TOLERANCES["channels_last"]),
-        ({"fused_qkv": True}, TOLERANCES["fused_qkv"]),
+        ({"cache_control_embedding": True}, TOL["cache_control_embedding"]),
+        ({"channels_last": True}, TOL["channels_last"]),
+        ({"fused_qkv": True}, TOL["fused_qkv"]),
         (
             {"channels_last": True, "fused_qkv": True, "cache_control_embedding": True},
-            TOLERANCES["fused_qkv"],
+            TOL["fused_qkv"],
         ),
     ],
 )
@@ -78,13 +91,36 @@ def test_fused_qkv_sees_the_faceid_lora_and_restores_after(tiny_kit, face, eager
     """FaceID merges its LoRA into to_q/to_k/to_v for the call: the fused matmul must see it, and lose it after."""
     engine = engine_with(tiny_kit, EAGER.with_changes(fused_qkv=True))
     result = faceid(engine, face)
-    assert max_diff(result.latents, eager["faceid"].latents) <= TOLERANCES["fused_qkv"]
+    assert max_diff(result.latents, eager["faceid"].latents) <= TOL["fused_qkv"]
     unet = engine.base_model().unet
     attn = unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
     assert attn.fused_projections
     joint = torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight])
     assert torch.equal(attn.to_qkv.weight, joint)
     assert attn.to_q.weight.data_ptr() == attn.to_qkv.weight.data_ptr()  # a view: no second copy
+    # the LoRA is gone after the call: every UNet weight is bit for bit the file's again (fused ones included)
+    from diffusers import UNet2DConditionModel
+
+    fresh = UNet2DConditionModel.from_pretrained(
+        tiny_kit / "diffusers/tiny-sdxl", subfolder="unet"
+    ).state_dict()
+    current = unet.state_dict()
+    compared = [name for name in fresh if name in current]
+    assert len(compared) == len(fresh), sorted(set(fresh) - set(current))[:5]
+    changed = [name for name in compared if not torch.equal(current[name].float(), fresh[name].float())]
+    assert changed == [], changed[:5]
+    fused = [m for m in unet.modules() if getattr(m, "fused_projections", False) and hasattr(m, "to_qkv")]
+    assert fused
+    for module in fused:
+        file_q = fresh_weight(fresh, unet, module, "to_q")
+        assert torch.equal(module.to_qkv.weight[: file_q.shape[0]], file_q)
+    # and the engine's next call, without a LoRA, is the eager path's again
+    assert max_diff(insta_depth(engine, face).latents, eager["insta_depth"].latents) <= TOL["fused_qkv"]
+
+
+def fresh_weight(fresh: dict, unet, module, part: str) -> torch.Tensor:
+    name = next(n for n, m in unet.named_modules() if m is module)
+    return fresh[f"{name}.{part}.weight"]
 
 
 def test_fused_qkv_unet_forward_matches_unfused(tiny_kit):
@@ -99,7 +135,7 @@ def test_fused_qkv_unet_forward_matches_unfused(tiny_kit):
         before = unet(sample, 10, encoder_hidden_states=context, added_cond_kwargs=added).sample
         assert fuse_qkv(unet) > 0
         after = unet(sample, 10, encoder_hidden_states=context, added_cond_kwargs=added).sample
-    assert max_diff(before, after) <= TOLERANCES["fused_qkv"]
+    assert max_diff(before, after) <= TOL["fused_qkv"]
 
 
 def test_bf16_vae_decodes_within_tolerance(tiny_kit, face, eager):
@@ -107,7 +143,7 @@ def test_bf16_vae_decodes_within_tolerance(tiny_kit, face, eager):
     assert torch.equal(result.latents, eager["insta_depth"].latents)  # only the decoder changed
     ours = torch.tensor(list(result.images[0].getdata()), dtype=torch.float32) / 255.0
     reference = torch.tensor(list(eager["insta_depth"].images[0].getdata()), dtype=torch.float32) / 255.0
-    assert max_diff(ours, reference) <= TOLERANCES["vae_dtype"]
+    assert max_diff(ours, reference) <= TOL["vae_dtype"]
 
 
 def test_ip_key_value_cache_is_exact(tiny_kit):
@@ -204,5 +240,5 @@ def test_compile_matches_eager_and_compiles_once_per_shape(tiny_kit, face):
     graphs = dynamo_utils.counters["stats"]["unique_graphs"]
     second = insta_depth(compiled, face, seed=4)  # a new request of the same shape: no new graphs
     assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs
-    assert max_diff(first.latents, reference.latents) <= TOLERANCES["compile"]
+    assert max_diff(first.latents, reference.latents) <= TOL["compile"]
     assert not torch.equal(second.latents, first.latents)

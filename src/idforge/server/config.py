@@ -29,7 +29,9 @@ class ServerConfig:
     images: ImagePolicy = field(default_factory=ImagePolicy)
     pricing: Pricing = field(default_factory=Pricing)
     shutdown_timeout: float = 10.0
-    cancel_wait_s: float = 2.0  # how long POST .../cancel waits for a running job to stop before answering "stopping"
+    cancel_wait_s: float = (
+        2.0  # how long POST .../cancel waits for a running job to stop before answering "stopping"
+    )
     public_url: str | None = None  # e.g. https://api.example.com: the base of every absolute URL
     trust_proxy: bool = False  # honour X-Forwarded-Proto / X-Forwarded-Host
     result_ttl: float = 3600.0  # seconds a finished /v2 job's result is kept

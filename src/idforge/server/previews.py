@@ -223,7 +223,8 @@ class PreviewService:
                     warnings.append("pose_image: no face found; the face image's keypoints are used")
                 elif body.pose_fallback:
                     warnings.append("pose_image: no face found; the reference face's keypoints are used")
-                else:
+                else:  # the generation would refuse this pose: show no keypoints it would not use
+                    kps_face = None
                     problems.append(
                         pose_found[0].message + "; turn on pose_fallback to use the reference keypoints"
                     )
