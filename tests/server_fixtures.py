@@ -96,13 +96,15 @@ class WebhookReceiver:
     """A real HTTP server on 127.0.0.1 that takes webhooks and records every attempt (headers, raw body).
 
     `fail_first` answers 500 to the first N attempts of each message id; `delay` sleeps before answering;
-    `redirect_to` answers 307 to that URL instead."""
+    `redirect_to` answers 307 to that URL instead. `times[i]` is when attempt i arrived (time.monotonic()).
+    `port`: listen there (a receiver that comes back where a webhook URL points)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         receiver = self
         self.attempts: list[tuple[dict[str, str], bytes]] = []
+        self.times: list[float] = []
         self.fail_first = 0
         self.delay = 0.0
         self.redirect_to: str | None = None
@@ -114,6 +116,7 @@ class WebhookReceiver:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver.lock:
                     receiver.attempts.append((headers, body))
+                    receiver.times.append(time.monotonic())
                     seen = sum(
                         1 for h, _ in receiver.attempts if h.get("webhook-id") == headers.get("webhook-id")
                     )
@@ -131,7 +134,7 @@ class WebhookReceiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -142,6 +145,16 @@ class WebhookReceiver:
 
         with self.lock:
             return [(h, b) for h, b in self.attempts if json.loads(b).get("request_id") == job_id]
+
+    def times_for(self, job_id: str) -> list[float]:
+        import json
+
+        with self.lock:
+            return [
+                t
+                for (_, b), t in zip(self.attempts, self.times, strict=True)
+                if json.loads(b).get("request_id") == job_id
+            ]
 
     def close(self) -> None:
         self.server.shutdown()

@@ -179,7 +179,7 @@ def test_retries_stop_after_the_retry_window(tmp_path):
         _, token = keys.create_key(5)
         job = submit(url, token, "http://127.0.0.1:9/down")
         listed = wait_for(
-            lambda: (d := deliveries(job, token)) and d[0]["status"] == "failed" and d, timeout=10
+            lambda: (d := deliveries(job, token)) and d[0]["status"] == "failed" and d, timeout=60
         )
         assert listed[0]["attempts"] >= 3 and listed[0]["next_attempt"] is None
 
@@ -206,6 +206,73 @@ def test_pending_delivery_survives_a_restart(tmp_path):
             assert bodies[-1]["status"] == "COMPLETED"
     finally:
         hook.close()
+
+
+def test_backoff_schedule_doubles_from_first_retry_up_to_max_interval_within_the_window():
+    """The documented defaults: 5 s, then doubling, at most 600 s apart, given up an hour after the job ended."""
+    policy = WebhookPolicy()
+    assert (policy.first_retry, policy.max_interval, policy.retry_for) == (5.0, 600.0, 3600.0)
+    delays = [policy.retry_at(n, created=0.0, now=0.0) for n in range(1, 10)]
+    assert delays == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 600.0, 600.0]
+    # the window counts from the job's end, not from the attempt: a retry that would land after it is none
+    assert policy.retry_at(3, created=0.0, now=3600.0 - 20.0) == 3600.0
+    assert policy.retry_at(3, created=0.0, now=3600.0 - 19.0) is None
+    assert policy.retry_at(1, created=100.0, now=3700.0) is None
+
+
+def test_live_retries_follow_the_backoff_schedule(tmp_path):
+    """A receiver failing 4 times: attempts 2..5 come no earlier than 0.4, 0.8, 1.6, 1.6 s after the one before."""
+    hook = WebhookReceiver()
+    hook.fail_first = 4
+    policy = WebhookPolicy(
+        allow_hosts=("127.0.0.1",), timeout=5.0, first_retry=0.4, max_interval=1.6, retry_for=120
+    )
+    try:
+        with running_server(tmp_path / "backoff.db", FakeGenerator(), webhooks=policy) as (url, keys):
+            _, token = keys.create_key(5)
+            job = submit(url, token, hook.url)
+            listed = wait_for(
+                lambda: (d := deliveries(job, token)) and d[0]["status"] == "delivered" and d, timeout=120
+            )
+            assert listed[0]["attempts"] == 5 and listed[0]["last_status"] == 200
+            times = hook.times_for(job["request_id"])
+            assert len(times) == 5 and len({h["webhook-id"] for h, _ in hook.for_job(job["request_id"])}) == 1
+            gaps = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
+            for gap, scheduled in zip(gaps, [0.4, 0.8, 1.6, 1.6], strict=True):
+                assert gap >= scheduled - 0.05, (gaps, "a retry came before its backoff")
+                assert gap < scheduled + 30, (gaps, "a retry came far later than scheduled")
+    finally:
+        hook.close()
+
+
+def test_receiver_that_comes_back_after_being_down_gets_the_webhook_once(tmp_path):
+    """Nothing listens on the webhook's port (connection refused) for a few attempts; then a receiver starts
+    there: the next retry delivers, once, with the same webhook-id and a valid signature."""
+    from idforge.server.runner import free_port
+
+    port = free_port()
+    policy = WebhookPolicy(allow_hosts=("127.0.0.1",), timeout=2.0, first_retry=0.2, max_interval=0.5)
+    with running_server(tmp_path / "back.db", FakeGenerator(), webhooks=policy) as (url, keys):
+        record, token = keys.create_key(5)
+        secret = keys.webhook_secret(record.id)
+        job = submit(url, token, f"http://127.0.0.1:{port}/hook")
+        down = wait_for(lambda: (d := deliveries(job, token)) and d[0]["attempts"] >= 3 and d, timeout=120)
+        assert down[0]["status"] == "pending" and down[0]["last_status"] is None
+        assert "Connect" in down[0]["last_error"], down[0]
+        hook = WebhookReceiver(port=port)
+        try:
+            listed = wait_for(
+                lambda: (d := deliveries(job, token)) and d[0]["status"] == "delivered" and d, timeout=120
+            )
+            assert listed[0]["id"] == down[0]["id"] and listed[0]["last_status"] == 200
+            attempts = hook.for_job(job["request_id"])
+            assert len(attempts) == 1 and attempts[0][0]["webhook-id"] == down[0]["id"]
+            body = Webhook(secret).verify(attempts[0][1], attempts[0][0])
+            assert body["status"] == "COMPLETED" and body["request_id"] == job["request_id"]
+            time.sleep(1.0)  # longer than max_interval: a delivered message is never sent again
+            assert len(hook.for_job(job["request_id"])) == 1
+        finally:
+            hook.close()
 
 
 def test_keys_cli_shows_the_webhook_secret(tmp_path, capsys):
