@@ -2,7 +2,8 @@
 
 A job with a `webhook_url` POSTs its final status body when it ends; a failed first delivery is retried with the
 same webhook-id (exactly one delivery id per job); a slow, dead, redirecting or failing receiver never blocks the
-worker or the API and never loses the job's result; deliveries survive a restart and are listed per job.
+worker or the API and never loses the job's result; deliveries survive a restart and are listed per job. The server
+tests run on SQLite and on a real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ def fake():
     return FakeGenerator()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, fake):
-    db = tmp_path_factory.mktemp("hooks") / "server.db"
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory, fake):
+    """The webhook server on each backend: the outbox, its leases and retries on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        db = tmp_path_factory.mktemp("hooks") / "server.db"
+    else:
+        db = request.getfixturevalue("postgres").create_database()
     with running_server(db, fake, webhooks=FAST) as (url, keys):
         yield url, keys
 
@@ -184,10 +189,10 @@ def test_retries_stop_after_the_retry_window(tmp_path):
         assert listed[0]["attempts"] >= 3 and listed[0]["next_attempt"] is None
 
 
-def test_pending_delivery_survives_a_restart(tmp_path):
+def test_pending_delivery_survives_a_restart(db_url):
     hook = WebhookReceiver()
     try:
-        db = tmp_path / "restart.db"
+        db = db_url
         policy = WebhookPolicy(allow_hosts=("127.0.0.1",), timeout=0.5, first_retry=0.2, max_interval=0.3)
         with running_server(db, FakeGenerator(), webhooks=policy) as (url, keys):
             record, token = keys.create_key(5)
@@ -245,14 +250,14 @@ def test_live_retries_follow_the_backoff_schedule(tmp_path):
         hook.close()
 
 
-def test_receiver_that_comes_back_after_being_down_gets_the_webhook_once(tmp_path):
+def test_receiver_that_comes_back_after_being_down_gets_the_webhook_once(db_url):
     """Nothing listens on the webhook's port (connection refused) for a few attempts; then a receiver starts
     there: the next retry delivers, once, with the same webhook-id and a valid signature."""
     from idforge.server.runner import free_port
 
     port = free_port()
     policy = WebhookPolicy(allow_hosts=("127.0.0.1",), timeout=2.0, first_retry=0.2, max_interval=0.5)
-    with running_server(tmp_path / "back.db", FakeGenerator(), webhooks=policy) as (url, keys):
+    with running_server(db_url, FakeGenerator(), webhooks=policy) as (url, keys):
         record, token = keys.create_key(5)
         secret = keys.webhook_secret(record.id)
         job = submit(url, token, f"http://127.0.0.1:{port}/hook")
