@@ -51,8 +51,10 @@ EXPECTED_PATHS = [
 
 
 @pytest.fixture(scope="session")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_kit(tmp_path_factory.mktemp("kit") / "tiny", seed=SEED).path
+def kit(tiny_kit: Path) -> Path:
+    """The session's tiny kit (conftest.py builds it once, all parts, seed 0 = SEED)."""
+    assert SEED == 0
+    return tiny_kit
 
 
 @pytest.fixture(scope="session")

@@ -33,17 +33,9 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def kit(tmp_path_factory) -> Path:
-    """The project's tiny kit, only the parts these tests read (incl. our single_files part)."""
-    from idforge.models.kit import build_kit
-    from idforge.models.kit.faceid import write_faceid
-    from idforge.models.kit.sd15 import write_sd15
-    from idforge.models.kit.sdxl import write_sdxl
-    from idforge.models.kit.single_files import write_single_files
-
-    out = tmp_path_factory.mktemp("kit") / "kit"
-    build_kit(out, 0, parts=[write_sdxl, write_sd15, write_faceid, write_single_files])
-    return out
+def kit(tiny_kit) -> Path:
+    """The session's tiny kit (built once in conftest.py; it has every part, our single_files one included)."""
+    return tiny_kit
 
 
 def _assert_same_weights(pipe, folder: Path, family: str) -> None:
