@@ -52,6 +52,7 @@ def gen(seed: int = SEED, num_images: int = 1, guidance: float = 5.0) -> Generat
         width=SIZE,
         height=SIZE,
         num_images=num_images,
+        score=False,  # identity scoring is tested in test_identity_score.py; here it would only cost time
     )
 
 

@@ -44,7 +44,9 @@ def engine_with(kit, fast: FastPath) -> Engine:
 
 
 def insta_depth(engine: Engine, face, seed: int = 3):
-    gen = GenerationParams(prompt="a portrait", steps=3, guidance=4.0, seed=seed, width=SIZE, height=SIZE)
+    gen = GenerationParams(
+        prompt="a portrait", steps=3, guidance=4.0, seed=seed, width=SIZE, height=SIZE, score=False
+    )
     depth = Image.linear_gradient("L").resize((SIZE, SIZE)).convert("RGB")
     return generate_insta_depth(
         engine, InstaDepthRequest(face=face, pose=face, generation=gen, depth_map=depth)
@@ -52,7 +54,9 @@ def insta_depth(engine: Engine, face, seed: int = 3):
 
 
 def faceid(engine: Engine, face):
-    gen = GenerationParams(prompt="a portrait", steps=3, guidance=4.0, seed=5, width=SIZE, height=SIZE)
+    gen = GenerationParams(
+        prompt="a portrait", steps=3, guidance=4.0, seed=5, width=SIZE, height=SIZE, score=False
+    )
     return generate_faceid(engine, FaceIDRequest(faces=[face], generation=gen, adapter="faceid-sdxl"))
 
 

@@ -67,7 +67,8 @@ def images(tmp_path_factory):
 
 
 def gen(**overrides) -> GenerationParams:
-    values = dict(prompt=PROMPT, steps=STEPS, guidance=3.0, seed=SEED, width=SIZE, height=SIZE)
+    # score=False: identity scoring is tested in test_identity_score.py; here it would only cost time
+    values = dict(prompt=PROMPT, steps=STEPS, guidance=3.0, seed=SEED, width=SIZE, height=SIZE, score=False)
     return GenerationParams(**(values | overrides))
 
 

@@ -45,7 +45,8 @@ def _dark(path):
 
 
 def gen(**overrides) -> GenerationParams:
-    values = dict(prompt="a photo", steps=3, guidance=5.0, seed=11, width=SIZE, height=SIZE)
+    # score=False: identity scoring is tested in test_identity_score.py; here it would only cost time
+    values = dict(prompt="a photo", steps=3, guidance=5.0, seed=11, width=SIZE, height=SIZE, score=False)
     values.update(overrides)
     return GenerationParams(**values)
 

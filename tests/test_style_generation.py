@@ -36,6 +36,7 @@ def _gen(**extra) -> GenerationParams:
         "seed": 5,
         "width": 64,
         "height": 64,
+        "score": False,  # scoring is tested in test_identity_score.py
     }
     return GenerationParams(**(values | extra))
 
