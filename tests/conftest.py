@@ -73,4 +73,4 @@ def tiny_kit(tmp_path_factory: pytest.TempPathFactory):
 
 
 from pg_server import db_url, postgres  # noqa: E402,F401 - session PostgreSQL server and per-test databases
-from ray_cluster import ray_serve_url  # noqa: E402,F401 - one Ray cluster per session, started on first use
+from ray_cluster import ray_serve_url  # noqa: E402,F401 - one Ray cluster per module that uses it

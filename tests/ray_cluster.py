@@ -1,4 +1,5 @@
-"""One real local Ray cluster (and Serve) for the test session, as ENVIRONMENT.md says: token auth off, a fresh
+"""One real local Ray cluster (and Serve) for the module that uses it (shut when that module ends, so its
+processes do not take CPU from the rest of the suite), as ENVIRONMENT.md says: token auth off, a fresh
 local instance (never a stale one), 2 CPUs, no dashboard, a small object store; Serve on a free loopback port."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_serve_url() -> Iterator[str]:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray
