@@ -22,6 +22,7 @@ from idforge.server.webhooks import WebhookPolicy
 from server_fixtures import WebhookReceiver, seed_request, wait_for
 
 APP = "idforge"
+pytestmark = pytest.mark.timeout(600)  # the first test also pays for the cluster, the deploy and the warm-up
 QUEUE = 40  # queued + running jobs the service takes before it answers 503
 TERMINAL = ("COMPLETED", "FAILED", "CANCELED")
 
