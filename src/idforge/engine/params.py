@@ -12,7 +12,7 @@ from typing import Any
 
 from idforge.errors import ParameterError, check_choice, check_range
 
-SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm", "tcd")
+SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim", "lcm", "tcd")
 
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
