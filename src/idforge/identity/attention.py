@@ -222,7 +222,11 @@ def _project_out(
     q.k over the ID tokens, mean over heads) on the first 5 ID tokens."""
     out = text_out.float()
     ip = ip_out.float()
-    projection = (out * ip).sum(dim=-2, keepdim=True) / (out * out).sum(dim=-2, keepdim=True) * out
+    # A channel whose text output is zero at every position (SDXL's zeroed embeddings of an empty negative prompt)
+    # has nothing to project onto: its projection is 0 (the official code divides by zero there: NaN).
+    energy = (out * out).sum(dim=-2, keepdim=True)
+    ratio = (out * ip).sum(dim=-2, keepdim=True) / torch.where(energy > 0, energy, torch.ones_like(energy))
+    projection = torch.where(energy > 0, ratio, torch.zeros_like(ratio)) * out
     if mode == "ortho":
         result = ip - projection
     else:

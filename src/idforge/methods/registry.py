@@ -31,6 +31,7 @@ BUILTIN: dict[str, str] = {
     "instantid": "idforge.methods.instantid.method",
     "faceid": "idforge.methods.faceid.method",
     "insta-depth": "idforge.methods.insta_depth.method",
+    "pulid": "idforge.methods.pulid.method",
 }
 
 
