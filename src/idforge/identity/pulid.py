@@ -130,7 +130,7 @@ def detect_version(encoder: dict[str, torch.Tensor], path: str = "checkpoint") -
     if "body.0.weight" in encoder and "mapping_0.0.weight" in encoder:
         return "v1"
     found = ", ".join(sorted(encoder)[:5]) or "nothing"
-    raise ModelFormatError(f"{path}: unknown PuLID encoder layout (keys: {found})")
+    raise ModelFormatError(f"{path}: not a PuLID checkpoint (unknown ID encoder layout; keys: {found})")
 
 
 def load_pulid_checkpoint(path: str | os.PathLike) -> PulidCheckpoint:
