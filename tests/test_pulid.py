@@ -435,3 +435,50 @@ def test_best_of_two_returns_the_better_candidate(engine, faces):
     result = run(engine, faces[:1], generation=gen(best_of=2))
     assert len(result.images) == 1
     assert "best_of" in result.recipe or "best_of" in json.dumps(result.recipe)
+
+
+def test_http_v2_pulid_runs_as_a_job_after_a_warm_up(tiny_kit, faces, tmp_path):
+    import base64
+    import time
+
+    import httpx
+
+    from server_fixtures import running_server
+
+    face = base64.b64encode(faces[0].read_bytes()).decode()
+    with running_server(tmp_path / "s.db", None, models_dirs=[str(tiny_kit)], warm_up=("pulid",)) as (
+        url,
+        keys,
+    ):
+        _, token = keys.create_key(100)
+        with httpx.Client(base_url=url, headers={"x-api-key": token}, timeout=300) as client:
+            schema = client.get("/openapi.json").json()
+            assert {"/v1/pulid", "/v2/pulid"} <= set(schema["paths"])
+            fields = schema["components"]["schemas"]["PulidBody"]["properties"]
+            assert (
+                '"maximum": 32' in json.dumps(fields["fidelity"])
+                and fields["method"]["default"] == "fidelity"
+            )
+            bad = client.post("/v2/pulid", json={"prompt": "p", "face_image": face, "fidelity": 40})
+            assert bad.status_code == 400 and bad.json()["field"] == "fidelity"
+            body = {
+                "prompt": "p",
+                "face_image": face,
+                "width": 64,
+                "height": 64,
+                "seed": 2,
+                "num_inference_steps": 4,
+            }
+            response = client.post("/v2/pulid", json=body | {"model": "pulid-v1", "method": "neutral"})
+            assert response.status_code == 202, response.text
+            deadline = time.monotonic() + 300
+            while True:
+                result = client.get(response.json()["response_url"]).json()
+                if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert result["status"] == "COMPLETED", json.dumps(result)[:500]
+            assert result["recipe"]["method"] == "pulid"
+            assert result["recipe"]["params"]["method"] == "neutral"
+            sync = client.post("/v1/pulid", json=body)
+            assert sync.status_code == 200, sync.text[:300]
