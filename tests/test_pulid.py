@@ -482,3 +482,25 @@ def test_http_v2_pulid_runs_as_a_job_after_a_warm_up(tiny_kit, faces, tmp_path):
             assert result["recipe"]["params"]["method"] == "neutral"
             sync = client.post("/v1/pulid", json=body)
             assert sync.status_code == 200, sync.text[:300]
+
+
+def test_two_persons_one_branch_each_masked_and_scored(engine, faces):
+    from idforge.methods.persons import Person
+
+    persons = [
+        Person(faces=[faces[0]], region="left"),
+        Person(faces=[faces[1]], region="right", ip_weight=1.1),
+    ]
+    request = PulidRequest(persons=persons, generation=gen(width=96, height=64), model="pulid-v1")
+    result = generate_pulid(engine, request)
+    section = result.recipe["persons"]
+    assert [p["label"] for p in section] == ["person 1", "person 2"]
+    assert section[0]["weight"] == 0.8 and section[1]["weight"] == 1.1
+    assert section[0]["region"]["box"] == [0, 0, 48, 64]
+    assert len(result.identity.images) == 1
+    single = run(engine, faces[:1], model="pulid-v1", generation=gen(width=96, height=64)).latents
+    assert (result.latents - single).abs().max() > 1e-4
+    with pytest.raises(ParameterError, match="cn_strength"):
+        generate_pulid(
+            engine, PulidRequest(persons=[Person(faces=[faces[0]], region="left", cn_strength=0.5)])
+        )

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 
 from idforge.methods.body import IDENTITY_DEFAULT_HELP, IMAGE_HELP, MethodBody
+from idforge.methods.instantid.body import PersonBody
+from idforge.methods.persons import MAX_PERSONS
 
 PULID_MODELS = Literal["pulid-v1.1", "pulid-v1", "pulid-comfyui"]
 PULID_METHODS = ("fidelity", "style", "neutral")
@@ -24,12 +26,20 @@ class PulidBody(MethodBody):
         "pulid-v1.1-lightning set 4 and 5). Affects pricing.",
     )
     guidance_scale: float = Field(7.0, ge=1, le=15, description="Scale for classifier-free guidance")
-    face_image: str = Field(..., description=f"Reference face: {IMAGE_HELP}")
+    face_image: str | None = Field(
+        None, description=f"Reference face (required unless `persons`): {IMAGE_HELP}"
+    )
     extra_face_images: list[str] = Field(
         default_factory=list,
         max_length=3,
         description="Auxiliary references (the official demos take 3): v1.1 encodes all in one pass, v1 appends "
         "their first 5 ID tokens (all 10 with id_mix)",
+    )
+    persons: list[PersonBody] = Field(
+        default_factory=list,
+        max_length=MAX_PERSONS,
+        description="(idforge extension) several people, one ID branch each, masked to its region (ip_weight = "
+        "its weight; cn_strength is refused); replaces face_image, extra_face_images and mask_image",
     )
     mask_image: str | None = Field(
         None, description=f"attn_mask: restrict the ID branch to this area: {IMAGE_HELP}"

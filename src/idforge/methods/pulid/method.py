@@ -32,6 +32,34 @@ def build_request(call: MethodCall) -> Any:
     )
 
 
+def check(call: MethodCall) -> None:
+    """face_image or persons (regions checked when the size is given), before anything is queued or charged."""
+    from idforge.errors import ParameterError
+
+    if not call.persons:
+        if call.image("face_image") is None:
+            raise ParameterError("face_image", "required (or `persons`)", field="face_image")
+        return
+    if (
+        call.image("face_image") is not None
+        or call.image("extra_face_images")
+        or call.image("mask_image") is not None
+    ):
+        raise ParameterError(
+            "persons",
+            "replaces face_image, extra_face_images and mask_image: give each person's own",
+            field="persons",
+        )
+    from idforge.methods.persons import person_regions
+    from idforge.methods.pulid.persons import check_pulid_persons
+
+    request = build_request(call)
+    check_pulid_persons(request)
+    gen = request.generation
+    if gen.width is not None and gen.height is not None:
+        person_regions(request.persons, (gen.width, gen.height))
+
+
 def run(engine: Any, request: Any, progress: Any) -> Any:
     from idforge.methods.pulid.generate import generate_pulid
 
@@ -55,5 +83,6 @@ METHOD = Method(
     build_request=build_request,
     run=run,
     recipe_section="pulid",
+    check=check,
     previews=("faces",),
 )
