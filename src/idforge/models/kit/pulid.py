@@ -76,8 +76,15 @@ def id_encoder_v1(g: torch.Generator, context: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def id_former(g: torch.Generator, context: int) -> dict[str, torch.Tensor]:
-    dim = V11_DIM
+def id_former(
+    g: torch.Generator,
+    context: int,
+    dim: int = V11_DIM,
+    vit_width: int = EVA_WIDTH,
+    id_width: int = ID_EMBEDDING + EVA_OUT,
+    hidden: int = V11_DIM,
+) -> dict[str, torch.Tensor]:
+    """IDFormer keys (published: dim 1024, vit 1024, id 1280, hidden 1024, 32 queries, 10 layers, 5 id tokens)."""
     state: dict[str, torch.Tensor] = {
         "latents": randn((1, V11_QUERIES, dim), g, std=dim**-0.5),
         "proj_out": randn((dim, context), g, std=dim**-0.5),
@@ -93,15 +100,20 @@ def id_former(g: torch.Generator, context: int) -> dict[str, torch.Tensor]:
         state[p + "1.1.weight"] = linear_weight(4 * dim, dim, g)
         state[p + "1.3.weight"] = linear_weight(dim, 4 * dim, g, gain=0.5)
     for i in range(SCALES):
-        _mlp(state, f"mapping_{i}", (EVA_WIDTH, V11_DIM, V11_DIM, dim), g)
-    _mlp(state, "id_embedding_mapping", (ID_EMBEDDING + EVA_OUT, V11_DIM, V11_DIM, dim * V11_ID_TOKENS), g)
+        _mlp(state, f"mapping_{i}", (vit_width, hidden, hidden, dim), g)
+    _mlp(state, "id_embedding_mapping", (id_width, hidden, hidden, dim * V11_ID_TOKENS), g)
     return state
 
 
-def id_attention(g: torch.Generator, unet) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def id_attention(
+    g: torch.Generator, unet, dtype: torch.dtype = torch.float32
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     width = unet.config.cross_attention_dim
     return {
-        slot.index: (linear_weight(slot.inner, width, g), linear_weight(slot.inner, width, g))
+        slot.index: (
+            linear_weight(slot.inner, width, g).to(dtype),
+            linear_weight(slot.inner, width, g).to(dtype),
+        )
         for slot in attention_slots(unet)
         if slot.is_cross
     }
@@ -123,22 +135,29 @@ def comfy_state(encoder: dict, attn: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def eva_visual(g: torch.Generator) -> dict[str, torch.Tensor]:
-    """A tiny EVA02-CLIP visual tower in the original key layout (no prefix)."""
+def eva_visual(
+    g: torch.Generator,
+    w: int = EVA_WIDTH,
+    depth: int = EVA_DEPTH,
+    mlp: int = EVA_MLP,
+    grid: int = EVA_GRID,
+    out: int = EVA_OUT,
+) -> dict[str, torch.Tensor]:
+    """An EVA02-CLIP visual tower in the original key layout (no prefix); tiny by default (published:
+    width 1024, 24 blocks, MLP 2730, grid 24, output 768)."""
     from idforge.identity.eva_clip import HEAD_WIDTH, rope_tables
 
-    w = EVA_WIDTH
     state: dict[str, torch.Tensor] = {
         "cls_token": randn((1, 1, w), g, std=0.02),
-        "pos_embed": randn((1, EVA_GRID * EVA_GRID + 1, w), g, std=0.02),
+        "pos_embed": randn((1, grid * grid + 1, w), g, std=0.02),
         "patch_embed.proj.weight": randn(
             (w, 3, EVA_PATCH, EVA_PATCH), g, std=(3 * EVA_PATCH * EVA_PATCH) ** -0.5
         ),
         "patch_embed.proj.bias": bias(w, g),
     }
-    cos, sin = rope_tables(HEAD_WIDTH, EVA_GRID)
+    cos, sin = rope_tables(HEAD_WIDTH, grid)
     state["rope.freqs_cos"], state["rope.freqs_sin"] = cos, sin
-    for i in range(EVA_DEPTH):
+    for i in range(depth):
         p = f"blocks.{i}."
         _layernorm(state, p + "norm1", w, g)
         for name in ("q_proj", "k_proj", "v_proj"):
@@ -148,12 +167,12 @@ def eva_visual(g: torch.Generator) -> dict[str, torch.Tensor]:
         _layernorm(state, p + "attn.inner_attn_ln", w, g)
         _linear(state, p + "attn.proj", w, w, g)
         _layernorm(state, p + "norm2", w, g)
-        _linear(state, p + "mlp.w1", EVA_MLP, w, g)
-        _linear(state, p + "mlp.w2", EVA_MLP, w, g)
-        _layernorm(state, p + "mlp.ffn_ln", EVA_MLP, g)
-        _linear(state, p + "mlp.w3", w, EVA_MLP, g)
+        _linear(state, p + "mlp.w1", mlp, w, g)
+        _linear(state, p + "mlp.w2", mlp, w, g)
+        _layernorm(state, p + "mlp.ffn_ln", mlp, g)
+        _linear(state, p + "mlp.w3", w, mlp, g)
     _layernorm(state, "norm", w, g)
-    _linear(state, "head", EVA_OUT, w, g)
+    _linear(state, "head", out, w, g)
     return state
 
 
@@ -181,9 +200,9 @@ def _conv_bn(state: dict, key: str, cout: int, cin: int, k: int, g: torch.Genera
     _bn(state, f"{key}.bn", cout, g)
 
 
-def bisenet(g: torch.Generator) -> dict[str, torch.Tensor]:
+def bisenet(g: torch.Generator, w: int = PARSER_WIDTH) -> dict[str, torch.Tensor]:
     """facexlib's BiSeNet keys for base width w (published 64): ResNet-18, ARMs, FFM, three heads."""
-    w, classes = PARSER_WIDTH, PARSER_CLASSES
+    classes = PARSER_CLASSES
     mid, fuse, head_mid = 2 * w, 4 * w, w
     state: dict[str, torch.Tensor] = {}
     r = "cp.resnet."
