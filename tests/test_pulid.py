@@ -504,3 +504,13 @@ def test_two_persons_one_branch_each_masked_and_scored(engine, faces):
         generate_pulid(
             engine, PulidRequest(persons=[Person(faces=[faces[0]], region="left", cn_strength=0.5)])
         )
+
+
+def test_reproduce_regenerates_a_pulid_image_bit_for_bit(engine, faces, tiny_kit, tmp_path):
+    from idforge.methods.reproduce import reproduce
+
+    result = run(engine, faces, model="pulid-v1", method="style", weight=0.9, fidelity=4)
+    written = result.save(tmp_path / "p.png")
+    done = reproduce(written[0], faces=faces, models_dirs=[tiny_kit], engine=engine)
+    assert np.array_equal(np.asarray(done.image), np.asarray(result.images[0]))
+    assert done.recipe.params["fidelity"] == 4

@@ -21,7 +21,7 @@
 On the same machine, with the same models and inputs, the image is bit-for-bit the original (tests/test_recipe.py).
 `Reproduction.differences` lists what was not the same (models whose sha256 changed, device, dtype, switches,
 scheduler, torch/diffusers versions): any of them may change pixels. Methods: instantid, faceid (also batch mode,
-and FaceID + InstantID), insta_depth. Several people (persons) are refused; a job that shared a server batch pass
+and FaceID + InstantID), insta_depth, pulid. Several people (persons) are refused; a job that shared a server batch pass
 (`batch` section) is regenerated alone, which can differ by float rounding.
 """
 
@@ -42,7 +42,7 @@ from idforge.engine.result import GenerationResult, read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import InputImageError, ParameterError
 
-METHODS = ("instantid", "faceid", "instantid+faceid", "insta_depth")
+METHODS = ("instantid", "faceid", "instantid+faceid", "insta_depth", "pulid")
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -180,6 +180,23 @@ def reproduce(
                 face_models=_model_spec((part.get("models") or {}).get("face_models")),
             )
         result = generate_faceid(engine, request, progress, instantid=instantid)
+    elif recipe.method == "pulid":
+        from idforge.methods.pulid.core import PulidParams, PulidRequest
+        from idforge.methods.pulid.generate import generate_pulid
+
+        inputs = recipe.inputs
+        request = PulidRequest(
+            faces=finder.faces(inputs.get("faces"), faces, "faces"),
+            generation=gen,
+            pulid=_params(PulidParams, params),
+            attn_mask=finder.one("attn_mask", inputs, attn_mask),
+            model=_model_spec(models.get("pulid")),
+            eva_clip=_model_spec(models.get("eva_clip")),
+            face_parser=_model_spec(models.get("face_parser")),
+            base=_model_spec(models.get("base")),
+            face_models=_model_spec(models.get("face_models")),
+        )
+        result = generate_pulid(engine, request, progress)
     else:
         from idforge.methods.insta_depth.generate import (
             InstaDepthParams,
