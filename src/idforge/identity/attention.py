@@ -7,7 +7,9 @@ as diffusers' `AttnProcessor2_0` does, then adds, for each identity adapter acti
 
 before the output projection, with w_t the adapter's weight for the layer's transformer block (weight types),
 the tokens of each sample's own reference (cond/uncond halves of the CFG batch, swapped on the layers a
-"precise" weight type marks), and the embeds-scaling mode deciding where w_t enters. All per-call state lives
+"precise" weight type marks), and the embeds-scaling mode deciding where w_t enters. PuLID's adapters also set a
+`projection` (none | ortho | ortho_v2: how their output joins the text attention's, `_project_out`) and
+`zero_tokens` (zero tokens appended to their tokens, whose keys and values are zeros). All per-call state lives
 in one `IdentityAttention` controller that installs and removes the processors; the processors only read it.
 
 The start/end window and the mask rule are shared with the engine's ControlNet gating: `timestep_window` and
