@@ -240,7 +240,7 @@ def run_idforge(setup: Setup, method: str, seed: int) -> dict[str, Any]:
     from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
     from idforge.methods.instantid.core import InstantIDRequest
     from idforge.methods.instantid.generate import generate_instantid
-    from idforge.models.fullsize import FACEID_PRESET
+    from idforge.methods.preload import FACEID_PRESET
 
     engine = setup.engine
     engine.face_cache = type(engine.face_cache)(256)  # every run analyses its faces (no cache hits)
