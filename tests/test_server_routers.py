@@ -51,7 +51,12 @@ def test_the_generation_routes_are_exactly_the_served_methods(tmp_path):
     try:
         paths = app.openapi()["paths"]
         served = list(served_methods())
-        assert [name for _, name, _, _ in served] == ["instantid", "faceid", "insta-depth", "pulid"]  # the registry's
+        assert [name for _, name, _, _ in served] == [
+            "instantid",
+            "faceid",
+            "insta-depth",
+            "pulid",
+        ]  # the registry's
         for path, name, body, _ in served:
             for version in ("v1", "v2"):
                 operation = paths[f"/{version}/{path}"]["post"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from idforge.methods.pulid.body import PulidBody
-from idforge.methods.registry import ImageInput, Method, MethodCall
+from idforge.methods.registry import CommandLine, ImageInput, Method, MethodCall
 
 
 def build_request(call: MethodCall) -> Any:
@@ -83,6 +83,7 @@ METHOD = Method(
     build_request=build_request,
     run=run,
     recipe_section="pulid",
+    cli=CommandLine(skip=frozenset({"persons"}), help="several people: the Python API or HTTP `persons`"),
     check=check,
     previews=("faces",),
 )
