@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "insta_depth",
     "method",  # every other registered method, its flags from its body
     "reproduce",
+    "workflow",
     "serve",
     "keys",
     "demo",
