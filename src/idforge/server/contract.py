@@ -90,6 +90,11 @@ def output_body(result: dict[str, Any]) -> dict[str, Any]:
     }
     for name, data in result.get("extras", {}).items():
         output[name] = data
+    nodes = ((result.get("recipe") or {}).get("workflow") or {}).get("outputs")
+    if isinstance(
+        nodes, dict
+    ):  # a workflow job: the images of each output node (SaveImage / PreviewImage id)
+        output["nodes"] = {node: [result["images"][i] for i in indices] for node, indices in nodes.items()}
     return output
 
 

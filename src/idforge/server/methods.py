@@ -272,6 +272,10 @@ class EngineGenerator:
         return unavailable
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput:
+        from idforge.server.workflows import WORKFLOW_METHOD, generate_workflow
+
+        if spec.method == WORKFLOW_METHOD:
+            return generate_workflow(self.engine, spec, progress)
         try:
             method = get_method(spec.method)
         except ParameterError:

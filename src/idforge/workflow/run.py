@@ -48,6 +48,7 @@ class Prepared:
     call: MethodCall
     request: Any
     models: dict[str, str]  # role -> the resolved path, for the recipe and --explain
+    body: Any = None  # the validated body (pricing reads it)
 
 
 def validate_body(method: Method, gen: PlannedGeneration) -> Any:
@@ -196,7 +197,7 @@ def prepare(
             raise _named(exc, gen) from None
         known = {f.name for f in dataclasses.fields(request)}
         request = dataclasses.replace(request, **{k: v for k, v in overrides.items() if k in known})
-        prepared.append(Prepared(gen, method, call, request, paths))
+        prepared.append(Prepared(gen, method, call, request, paths, body))
     return prepared
 
 
