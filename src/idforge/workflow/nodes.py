@@ -325,9 +325,6 @@ def _latent(ctx: NodeContext) -> tuple[Any, ...]:
     latent = Latent(
         ctx.node_id, int(ctx.number("width")), int(ctx.number("height")), int(ctx.number("batch_size", 1))
     )
-    ctx.note("width", "width", latent.width)
-    ctx.note("height", "height", latent.height)
-    ctx.note("batch_size", "num_images", latent.batch_size)
     return (latent,)
 
 
@@ -353,6 +350,11 @@ def _output(ctx: NodeContext) -> tuple[Any, ...]:
 @register("LoadImage")
 def _load_image(ctx: NodeContext) -> tuple[Any, ...]:
     ref = ImageRef(ctx.node_id, ctx.text("image"))
+    ctx.note(
+        "image",
+        f"an input image (a file, --set {ctx.node_id}.image=PATH, or HTTP images.{ctx.node_id})",
+        ref.filename,
+    )
     return ref, _NotSupported(ctx.node_id, "LoadImage's MASK output (use SolidMask / MaskComposite)")
 
 

@@ -314,9 +314,17 @@ def _instantid_models(inputs: SamplerInputs, patch: N.InstantIDPatch, models: di
         "identitynet": (patch.control_net.node, patch.control_net.name),
     }
     inputs.say(
-        patch.node, "instantid", "InstantID ip-adapter (models folder: instantid/)", patch.instantid_file
+        patch.instantid_node,
+        "instantid_file",
+        "InstantID ip-adapter (models folder: instantid/)",
+        patch.instantid_file,
     )
-    inputs.say(patch.node, "control_net", "IdentityNet (models folder: controlnet/)", patch.control_net.name)
+    inputs.say(
+        patch.control_net.node,
+        "control_net_name",
+        "IdentityNet (models folder: controlnet/)",
+        patch.control_net.name,
+    )
 
 
 def _identity_values(inputs: SamplerInputs, patch: N.InstantIDPatch) -> None:

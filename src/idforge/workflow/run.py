@@ -53,7 +53,13 @@ class Prepared:
 
 def validate_body(method: Method, gen: PlannedGeneration) -> Any:
     """The method's body from the planned parameters, validated as an HTTP body (placeholders for images)."""
-    fields = dict(gen.params)
+    fields = {}
+    for name, value in gen.params.items():
+        if name in method.body.model_fields:
+            fields[name] = value
+        elif not (name == "num_images" and value == 1):  # a method with one image per call
+            where = gen.sources.get(name, f"{gen.sampler}.{name}")
+            raise ParameterError(where, f"{value!r}: idforge {method.name} has no {name}", field=where)
     for name, value in gen.images.items():
         if isinstance(value, list):
             fields[name] = [PLACEHOLDER] * len(value)
