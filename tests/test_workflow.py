@@ -265,7 +265,7 @@ def test_insta_depth_with_the_zoe_node_bypassed(engine, faces, tmp_path):
     plan = open_workflow(DEPTH, {"7.mode": 4})
     prepared = prepare(plan, {"8": faces["a"], "9": faces["pose"]}, engine.store)
     (result,) = execute(engine, plan, prepared, lambda step, total: None)
-    assert result.recipe["method"] == "insta-depth"
+    assert result.recipe["workflow"]["method"] == "insta-depth"
     assert result.recipe["params"]["depth_strength"] == 0.6
     assert result.recipe["workflow"]["models"]["depth_controlnet"].endswith("tiny-depth-sdxl")
     assert result.images[0].size == (64, 64)
