@@ -520,7 +520,7 @@ register("IPAAdapterFaceIDBatch", _apply_faceid)
 @register("SolidMask")
 def _solid_mask(ctx: NodeContext) -> tuple[Any, ...]:
     width, height = int(ctx.number("width", 512)), int(ctx.number("height", 512))
-    if not (1 <= width <= 8192 and 1 <= height <= 8192):
+    if not (1 <= width <= 4096 and 1 <= height <= 4096):
         raise ParameterError(
             f"{ctx.node_id}.width",
             f"mask size {width}x{height} is out of range",

@@ -32,11 +32,29 @@ def open_workflow(
     overrides: Mapping[str, Any] | None = None,
     name: str | None = None,
 ) -> Plan:
-    """Load, apply `--set` overrides, drop muted / pass bypassed nodes, plan."""
-    workflow: Workflow = load_workflow(source, name)
-    apply_overrides(workflow, overrides or {})
-    resolve_modes(workflow)
-    return plan_workflow(workflow)
+    """Load, apply `--set` overrides, drop muted / pass bypassed nodes, plan. A malformed file is one
+    ParameterError naming `workflow`, never a traceback."""
+    from idforge.errors import IdforgeError
+
+    try:
+        workflow: Workflow = load_workflow(source, name)
+        apply_overrides(workflow, overrides or {})
+        resolve_modes(workflow)
+        return plan_workflow(workflow)
+    except IdforgeError:
+        raise
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
+        raise ParameterError(
+            "workflow", f"malformed workflow ({type(exc).__name__}: {exc})", field="workflow"
+        ) from None
 
 
 @dataclass
