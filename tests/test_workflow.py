@@ -240,6 +240,8 @@ def test_parity_with_the_instantid_command(tiny_kit, faces, tmp_path):
     assert section["file"] == "instantid_advanced_ui04.json" and section["format"] == "ui-0.4"
     assert section["sampler"] == "10" and section["outputs"] == ["12"] and "9" in section["nodes"]
     assert Recipe.from_dict(recipe).sections["workflow"] == section  # reproduce reads it back
+    again = ["reproduce", str(flow_out), "-o", str(tmp_path / "again.png"), "--models", str(tiny_kit)]
+    assert main([*again, "--face", str(faces["a"]), "--check"]) == 0
     assert recipe["params"]["ip_weight"] == 0.7 and recipe["params"]["steps"] == 4
 
 

@@ -142,6 +142,12 @@ def _links(data: Mapping[str, Any]) -> dict[int, tuple[str, int]]:
 
 def from_ui(data: Mapping[str, Any], name: str) -> Workflow:
     """UI format -> API graph (modes kept in _meta.mode, see `resolve_modes`)."""
+    if (data.get("definitions") or {}).get("subgraphs"):
+        raise ParameterError(
+            "workflow",
+            f"{name} holds subgraphs, which idforge does not read: unpack them in ComfyUI (right click, "
+            "Unpack Subgraph) and save again",
+        )
     version = str(data.get("version", "0.4"))
     fmt = "ui-1.0" if version.startswith("1") else "ui-0.4"
     links = _links(data)

@@ -14,6 +14,7 @@ one InstantID node (+ a depth ControlNet) -> insta-depth; one or more InstantID 
 from __future__ import annotations
 
 import io
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from idforge.errors import ParameterError
+from idforge.methods.faceid.body import FACEID_ADAPTERS
 from idforge.workflow import nodes as N
 from idforge.workflow.formats import Workflow, is_link, sorted_ids
 
@@ -483,6 +485,9 @@ def adapter_name(file_name: str) -> str:
     return stem.removeprefix("ip-adapter-").replace("_", "-")
 
 
+FACEID_ADAPTER_NAMES = frozenset(typing.get_args(FACEID_ADAPTERS))
+
+
 def faceid_rule(inputs: SamplerInputs, gen: PlannedGeneration) -> bool:
     patches = inputs.patches()
     faceid = [p for p in patches if isinstance(p, N.FaceIDPatch)]
@@ -516,8 +521,11 @@ def faceid_rule(inputs: SamplerInputs, gen: PlannedGeneration) -> bool:
         gen.models["faceid_adapter"] = (adapter.node, adapter.file)
         inputs.say(adapter.node, "ipadapter_file", "FaceID adapter (models folder: ipadapter/)", adapter.file)
         named = adapter_name(adapter.file or "")
-        gen.params["adapter"] = named  # checked against the body's names; the file itself is what loads
-        gen.sources["adapter"] = f"{adapter.node}.ipadapter_file"
+        if (
+            named in FACEID_ADAPTER_NAMES
+        ):  # the body's name of a published file; the file itself is what loads
+            gen.params["adapter"] = named
+            gen.sources["adapter"] = f"{adapter.node}.ipadapter_file"
         face_lora = [lora for lora in inputs.model.loras if "faceid" in lora.name.lower()]
         if face_lora:
             lora = face_lora[-1]

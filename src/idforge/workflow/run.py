@@ -105,7 +105,8 @@ def validate_body(method: Method, gen: PlannedGeneration) -> Any:
         value = error.get("input")
         raise ParameterError(
             where,
-            f"{value!r}: {error.get('msg', 'invalid')} (idforge {method.name} {'.'.join(loc)})",
+            f"{value!r}: {error.get('msg', 'invalid')} (idforge {method.name} {'.'.join(loc)}); "
+            f'change it with --set {where}=VALUE (HTTP: "set")',
             field=where,
         ) from None
 
