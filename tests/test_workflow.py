@@ -116,6 +116,16 @@ def test_widget_table_with_and_without_the_control_value():
     )
 
 
+def test_primitive_nodes_of_the_api_format_give_their_value(store, faces):
+    graph = json.loads(UI04.read_text())
+    workflow = load_workflow(graph)
+    api = {nid: {k: v for k, v in node.items()} for nid, node in workflow.graph.items()}
+    api["40"] = {"class_type": "PrimitiveFloat", "inputs": {"value": 0.55}, "_meta": {"title": "weight"}}
+    api["9"]["inputs"]["ip_weight"] = ["40", 0]
+    (item,) = prepare(open_workflow(api), {"8": faces["a"]}, store)
+    assert item.call.params["ip_weight"] == 0.55
+
+
 def test_png_prompt_chunk_first_then_workflow():
     api = json.loads(PERSONS.read_text())
     ui = json.loads(UI04.read_text())

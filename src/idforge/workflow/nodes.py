@@ -565,6 +565,21 @@ def _mask_composite(ctx: NodeContext) -> tuple[Any, ...]:
     return (Mask(np.clip(out, 0.0, 1.0), (*destination.nodes, *source.nodes, ctx.node_id)),)
 
 
+def _primitive(ctx: NodeContext) -> tuple[Any, ...]:
+    """comfy-core's Primitive* nodes (real nodes, unlike the front end's PrimitiveNode): their value."""
+    return (ctx.get("value"),)
+
+
+for _name in (
+    "PrimitiveInt",
+    "PrimitiveFloat",
+    "PrimitiveString",
+    "PrimitiveStringMultiline",
+    "PrimitiveBoolean",
+):
+    register(_name, _primitive)
+
+
 @register("InvertMask")
 def _invert_mask(ctx: NodeContext) -> tuple[Any, ...]:
     mask = ctx.get("mask", Mask)

@@ -98,6 +98,11 @@ WIDGETS: dict[str, tuple[Widget, ...]] = {
     "InvertMask": (),
     "ConditioningCombine": (),
     "PrimitiveNode": (Widget("value", seed=True),),
+    "PrimitiveInt": (Widget("value", 0, seed=True),),
+    "PrimitiveFloat": (Widget("value", 0.0),),
+    "PrimitiveString": (Widget("value", ""),),
+    "PrimitiveStringMultiline": (Widget("value", ""),),
+    "PrimitiveBoolean": (Widget("value", False),),
 }
 
 
