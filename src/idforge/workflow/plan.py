@@ -499,6 +499,9 @@ def faceid_rule(inputs: SamplerInputs, gen: PlannedGeneration) -> bool:
             other.node, "model", "idforge runs one FaceID node per image, without other identity nodes"
         )
     patch = faceid[0]
+    if inputs.positive.controls:
+        control = inputs.positive.controls[0]
+        raise node_error(control.node, "control_net", "idforge's FaceID takes no ControlNet")
     gen.method = "faceid"
     values = dict(patch.values)
     for name, value in values.items():
