@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from idforge import __version__
 from idforge.errors import IdforgeError
 from idforge.server import previews, studio
-from idforge.server.contract import TERMINAL, result_body, status_body, submit_body
+from idforge.server.contract import result_body, status_body, submit_body
 from idforge.server.db import Store
 from idforge.server.images import ImagePolicy
 from idforge.server.jobs import (
@@ -61,6 +61,7 @@ from idforge.server.schemas import (
 )
 from idforge.server.segmind_names import resolve_names
 from idforge.server.service import JobService
+from idforge.server.states import TERMINAL, CancelAction
 from idforge.server.store import KeyRecord, NotEnoughCredits
 from idforge.server.urls import public_base_url
 from idforge.server.webhooks import WebhookDispatcher, WebhookPolicy, check_webhook_url
@@ -445,7 +446,7 @@ def create_app(
                 "request_id": request_id,
                 "action": outcome.action,
                 "status": outcome.status,
-                "credits_released": outcome.action in ("removed", "stopped"),
+                "credits_released": outcome.action in (CancelAction.REMOVED, CancelAction.STOPPED),
             }
         )
 

@@ -19,6 +19,7 @@ from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
 from idforge.methods.instantid.params import INSTANTID_COMBINE
 from idforge.methods.persons import MAX_PERSONS, REGION_NAMES
+from idforge.server.states import CancelAction, DeliveryStatus, JobStatus
 from idforge.styles import STYLES
 
 
@@ -258,7 +259,7 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-JobState = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"]
+JobState = JobStatus  # server/states.py
 
 
 class _JobURLs(BaseModel):
@@ -271,7 +272,7 @@ class _JobURLs(BaseModel):
 
 class AcceptedResponse(_JobURLs):
     request_id: str
-    status: Literal["QUEUED"]
+    status: Literal[JobStatus.QUEUED]
     position: int = Field(..., description="place in the queue, 1 = next")
     credits_reserved: int
 
@@ -316,7 +317,7 @@ class JobResultResponse(JobStatusResponse):
 
 class CancelResponse(BaseModel):
     request_id: str
-    action: Literal["removed", "stopped", "stopping", "already_finished"] = Field(
+    action: CancelAction = Field(
         ...,
         description="removed from the queue, stopped while running (or stopping), or it had already ended",
     )
@@ -327,7 +328,7 @@ class CancelResponse(BaseModel):
 class WebhookDeliveryInfo(BaseModel):
     id: str = Field(..., description="the webhook-id header, the same on every retry")
     url: str
-    status: Literal["pending", "delivered", "failed"]
+    status: DeliveryStatus
     attempts: int
     created: float
     next_attempt: float | None = None
