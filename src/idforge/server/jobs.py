@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from idforge.server.states import CancelAction
+
 log = logging.getLogger("idforge.server.jobs")
 
 ProgressCallback = Callable[[int, int], None]
@@ -162,8 +164,8 @@ class CancelOutcome:
     """What POST /v2/requests/{id}/cancel did: removed (was queued), stopped or stopping (was running), or
     already_finished; `status` is the job's status after it."""
 
-    action: str
-    status: str
+    action: CancelAction
+    status: str  # a JobStatus value
 
 
 def _map_exception(exc: BaseException) -> JobError:

@@ -40,6 +40,7 @@ from idforge.server.jobs import (
     _map_exception,
     encode_jpeg,
 )
+from idforge.server.states import JobStatus
 
 log = logging.getLogger("idforge.server.worker")
 
@@ -464,7 +465,7 @@ class Worker:
                 job.id, self.config.replica, result, charge=not job.sync, metrics=delivery.timings
             )
         )
-        return {"COMPLETED": "succeeded", "CANCELED": "canceled", None: "lost"}[status]
+        return {JobStatus.COMPLETED: "succeeded", JobStatus.CANCELED: "canceled", None: "lost"}[status]
 
     def _settle(self, call: Callable[[], Any]) -> Any:
         """Commit a final state, retrying while the database is away (until our lease would have run out)."""

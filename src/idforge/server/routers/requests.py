@@ -19,6 +19,7 @@ from idforge.server.schemas import (
     JobStatusResponse,
     WebhookListResponse,
 )
+from idforge.server.states import CancelAction
 
 JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     401: ERROR_RESPONSES[401],
@@ -76,7 +77,7 @@ async def job_cancel(request_id: str, request: Request, key: Auth, state: State)
             "request_id": request_id,
             "action": outcome.action,
             "status": outcome.status,
-            "credits_released": outcome.action in ("removed", "stopped"),
+            "credits_released": outcome.action in (CancelAction.REMOVED, CancelAction.STOPPED),
         }
     )
 
