@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from idforge.engine.inputs import ImageSource, image_name, load_named
+from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.sizing import instantid_size
 from idforge.errors import InputName, ParameterError, check_choice, check_range, face_input, person_input
 from idforge.imageio import load_mask
@@ -33,7 +33,7 @@ class Person:
     output). Strengths and window left at None take the request's InstantID values.
     """
 
-    faces: Sequence[ImageSource]
+    faces: Sequence[ImageInput]
     region: str | None = None
     box: tuple[int, int, int, int] | None = None
     mask: ImageSource | None = None
@@ -71,6 +71,7 @@ class Person:
             return self.region
         if self.box is not None:
             return "box " + ":".join(str(v) for v in self.box)
+        assert self.mask is not None  # __post_init__: exactly one of region, box, mask
         return f"mask {image_name(self.mask, '<image>')}"
 
 
@@ -175,6 +176,7 @@ def region_mask(person: Person, label: str, size: tuple[int, int]) -> np.ndarray
             )
         mask[y1:y2, x1:x2] = 1.0
         return mask
+    assert person.mask is not None  # Person.__post_init__: exactly one of region, box, mask
     name = image_name(person.mask, InputName(f"{label} mask", _field(label, "mask_image")))
     soft = load_mask(person.mask, size, name=name)
     mask = (soft >= MASK_THRESHOLD).astype(np.float32)

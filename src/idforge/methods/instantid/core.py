@@ -22,7 +22,7 @@ from PIL import Image
 
 from idforge.engine.base import BaseModel, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
-from idforge.engine.inputs import ImageSource, image_name, load_named
+from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams
 from idforge.engine.recipe import Recipe, build_recipe, input_digests
@@ -51,11 +51,11 @@ ProgressCallback = Callable[[int, int], None]
 class InstantIDRequest:
     """One InstantID call: reference faces, optional pose/keypoints and mask, and all parameters."""
 
-    faces: Sequence[ImageSource] = ()
+    faces: Sequence[ImageInput] = ()
     generation: GenerationParams = field(default_factory=GenerationParams)
     instantid: InstantIDParams = field(default_factory=InstantIDParams)
-    pose: ImageSource | None = None  # a photo whose face gives the keypoints
-    kps_image: ImageSource | None = None  # an already drawn keypoint image
+    pose: ImageInput | None = None  # a photo whose face gives the keypoints
+    kps_image: ImageInput | None = None  # an already drawn keypoint image
     mask: ImageSource | None = None
     pose_fallback: bool = False  # use the reference keypoints when the pose image has no face
     base: str | None = None
@@ -122,7 +122,7 @@ class IdentityTokens:
 def identity_tokens(
     engine: Engine,
     analyzer: Any,
-    faces: Sequence[ImageSource],
+    faces: Sequence[ImageInput],
     params: InstantIDParams,
     projection: torch.nn.Module,
     person: int | None = None,
@@ -181,11 +181,11 @@ def prepare_instantid(
 
     kps_source_size: tuple[int, int]
     ready_kps: Image.Image | None = None
-    face_box = None
+    kps: np.ndarray | None = None
+    face_box: np.ndarray | None = None
     if request.kps_image is not None:
         ready_kps = load_named(request.kps_image, KPS).image
         kps_source_size = ready_kps.size
-        kps = None
     elif request.pose is not None:
         pose = load_named(request.pose, POSE)
         pose_image, pose_name = pose.image, pose.name
@@ -222,8 +222,9 @@ def prepare_instantid(
         width, height = instantid_size(*kps_source_size)
 
     if ready_kps is not None:
-        kps_image = ready_kps.convert("RGB").resize((width, height), Image.BICUBIC)
+        kps_image = ready_kps.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
     else:
+        assert kps is not None and face_box is not None  # from the pose photo or the first reference face
         kps_image = draw_kps((width, height), scale_kps(kps, kps_source_size, (width, height)))
         face_box = scale_box(face_box, kps_source_size, (width, height))
     return PreparedInstantID(
