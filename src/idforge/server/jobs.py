@@ -17,9 +17,9 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -59,6 +59,15 @@ class Generator(Protocol):
     in one denoising pass, one output or exception per job (the worker uses it when max_batch > 1)."""
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput: ...
+
+
+@runtime_checkable
+class BatchGenerator(Generator, Protocol):
+    """A Generator with the batched path (`generate_batch`, see Generator)."""
+
+    def generate_batch(
+        self, specs: Sequence[JobSpec], progress: ProgressCallback
+    ) -> list[JobOutput | BaseException]: ...
 
 
 class JobError(Exception):

@@ -62,9 +62,9 @@ class StoreCollector(Collector):
             done.add_metric([replica["id"], "succeeded"], replica["jobs_done"])
             done.add_metric([replica["id"], "failed"], replica["jobs_failed"])
             for key, buckets in json.loads(replica["histograms"] or "{}").items():
-                total = sums.setdefault(key, {})
+                merged = sums.setdefault(key, {})
                 for le, value in buckets.items():
-                    total[le] = total.get(le, 0.0) + float(value)
+                    merged[le] = merged.get(le, 0.0) + float(value)
         yield up
         yield done
         families = {

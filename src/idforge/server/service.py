@@ -208,6 +208,8 @@ class JobService:
             deadline = time.monotonic() + wait
             while True:
                 row = self.store.job(job_id)
+                if row is None:  # finished and expired meanwhile
+                    return CancelOutcome("already_finished", CANCELED)
                 if row["status"] in TERMINAL:
                     stopped = row["status"] == JobStatus.CANCELED
                     return CancelOutcome(
