@@ -27,6 +27,9 @@ class Scheduler(Protocol):
     def timesteps(self) -> torch.Tensor: ...
 
     @property
+    def config(self) -> Any: ...
+
+    @property
     def init_noise_sigma(self) -> float | torch.Tensor: ...
 
     @classmethod

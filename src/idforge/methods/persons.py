@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from idforge.engine.sizing import instantid_size
 from idforge.errors import InputName, ParameterError, check_choice, check_range, face_input, person_input
 from idforge.imageio import load_mask
 
-REGION_NAMES = ("left", "right", "top", "bottom")
+RegionName = Literal["left", "right", "top", "bottom"]
+REGION_NAMES: tuple[str, ...] = get_args(RegionName)
 
 
 MAX_PERSONS = 8

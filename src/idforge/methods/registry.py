@@ -46,6 +46,16 @@ class ImageInput:
     extra: str | None = None
 
 
+@dataclass(frozen=True)
+class FaceSearch:
+    """How a method finds the reference face: its default face pack and which face it takes when there are
+    several (the studio's face preview shows exactly that choice)."""
+
+    pack: str = "antelopev2"
+    pick: str = "largest"
+    det_size: int = 640
+
+
 @dataclass
 class MethodCall:
     """One call of a method, whichever way it came in: parameters in the body's vocabulary (every body field, the
@@ -109,6 +119,7 @@ class Method:
         "face_image",
     )  # image fields the warm-up job fills with a synthetic face
     previews: tuple[str, ...] = ()  # what the studio previews for it: "faces", "keypoints", "depth"
+    face_search: FaceSearch = field(default_factory=FaceSearch)
     error_fields: Mapping[str, str] = field(default_factory=dict)  # engine parameter name -> body field
 
     def output_count(self, body: MethodBody) -> int:

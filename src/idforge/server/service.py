@@ -209,7 +209,7 @@ class JobService:
             while True:
                 row = self.store.job(job_id)
                 if row is None:  # finished and expired meanwhile
-                    return CancelOutcome("already_finished", CANCELED)
+                    return CancelOutcome(CancelAction.ALREADY_FINISHED, JobStatus.CANCELED)
                 if row["status"] in TERMINAL:
                     stopped = row["status"] == JobStatus.CANCELED
                     return CancelOutcome(

@@ -15,7 +15,7 @@ except ImportError:  # Python 3.10 (the package allows it): the same behaviour, 
 
     class StrEnum(str, Enum):  # type: ignore[no-redef]
         __str__ = str.__str__
-        __format__ = str.__format__
+        __format__ = str.__format__  # type: ignore[assignment]
 
 
 class JobStatus(StrEnum):

@@ -29,7 +29,7 @@ from PIL import Image
 
 from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
-from idforge.engine.inputs import ImageInput, ImageSource, NamedImage, image_name, load_named
+from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.params import GenerationParams, check_pick
 from idforge.engine.recipe import Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice

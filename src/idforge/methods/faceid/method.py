@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from idforge.methods.faceid.body import FaceIDBody
-from idforge.methods.registry import ImageInput, Method, MethodCall
+from idforge.methods.registry import FaceSearch, ImageInput, Method, MethodCall
 
 
 def build_request(call: MethodCall) -> Any:
@@ -65,4 +65,7 @@ METHOD = Method(
     recipe_section="faceid",
     outputs=outputs,
     previews=("faces",),
+    face_search=FaceSearch(
+        pack="buffalo_l", pick="score"
+    ),  # FaceID's reference takes the most confident face
 )

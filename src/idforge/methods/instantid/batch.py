@@ -34,6 +34,7 @@ from idforge.methods.instantid.core import (
     load_request_images,
     prepare_instantid,
 )
+from idforge.methods.instantid.params import resolved
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -87,7 +88,7 @@ def attach_per_sample(
         name="identitynet",
         model=models.identitynet,
         image=pil_to_control_tensor([p.kps_image for p in prepared], width, height).to(engine.device, dtype),
-        strength=params.cn_strength,
+        strength=resolved(params.cn_strength),
         window=timestep_window(params.start_at, params.end_at),
         face_tokens=(uncond_tokens, cond_tokens),
     )

@@ -42,7 +42,7 @@ from idforge.errors import (
 )
 from idforge.identity.attention import timestep_window
 from idforge.imageio import load_mask
-from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.instantid.params import InstantIDParams, resolved
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -335,7 +335,7 @@ def attach_instantid(
         name="identitynet" if name == "instantid" else f"identitynet:{name}",
         model=models.identitynet,
         image=pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype),
-        strength=params.cn_strength,
+        strength=resolved(params.cn_strength),
         window=timestep_window(params.start_at, params.end_at),
         face_tokens=(uncond_tokens, cond_tokens),
         mask=latent_mask(control_mask, batch, latent_hw, engine.device),

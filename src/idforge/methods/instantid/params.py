@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 
 from idforge.engine.params import check_pick
 from idforge.errors import ParameterError, check_choice, check_range
+from idforge.identity.embeds import INSTANTID_COMBINE_MODES
 
-INSTANTID_COMBINE = ("average", "norm average", "concat")
+INSTANTID_COMBINE = INSTANTID_COMBINE_MODES
 
 
 def _normalise_combine(name: str) -> str:
@@ -60,3 +61,10 @@ class InstantIDParams:
             ip_weight=identity_strength("ip_weight", self.ip_weight, preset),
             cn_strength=identity_strength("cn_strength", self.cn_strength, preset),
         )
+
+
+def resolved(strength: float | None) -> float:
+    """A strength once its request is built (unset ones are resolved then, methods/presets.py): never None."""
+    if strength is None:
+        raise RuntimeError("an identity strength was used before its request resolved it")
+    return strength

@@ -168,7 +168,7 @@ class JobsRepository:
             if capacity is not None:
                 active = c.execute(
                     sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status.in_(ACTIVE))
-                ).scalar()
+                ).scalar_one()
                 if active >= capacity:
                     raise QueueAtCapacity(int(active))
             after = self.credits.reserve(key_id, cost, job_id, conn=c)
@@ -224,7 +224,7 @@ class JobsRepository:
             return int(
                 c.execute(
                     sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status.in_(ACTIVE))
-                ).scalar()
+                ).scalar_one()
             )
 
     def take_result(self, job_id: str, *, conn: Connection | None = None) -> str | None:
@@ -382,7 +382,7 @@ class JobsRepository:
 
     def _ended(self, conn: Connection, job_id: str) -> None:
         """The job reached its final state in this transaction: queue its webhook and wake its waiter."""
-        row = dict(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()._mapping)
+        row = dict(conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one()._mapping)
         if row["webhook_url"]:
             body = json.dumps(self.webhook_body(row), separators=(",", ":"), default=str)
             self.outbox.enqueue(job_id, row["key_id"], row["webhook_url"], body, conn=conn)

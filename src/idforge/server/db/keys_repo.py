@@ -152,7 +152,7 @@ class KeysRepository:
                     sa.select(sa.func.coalesce(sa.func.sum(credit_ledger.c.spent_delta), 0)).where(
                         credit_ledger.c.kind == "charge"
                     )
-                ).scalar()
+                ).scalar_one()
             )
 
     def audit(self, *, conn: Connection | None = None) -> list[str]:
