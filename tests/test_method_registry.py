@@ -83,9 +83,13 @@ def test_a_registered_method_is_a_cli_command_with_its_body_flags(dummy, tmp_pat
 
 
 def test_a_bad_choice_on_the_cli_is_refused_with_the_choices(dummy, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["dummy", "--face", "f.png", "--prompt", "x", "--tint", "blue", "-o", str(tmp_path / "o.png")])
-    assert "invalid choice: 'blue'" in capsys.readouterr().err
+    code = main(
+        ["dummy", "--face", "f.png", "--prompt", "x", "--tint", "blue", "-o", str(tmp_path / "o.png")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err  # one line, not argparse's usage
+    assert "--tint: 'blue' is not one of 'grey', 'red'" in err[0]
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_a_registered_method_is_served_documented_and_runs_as_a_job(dummy, tmp_path):

@@ -80,12 +80,15 @@ class MethodCall:
 @dataclass(frozen=True)
 class CommandLine:
     """What the command line adds to the body's flags: its own arguments (model files, outputs), the options it
-    reads from them, the model choices it passes to the Engine, and what it writes after the images."""
+    reads from them (`MethodCall.options`, read by `build_request`), the model choices it passes to the Engine,
+    the persons of a several-people call, and what it writes after the images. Every method's command is built
+    from its body plus this (commands/method.py); a method keeps these in its `cli.py`."""
 
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     options: Callable[[argparse.Namespace], dict[str, Any]] | None = None
     model_choices: Callable[[argparse.Namespace], dict[str, Any]] | None = None
     after: Callable[[argparse.Namespace, Any], None] | None = None
+    persons: Callable[[argparse.Namespace], list[Any]] | None = None  # several people (`--person`)
     flags: Mapping[str, str] = field(default_factory=dict)  # body field -> flag when not --field-name
     skip: frozenset[str] = frozenset()  # body fields with no flag (HTTP-only)
     help: str = ""

@@ -138,6 +138,8 @@ class FaceIDRequest:
     # Several people in one image (methods/faceid/persons.py): each Person with its faces, weight, window and
     # region; `faces` and `attn_mask` stay empty then.
     persons: Sequence[Any] = ()
+    # InstantID on the same faces in the same generation (an InstantIDRequest; `idforge faceid --with-instantid`)
+    instantid: Any = None
 
     def __post_init__(self) -> None:
         weight = identity_strength("faceid_weight", self.faceid.weight, self.generation.preset)

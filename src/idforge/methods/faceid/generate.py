@@ -46,6 +46,8 @@ def generate_faceid(
     mask and models; the prompt, sampler, size, seed and base come from `request` (a size not given there
     follows InstantID's keypoint-image rule). Batch mode is not available combined.
     """
+    if instantid is None:
+        instantid = request.instantid
     started = time.perf_counter()
     gen, params = request.generation, request.faceid
     if gen.best_of > 1:

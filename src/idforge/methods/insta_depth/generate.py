@@ -121,7 +121,7 @@ def generate_insta_depth(
 
     depth_map: Image.Image | None = None
     if request.depth_map is not None:
-        depth_map = load_named(request.depth_map, "depth map").image
+        depth_map = load_named(request.depth_map, InputName("depth map", "depth_map")).image
         if depth_map.size != (width, height):
             depth_map = depth_map.resize((width, height), Image.Resampling.BICUBIC)
 

@@ -317,8 +317,33 @@ def attach_instantid(
     if params.enhance_face_region and prepared.face_box is not None:
         region = box_mask(prepared.face_box, width, height)
         control_mask = region if control_mask is None else control_mask * region
-    cond_tokens = prepared.cond_tokens.to(dtype).repeat(batch, 1, 1)
-    uncond_tokens = prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1)
+    tokens = (
+        prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1),
+        prepared.cond_tokens.to(dtype).repeat(batch, 1, 1),
+    )
+    kps_images = [prepared.kps_image] * batch
+    control = latent_mask(control_mask, batch, latent_hw, engine.device)
+    return install_identity(
+        engine, attention, models, params, name, tokens, kps_images, mask=mask, control_mask=control
+    )
+
+
+def install_identity(
+    engine: Engine,
+    attention,  # IdentityAttention
+    models: InstantIDModels,
+    params: InstantIDParams,
+    name: str,
+    tokens: tuple[torch.Tensor, torch.Tensor],
+    kps_images: list[Image.Image],
+    *,
+    mask: np.ndarray | None = None,
+    control_mask: torch.Tensor | None = None,
+) -> ControlUnit:
+    """The IP adapter's inputs on `attention` and IdentityNet's unit, from (uncond, cond) face tokens and one
+    keypoint image per sample: what a single request (one face for the batch) and a batched pass share."""
+    uncond_tokens, cond_tokens = tokens
+    width, height = kps_images[0].size
     attention.add_adapter(name, models.adapter.ip_layers)
     attention.set_adapter_inputs(
         name,
@@ -334,11 +359,11 @@ def attach_instantid(
     return ControlUnit(
         name="identitynet" if name == "instantid" else f"identitynet:{name}",
         model=models.identitynet,
-        image=pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype),
+        image=pil_to_control_tensor(kps_images, width, height).to(engine.device, models.base.unet.dtype),
         strength=resolved(params.cn_strength),
         window=timestep_window(params.start_at, params.end_at),
         face_tokens=(uncond_tokens, cond_tokens),
-        mask=latent_mask(control_mask, batch, latent_hw, engine.device),
+        mask=control_mask,
     )
 
 
