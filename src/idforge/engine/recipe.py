@@ -109,7 +109,7 @@ class Runtime:
 
         vae = base.pipe.vae
         scheduler = make_scheduler(
-            gen.scheduler,
+            gen.sampler()[2],
             base.pipe.scheduler.config,
             timestep_spacing=gen.timestep_spacing,
             prediction_type=gen.prediction_type,
@@ -226,8 +226,8 @@ class Recipe:
         return cls(
             method=data.get("method", ""),
             seeds=list(seeds),
-            width=data.get("width"),
-            height=data.get("height"),
+            width=data["width"],
+            height=data["height"],
             generation=generation,
             method_params=grouped,
             models=data.get("models") or {},

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ from idforge.identity.layers import AttentionLayer, attention_layers, detect_fam
 from idforge.identity.masks import mask_for_tokens
 from idforge.identity.weight_types import layer_weights as weight_type_layers
 
-SCALING_MODES: tuple[str, ...] = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+ScalingMode = Literal["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
+SCALING_MODES: tuple[str, ...] = get_args(ScalingMode)
 
 # The width at which the "C penalty" modes leave the weight unchanged (ComfyUI_IPAdapter_plus).
 PENALTY_WIDTH = 1280.0

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from PIL import Image
+
 from idforge.errors import IdforgeError, ModelFormatError, ModelNotFoundError, ParameterError
 from idforge.server.images import ImagePolicy, image_bytes
 from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback
@@ -73,7 +75,10 @@ def generate_workflow(engine: Any, spec: JobSpec, progress: ProgressCallback) ->
         raise  # a set-up problem of the server: 500, logged
     except IdforgeError as exc:
         raise JobError(400, str(exc), getattr(exc, "field", None)) from exc
-    images, seeds, warnings, recipes = [], [], [], []
+    images: list[Image.Image] = []
+    seeds: list[int] = []
+    warnings: list[str] = []
+    recipes: list[dict[str, Any]] = []
     outputs: dict[str, list[int]] = {}
     for item, result in zip(prepared, results, strict=True):
         first = len(images)

@@ -51,7 +51,7 @@ router = APIRouter()
     "/v2/workflow",
     summary="Run a ComfyUI workflow (InstantID, FaceID, Insta Depth nodes) as a job; results per output node",
     status_code=202,
-    responses={202: {"model": AcceptedResponse}} | ERROR_RESPONSES,
+    responses={202: {"model": AcceptedResponse}, **ERROR_RESPONSES},
     response_model=None,
     operation_id="v2_workflow",
 )
