@@ -431,6 +431,48 @@ def test_registry_and_cli(tiny_kit, faces, tmp_path):
     assert recipe["params"]["method"] == "style" and recipe["params"]["resolved_zero_tokens"] == 16
 
 
+def test_cli_persons_take_their_own_weight_and_refuse_cn_strength(tiny_kit, faces, tmp_path, capsys):
+    from idforge.cli import main
+    from idforge.engine.result import read_recipe
+
+    out = tmp_path / "two.png"
+    argv = ["pulid", "--models", str(tiny_kit), "--prompt", "two people", "--model", "pulid-v1", "--quiet"]
+    argv += [
+        "--steps",
+        "4",
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--seed",
+        "2",
+        "--device",
+        "cpu",
+        "--no-score",
+    ]
+    people = [
+        "--person",
+        f"face={faces[0]},region=left",
+        "--person",
+        f"face={faces[1]},region=right,ip_weight=1.1",
+    ]
+    assert main([*argv, *people, "-o", str(out)]) == 0
+    section = read_recipe(out)["persons"]
+    assert [p["weight"] for p in section] == [0.8, 1.1]
+    assert section[1]["region"]["box"] == [48, 0, 96, 64]
+    bad = [
+        "--person",
+        f"face={faces[0]},region=left,cn_strength=0.5",
+        "--person",
+        f"face={faces[1]},region=right",
+    ]
+    capsys.readouterr()
+    assert main([*argv, *bad, "-o", str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cn_strength" in err[0] and "PuLID has no ControlNet" in err[0]
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_best_of_two_returns_the_better_candidate(engine, faces):
     result = run(engine, faces[:1], generation=gen(best_of=2))
     assert len(result.images) == 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,8 @@ from idforge.identity.layers import AttentionLayer, attention_layers, detect_fam
 from idforge.identity.masks import mask_for_tokens
 from idforge.identity.weight_types import layer_weights as weight_type_layers
 
-SCALING_MODES: tuple[str, ...] = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+ScalingMode = Literal["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
+SCALING_MODES: tuple[str, ...] = get_args(ScalingMode)
 # How an adapter's output joins the text attention's (PuLID): added as is, or its part orthogonal to the text
 # output (ortho), or that with a per-position gate from the attention on the first ID tokens (ortho_v2).
 PROJECTIONS: tuple[str, ...] = ("none", "ortho", "ortho_v2")

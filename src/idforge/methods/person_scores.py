@@ -21,7 +21,15 @@ from idforge.engine.scoring import engine_reference
 from idforge.engine.session import Engine
 from idforge.errors import NoFaceError
 from idforge.faces.analysis import fallback_sizes
-from idforge.faces.scoring import MIN_FACE_PX, IdentityReport, ImageScore, cosine, face_side, pack_name
+from idforge.faces.scoring import (
+    MIN_FACE_PX,
+    IdentityReport,
+    ImageScore,
+    ReferenceEmbedding,
+    cosine,
+    face_side,
+    pack_name,
+)
 from idforge.methods.persons import Person, pick_in_region
 
 FACE_CHOICE = "per person: the largest face whose box centre lies in the person's region"
@@ -46,7 +54,7 @@ def score_persons(
     analyzer = engine.face_analyzer(score_models, default=default_pack) if score_models else generation
     same = analyzer.pack_dir.resolve() == generation.pack_dir.resolve()
     labels = [f"person {index}" for index in range(1, len(persons) + 1)]
-    references = []
+    references: list[ReferenceEmbedding | NoFaceError] = []  # a person without a face scores no_reference
     for person in persons:
         try:
             references.append(engine_reference(engine, analyzer, person.faces, pick=pick, det_size=det_size))
@@ -93,7 +101,7 @@ def _person_score(
     boxes: Sequence[np.ndarray],
     region: np.ndarray,
     where: str,
-    reference: Any,
+    reference: ReferenceEmbedding | NoFaceError,
     det_size: int,
 ) -> ImageScore:
     if isinstance(reference, NoFaceError):
@@ -110,9 +118,14 @@ def _person_score(
         status="scored",
         score=cosine(face.normed_embedding, reference.mean),
         face_index=usable[chosen],
-        box=tuple(float(v) for v in face.bbox),
+        box=_box(face.bbox),
         faces_found=len(found),
     )
+
+
+def _box(bbox: np.ndarray) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    return x1, y1, x2, y2
 
 
 def _lowest(scores: Sequence[ImageScore], labels: Sequence[str]) -> ImageScore:

@@ -13,7 +13,7 @@ import base64
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from PIL import Image
 
@@ -29,6 +29,9 @@ from idforge.methods.registry import (
 from idforge.server.images import ImagePolicy, image_bytes
 from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback, WarmUpReport
 from idforge.styles import get_style
+
+if TYPE_CHECKING:
+    from idforge.engine.session import Engine
 
 log = logging.getLogger("idforge.server.methods")
 
@@ -155,7 +158,7 @@ def persons_from_spec(spec: JobSpec) -> list[Any]:
                 faces=faces,
                 region=fields.get("region"),
                 box=tuple(box) if box is not None else None,
-                mask=spec.images.get(f"{prefix}.mask_image"),
+                mask=cast("bytes | None", spec.images.get(f"{prefix}.mask_image")),
                 ip_weight=fields.get("ip_weight"),
                 cn_strength=fields.get("cn_strength"),
                 start_at=fields.get("start_at"),
@@ -235,10 +238,10 @@ class EngineGenerator:
         self.device = device
         self.dtype = dtype
         self.fast = fast  # FastPath: models are prepared (and compiled) once, reused by every job
-        self._engine = None
+        self._engine: Engine | None = None
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             from idforge.engine.session import Engine
 
@@ -272,6 +275,10 @@ class EngineGenerator:
         return unavailable
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput:
+        from idforge.server.workflows import WORKFLOW_METHOD, generate_workflow
+
+        if spec.method == WORKFLOW_METHOD:
+            return generate_workflow(self.engine, spec, progress)
         try:
             method = get_method(spec.method)
         except ParameterError:

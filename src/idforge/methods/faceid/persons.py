@@ -99,7 +99,7 @@ def generate_faceid_persons(
     gen = request.generation
     if (gen.width is None) != (gen.height is None):
         raise ParameterError("width/height", "give both width and height, or neither")
-    if gen.width is not None:
+    if gen.width is not None and gen.height is not None:
         person_regions(request.persons, (gen.width, gen.height))  # region errors before any model loads
     models = load_faceid_models(engine, request)
     base = models.base
@@ -112,8 +112,8 @@ def generate_faceid_persons(
         prepared = []
         for index, (person, params) in enumerate(zip(request.persons, params_list, strict=True), start=1):
             try:
-                part = replace(request, faces=person.faces, faceid=params)
-                prepared.append(prepare_faceid(engine, part, models, gen.num_images))
+                person_request = replace(request, faces=person.faces, faceid=params)
+                prepared.append(prepare_faceid(engine, person_request, models, gen.num_images))
             except NoFaceError as exc:
                 raise NoFaceError(
                     InputName(f"person {index} face {exc.name}", f"persons[{index - 1}].face_image"),

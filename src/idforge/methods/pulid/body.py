@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -11,8 +11,10 @@ from idforge.methods.instantid.body import PersonBody
 from idforge.methods.persons import MAX_PERSONS
 
 PULID_MODELS = Literal["pulid-v1.1", "pulid-v1", "pulid-comfyui"]
-PULID_METHODS = ("fidelity", "style", "neutral")
-PULID_PROJECTIONS = ("ortho_v2", "ortho", "none")
+PulidMethod = Literal["fidelity", "style", "neutral"]
+PulidProjection = Literal["ortho_v2", "ortho", "none"]
+PULID_METHODS: tuple[str, ...] = get_args(PulidMethod)
+PULID_PROJECTIONS: tuple[str, ...] = get_args(PulidProjection)
 
 
 class PulidBody(MethodBody):
@@ -49,7 +51,7 @@ class PulidBody(MethodBody):
         description="which PuLID file: pulid_v1.1.safetensors, pulid_v1.bin, or ComfyUI's "
         "ip-adapter_pulid_sdxl_fp16.safetensors (v1)",
     )
-    method: Literal[PULID_METHODS] = Field(
+    method: PulidMethod = Field(
         "fidelity",
         description="fidelity: ortho_v2 with 8 zero tokens; style: ortho with 16; neutral: plain addition, none",
     )
@@ -58,7 +60,7 @@ class PulidBody(MethodBody):
     )
     start_at: float = Field(0.0, ge=0, le=1, description="start of the schedule window")
     end_at: float = Field(1.0, ge=0, le=1, description="end of the schedule window")
-    projection: Literal[PULID_PROJECTIONS] | None = Field(
+    projection: PulidProjection | None = Field(
         None, description="(Advanced) override the method's projection"
     )
     fidelity: int | None = Field(

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ from PIL import Image
 
 from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
-from idforge.engine.inputs import ImageSource, image_name, load_named
+from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.params import GenerationParams, check_pick
 from idforge.engine.recipe import Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice
@@ -38,6 +38,10 @@ from idforge.engine.session import Engine, image_digest
 from idforge.errors import InputName, ModelFormatError, ParameterError, check_choice, check_range, face_input
 from idforge.imageio import load_mask
 from idforge.methods.presets import identity_strength
+
+if TYPE_CHECKING:
+    from idforge.identity.eva_clip import EvaVisionTower
+    from idforge.identity.face_parser import BiSeNet
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -107,7 +111,7 @@ def _default_generation() -> GenerationParams:
 class PulidRequest:
     """One PuLID call: reference faces, parameters, models (each a path, preset, file name or None)."""
 
-    faces: Sequence[ImageSource] = ()
+    faces: Sequence[ImageInput] = ()
     generation: GenerationParams = field(default_factory=_default_generation)
     pulid: PulidParams = field(default_factory=PulidParams)
     attn_mask: ImageSource | None = None
@@ -129,9 +133,9 @@ class PulidModels:
     checkpoint: Any  # identity.pulid.PulidCheckpoint
     path: Path
     encoder: torch.nn.Module
-    eva: torch.nn.Module
+    eva: EvaVisionTower
     eva_path: Path
-    parser: torch.nn.Module
+    parser: BiSeNet
     parser_path: Path
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from idforge.methods.pulid.body import PulidBody
-from idforge.methods.registry import CommandLine, ImageInput, Method, MethodCall
+from idforge.methods.pulid.cli import COMMAND_LINE
+from idforge.methods.registry import ImageInput, Method, MethodCall
 
 
 def build_request(call: MethodCall) -> Any:
@@ -35,10 +36,10 @@ def build_request(call: MethodCall) -> Any:
 def check(call: MethodCall) -> None:
     """face_image or persons (regions checked when the size is given), before anything is queued or charged."""
     from idforge.errors import ParameterError
+    from idforge.methods.persons import require_face_or_persons
 
+    require_face_or_persons(call.image("face_image") is not None, call.persons)
     if not call.persons:
-        if call.image("face_image") is None:
-            raise ParameterError("face_image", "required (or `persons`)", field="face_image")
         return
     if (
         call.image("face_image") is not None
@@ -83,7 +84,7 @@ METHOD = Method(
     build_request=build_request,
     run=run,
     recipe_section="pulid",
-    cli=CommandLine(skip=frozenset({"persons"}), help="several people: the Python API or HTTP `persons`"),
+    cli=COMMAND_LINE,
     check=check,
     previews=("faces",),
 )

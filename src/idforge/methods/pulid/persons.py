@@ -64,7 +64,7 @@ def generate_pulid_persons(
     gen = request.generation
     if (gen.width is None) != (gen.height is None):
         raise ParameterError("width/height", "give both width and height, or neither")
-    if gen.width is not None:
+    if gen.width is not None and gen.height is not None:
         person_regions(request.persons, (gen.width, gen.height))
     models = load_pulid_models(engine, request)
     base = models.base

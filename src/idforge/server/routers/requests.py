@@ -19,6 +19,7 @@ from idforge.server.schemas import (
     JobStatusResponse,
     WebhookListResponse,
 )
+from idforge.server.states import CancelAction
 
 JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     401: ERROR_RESPONSES[401],
@@ -42,6 +43,7 @@ async def job_status(request_id: str, request: Request, key: Auth, state: State)
     row, failure = await own_job(request_id, key, request)
     if failure is not None:
         return failure
+    assert row is not None  # own_job gives the row or the failure
     position = await run_in_threadpool(state.queue.position, request_id)
     return JSONResponse(status_body(row, position=position))
 
@@ -56,6 +58,7 @@ async def job_result(request_id: str, request: Request, key: Auth, state: State)
     row, failure = await own_job(request_id, key, request)
     if failure is not None:
         return failure
+    assert row is not None  # own_job gives the row or the failure
     position = await run_in_threadpool(state.queue.position, request_id)
     return JSONResponse(await run_in_threadpool(result_body, row, position=position))
 
@@ -70,13 +73,14 @@ async def job_cancel(request_id: str, request: Request, key: Auth, state: State)
     row, failure = await own_job(request_id, key, request, allow_expired=True)
     if failure is not None:
         return failure
+    assert row is not None  # own_job gives the row or the failure
     outcome = await run_in_threadpool(state.queue.cancel, request_id, "canceled by the client", 2.0)
     return JSONResponse(
         {
             "request_id": request_id,
             "action": outcome.action,
             "status": outcome.status,
-            "credits_released": outcome.action in ("removed", "stopped"),
+            "credits_released": outcome.action in (CancelAction.REMOVED, CancelAction.STOPPED),
         }
     )
 
@@ -91,6 +95,7 @@ async def job_webhooks(request_id: str, request: Request, key: Auth, state: Stat
     row, failure = await own_job(request_id, key, request, allow_expired=True)
     if failure is not None:
         return failure
+    assert row is not None  # own_job gives the row or the failure
     messages = await run_in_threadpool(state.outbox.for_job, request_id)
     return JSONResponse(
         {
