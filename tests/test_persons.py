@@ -86,8 +86,8 @@ def record_ip(monkeypatch) -> list[tuple[str, int, torch.Tensor]]:
     records: list[tuple[str, int, torch.Tensor]] = []
     original = IdentityAttnProcessor._ip_attention
 
-    def recording(self, name, query, heads, head_dim, num_tokens):
-        out = original(self, name, query, heads, head_dim, num_tokens)
+    def recording(self, name, query, heads, head_dim, num_tokens, *rest):
+        out = original(self, name, query, heads, head_dim, num_tokens, *rest)
         if out is not None:
             records.append((name, num_tokens, out.detach().clone()))
         return out

@@ -630,7 +630,7 @@ def plan_workflow(workflow: Workflow) -> Plan:
             raise node_error(
                 sampler,
                 "model",
-                "no InstantID or FaceID node reaches this KSampler: idforge runs identity methods only",
+                "no InstantID, FaceID or PuLID node reaches this KSampler: idforge runs identity methods only",
             )
         face_lora = gen.models.get("faceid_lora", (None,))[0]
         gen.loras = [lora for lora in inputs.model.loras if lora.node != face_lora]

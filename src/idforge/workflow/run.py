@@ -156,6 +156,9 @@ def resolve_models(gen: PlannedGeneration, store: Any) -> tuple[dict[str, Any], 
         paths["faceid_adapter"] = request["adapter"] = _resolve(
             store, "ipadapter", node, "ipadapter_file", name
         )
+    if "pulid" in gen.models:
+        node, name = gen.models["pulid"]
+        paths["pulid"] = request["model"] = _resolve(store, "pulid", node, "pulid_file", name)
     if "faceid_lora" in gen.models:
         node, name = gen.models["faceid_lora"]
         paths["faceid_lora"] = request["lora"] = _resolve(store, "lora", node, "lora_name", name)
