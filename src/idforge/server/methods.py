@@ -41,9 +41,6 @@ def warm_up_methods() -> tuple[str, ...]:
     return method_names()
 
 
-WARM_UP_METHODS = ("insta-depth", "instantid", "faceid")
-
-
 def image_fields(method: Method) -> set[str]:
     return {image.field for image in method.images} | {image.extra for image in method.images if image.extra}
 
@@ -248,11 +245,12 @@ class EngineGenerator:
             self._engine = Engine(self.models, device=self.device, dtype=self.dtype, fast=self.fast)
         return self._engine
 
-    def warm_up(self, report: WarmUpReport, methods: Sequence[str] = WARM_UP_METHODS) -> dict[str, str]:
-        """Load each method's default models with a 64x64, 2-step generation; returns the methods that cannot
-        run here, with the reason (their requests will fail with 500 until the models are set up)."""
+    def warm_up(self, report: WarmUpReport, methods: Sequence[str] | None = None) -> dict[str, str]:
+        """Load each method's default models (default: every registered method) with a 64x64, 2-step generation;
+        returns the methods that cannot run here, with the reason (their requests fail with 500 until the models
+        are set up)."""
         unavailable: dict[str, str] = {}
-        for method in methods:
+        for method in warm_up_methods() if methods is None else methods:
             report(f"{method} models")
             started = time.perf_counter()
             try:
