@@ -35,6 +35,7 @@ from idforge.methods.faceid.core import (
     load_faceid_models,
     prepare_faceid,
 )
+from idforge.methods.person_scores import adapter_persons_result
 from idforge.methods.persons import (
     Person,
     adapter_name,
@@ -152,26 +153,14 @@ def generate_faceid_persons(
             zip(request.persons, params_list, regions, prepared, strict=True), start=1
         )
     ]
-    result = GenerationResult(
-        images=images,
-        seeds=seeds,
-        recipe=recipe.to_dict(),
-        extras={"face_images": [crop for part in prepared for crop in part.face_images], "regions": regions},
-        warnings=models.warnings + [w for part in prepared for w in part.warnings],
-        latents=latents,
+    return adapter_persons_result(
+        engine,
+        request,
+        regions,
+        prepared,
+        (latents, images, seeds),
+        recipe.to_dict(),
+        pick=request.faceid.pick,
+        default_pack="buffalo_l",
+        warnings=models.warnings,
     )
-    if gen.score:
-        from idforge.methods.person_scores import score_persons
-
-        result.identity = score_persons(
-            engine,
-            images,
-            request.persons,
-            regions,
-            pick=request.faceid.pick,
-            generation_pack=request.face_models,
-            default_pack="buffalo_l",
-            score_models=gen.score_models,
-        )
-        result.recipe["identity"] = result.identity.to_json()
-    return result

@@ -19,6 +19,7 @@ from idforge.engine.sampling import sample_and_decode
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import InputName, NoFaceError, ParameterError, person_input
+from idforge.methods.person_scores import adapter_persons_result
 from idforge.methods.persons import (
     adapter_name,
     check_persons,
@@ -122,26 +123,13 @@ def generate_pulid_persons(
             zip(request.persons, params_list, regions, prepared, strict=True), start=1
         )
     ]
-    result = GenerationResult(
-        images=images,
-        seeds=seeds,
-        recipe=recipe.to_dict(),
-        extras={"face_images": [crop for part in prepared for crop in part.face_images], "regions": regions},
-        warnings=[w for part in prepared for w in part.warnings],
-        latents=latents,
+    return adapter_persons_result(
+        engine,
+        request,
+        regions,
+        prepared,
+        (latents, images, seeds),
+        recipe.to_dict(),
+        pick=request.pulid.pick,
+        default_pack="antelopev2",
     )
-    if gen.score:
-        from idforge.methods.person_scores import score_persons
-
-        result.identity = score_persons(
-            engine,
-            images,
-            request.persons,
-            regions,
-            pick=request.pulid.pick,
-            generation_pack=request.face_models,
-            default_pack="antelopev2",
-            score_models=gen.score_models,
-        )
-        result.recipe["identity"] = result.identity.to_json()
-    return result
