@@ -310,6 +310,24 @@ def mask_png(mask: N.Mask) -> bytes:
     return buffer.getvalue()
 
 
+def set_references(
+    inputs: SamplerInputs,
+    gen: PlannedGeneration,
+    node: str,
+    faces: tuple[N.ImageRef, ...],
+    mask: N.Mask | None,
+    mask_input: str,
+) -> None:
+    """One identity node's reference images (face_image + extra_face_images) and its mask (mask_image), noted."""
+    gen.images["face_image"] = faces[0]
+    gen.images["extra_face_images"] = list(faces[1:])
+    target = "face_image" + (" (+ extra_face_images)" if len(faces) > 1 else "")
+    inputs.say(node, "image", target, [f.filename for f in faces])
+    if mask is not None:
+        gen.images["mask_image"] = mask_png(mask)
+        inputs.say(node, mask_input, "mask_image", f"mask of node {mask.nodes[-1]}")
+
+
 def _instantid_models(inputs: SamplerInputs, patch: N.InstantIDPatch, models: dict[str, Any]) -> None:
     models["instantid"] = {
         "ipadapter": (patch.instantid_node, patch.instantid_file),
@@ -379,17 +397,7 @@ def instantid_rule(inputs: SamplerInputs, gen: PlannedGeneration) -> bool:
         _identity_values(inputs, first)
         inputs.set("start_at", first.start_at, first.node, "start_at")
         inputs.set("end_at", first.end_at, first.node, "end_at")
-        gen.images["face_image"] = first.faces[0]
-        gen.images["extra_face_images"] = list(first.faces[1:])
-        inputs.say(
-            first.node,
-            "image",
-            "face_image" + (" (+ extra_face_images)" if len(first.faces) > 1 else ""),
-            [f.filename for f in first.faces],
-        )
-        if first.mask is not None:
-            gen.images["mask_image"] = mask_png(first.mask)
-            inputs.say(first.node, "mask", "mask_image", f"mask of node {first.mask.nodes[-1]}")
+        set_references(inputs, gen, first.node, first.faces, first.mask, "mask")
         return True
     for index, patch in enumerate(instantid):
         if patch.mask is None:
@@ -542,20 +550,10 @@ def faceid_rule(inputs: SamplerInputs, gen: PlannedGeneration) -> bool:
             )
         else:
             inputs.set("lora_strength", 0.0, adapter.node, "(no FaceID LoRA loaded)", "lora_strength")
-    gen.images["face_image"] = patch.faces[0]
-    gen.images["extra_face_images"] = list(patch.faces[1:])
-    inputs.say(
-        patch.node,
-        "image",
-        "face_image" + (" (+ extra_face_images)" if len(patch.faces) > 1 else ""),
-        [f.filename for f in patch.faces],
-    )
+    set_references(inputs, gen, patch.node, patch.faces, patch.mask, "attn_mask")
     if patch.negative is not None:
         gen.images["negative_image"] = patch.negative
         inputs.say(patch.node, "image_negative", "negative_image", patch.negative.filename)
-    if patch.mask is not None:
-        gen.images["mask_image"] = mask_png(patch.mask)
-        inputs.say(patch.node, "attn_mask", "mask_image", f"mask of node {patch.mask.nodes[-1]}")
     return True
 
 

@@ -21,6 +21,7 @@ from idforge.workflow.plan import (
     mask_png,
     node_error,
     register_method_rule,
+    set_references,
 )
 from idforge.workflow.widgets import Widget, register_widgets
 
@@ -159,17 +160,7 @@ def pulid_rule(inputs: SamplerInputs, gen: PlannedGeneration) -> bool:
     if len(pulid) == 1:
         for name in ("weight", "start_at", "end_at"):
             inputs.set(name, dict(first.values)[name], first.node, name)
-        gen.images["face_image"] = first.faces[0]
-        gen.images["extra_face_images"] = list(first.faces[1:])
-        inputs.say(
-            first.node,
-            "image",
-            "face_image" + (" (+ extra_face_images)" if len(first.faces) > 1 else ""),
-            [f.filename for f in first.faces],
-        )
-        if first.mask is not None:
-            gen.images["mask_image"] = mask_png(first.mask)
-            inputs.say(first.node, "attn_mask", "mask_image", f"mask of node {first.mask.nodes[-1]}")
+        set_references(inputs, gen, first.node, first.faces, first.mask, "attn_mask")
         return True
     for index, patch in enumerate(pulid):
         if patch.mask is None:
