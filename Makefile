@@ -1,4 +1,5 @@
 # make test: create .venv if missing, install idforge with pinned test deps, run the whole suite.
+# make lint: same install, then ruff (lint and format) and mypy on engine/, methods/ and server/ (config: pyproject.toml).
 # make demo: same install, then build the tiny kit and run the demo jobs into outputs/.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -33,6 +34,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy src/idforge/engine src/idforge/methods src/idforge/server
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache .mypy_cache

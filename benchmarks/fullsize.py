@@ -6,6 +6,9 @@ idforge/models/fullsize.py), once, and shared by both sides:
 - InstantID:          idforge `generate_instantid`   vs `StableDiffusionXLControlNetPipeline(controlnet=IdentityNet)`
 - InstantID + depth:  idforge `generate_insta_depth` vs the same pipeline with `[IdentityNet, depth ControlNet]`
 - FaceID SDXL:        idforge `generate_faceid`      vs `StableDiffusionXLPipeline` (no ControlNet in FaceID)
+- PuLID v1.1:         idforge `generate_pulid`       vs `StableDiffusionXLPipeline` (plain SDXL: the step cost of the
+                      ID branch in all 70 cross-attention layers, plus EVA02-L + parser + IDFormer once per call);
+                      `--methods ...,pulid` (its full-size parts are built only then)
 
 idforge runs its methods end to end (face analysis with the models folder's face packs, projection, IP attention,
 LoRA merge for FaceID, VAE); the diffusers side gets the same prompt, size, steps, guidance and control images.
@@ -237,7 +240,7 @@ def run_idforge(setup: Setup, method: str, seed: int) -> dict[str, Any]:
     from idforge.methods.insta_depth.generate import InstaDepthRequest, generate_insta_depth
     from idforge.methods.instantid.core import InstantIDRequest
     from idforge.methods.instantid.generate import generate_instantid
-    from idforge.models.fullsize import FACEID_PRESET
+    from idforge.methods.preload import FACEID_PRESET
 
     engine = setup.engine
     engine.face_cache = type(engine.face_cache)(256)  # every run analyses its faces (no cache hits)
@@ -265,6 +268,12 @@ def run_idforge(setup: Setup, method: str, seed: int) -> dict[str, Any]:
             face=setup.face, pose=setup.pose, generation=gen, depth_map=setup.depth_map
         )
         return lambda: generate_insta_depth(engine, request), extra
+    if method == "pulid":
+        from idforge.methods.pulid.core import PulidRequest
+        from idforge.methods.pulid.generate import generate_pulid
+
+        request = PulidRequest(faces=[setup.face], generation=gen, model="pulid-v1.1")
+        return lambda: generate_pulid(engine, request), extra
     request = FaceIDRequest(faces=[setup.face], generation=gen, faceid=FaceIDParams(), adapter=FACEID_PRESET)
     return lambda: generate_faceid(engine, request), extra
 
@@ -311,7 +320,7 @@ class DiffusersSide:
             return lambda: self.insta_depth(
                 image=[setup.kps_image, setup.depth_map], controlnet_conditioning_scale=[0.8, 0.5], **common
             )
-        return lambda: self.faceid(**common)
+        return lambda: self.faceid(**common)  # FaceID and PuLID: against plain SDXL
 
 
 @contextmanager
@@ -372,7 +381,12 @@ def summarise(runs: list[dict[str, Any]], flops: dict[str, int], method: str, si
             parts[name] += value / len(runs)
         for name, value in run["calls"].items():
             calls[name] += value // len(runs) if len(runs) else 0
-    tokens = {"instantid": 16, "insta_depth": 16, "faceid": 4}[method] if side.startswith("idforge") else 0
+    # ID tokens per cross-attention (PuLID: 32 + 8 zero tokens in fidelity mode; its ortho_v2 extras are small)
+    tokens = (
+        {"instantid": 16, "insta_depth": 16, "faceid": 4, "pulid": 40}[method]
+        if side.startswith("idforge")
+        else 0
+    )
     per_forward = {
         "unet": flops["unet"] + (flops["unet+ip16"] - flops["unet"]) * tokens // 16,
         "controlnet:identitynet": flops["identitynet"]
@@ -421,7 +435,11 @@ def build_setup(args, kit: Path) -> Setup:
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
     engine = Engine(ModelChoice(models_dirs=[str(kit)]), device=args.device, dtype=args.dtype)
     full = build_full_models(
-        dtype, engine.device, depth=(args.depth,), progress=lambda m: print(m, flush=True)
+        dtype,
+        engine.device,
+        depth=(args.depth,),
+        pulid="pulid" in args.methods.split(","),
+        progress=lambda m: print(m, flush=True),
     )
     preload_engine(engine, full, args.depth)
     # The engine's default (exact) switches, as its loaders would apply them.

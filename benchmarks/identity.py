@@ -12,7 +12,16 @@ proves the pipeline. With real models and a real photo it gives the table users 
     .venv/bin/python benchmarks/identity.py --models ~/ComfyUI/models --face me.jpg --device cuda \
         --size 1024 --presets none,lcm,lightning-4,hyper-8 --ip-weights 0.6,0.8,1.0 --seeds 8 \
         --score-models buffalo_l
-`none` is the plain 30-step Euler baseline. Scoring with another pack than the one that conditioned the
+`none` is the plain 30-step Euler baseline.
+
+`--compare-methods instantid,faceid,pulid` runs the methods instead of the grid: the same reference, prompt, size,
+seeds and preset for each, every method at its defaults (InstantID ip 0.8 / IdentityNet 0.8, FaceID plusv2 weight
+1.0, PuLID v1.1 fidelity id_scale 0.8; `--pulid-model` for v1 / ComfyUI's file), all scored with one pack
+(`--score-models`, default buffalo_l: InstantID and PuLID condition on antelopev2, so buffalo_l is the independent
+pack for them; it is FaceID's own, which flatters FaceID: pass antelopev2 to see the other side).
+
+    .venv/bin/python benchmarks/identity.py --models ~/ComfyUI/models --face me.jpg --device cuda --size 1024 \
+        --compare-methods instantid,faceid,pulid --presets none --seeds 8 Scoring with another pack than the one that conditioned the
 generation (--score-models buffalo_l for InstantID's antelopev2) avoids flattering the scores (SPEC.md 8).
 """
 
@@ -81,6 +90,51 @@ def run_cell(engine: Engine, args, face: str, preset: str, ip_weight: float) -> 
         "stats": cell_stats(scores),
         "seconds_per_image": statistics.median(seconds),
         "score_pack": pack,
+    }
+
+
+def method_request(method: str, face: str, gen: GenerationParams, args):
+    """The run of one method at its defaults (the benchmark's `--compare-methods`)."""
+    if method == "instantid":
+        return generate_instantid, InstantIDRequest(faces=[face], generation=gen)
+    if method == "faceid":
+        from idforge.methods.faceid.core import FaceIDRequest
+        from idforge.methods.faceid.generate import generate_faceid
+
+        return generate_faceid, FaceIDRequest(faces=[face], generation=gen, adapter=args.faceid_adapter)
+    if method == "pulid":
+        from idforge.methods.pulid.core import PulidRequest
+        from idforge.methods.pulid.generate import generate_pulid
+
+        return generate_pulid, PulidRequest(faces=[face], generation=gen, model=args.pulid_model)
+    raise SystemExit(f"unknown method {method!r} (instantid, faceid, pulid)")
+
+
+def run_method_cell(engine: Engine, args, face: str, method: str, preset: str) -> dict:
+    """All seeds of one (method, preset) cell, every method scored with the same pack."""
+    scores, seconds = [], []
+    for seed in range(args.seed, args.seed + args.seeds):
+        gen = GenerationParams(
+            prompt=PROMPT,
+            seed=seed,
+            width=args.size,
+            height=args.size,
+            preset=None if preset == "none" else preset,
+            score_models=args.score_models or "buffalo_l",
+        )
+        generate, request = method_request(method, face, gen, args)
+        started = time.perf_counter()
+        result = generate(engine, request)
+        seconds.append(time.perf_counter() - started)
+        scores.append(result.scores[0])
+    return {
+        "method": method,
+        "preset": preset,
+        "seeds": list(range(args.seed, args.seed + args.seeds)),
+        "scores": scores,
+        "stats": cell_stats(scores),
+        "seconds_per_image": statistics.median(seconds),
+        "score_pack": args.score_models or "buffalo_l",
     }
 
 
@@ -167,6 +221,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--out", default="benchmarks/results/identity.json")
     parser.add_argument("--skip-grid", action="store_true", help="only measure the cost of scoring")
+    parser.add_argument(
+        "--compare-methods",
+        default=None,
+        help="e.g. instantid,faceid,pulid: methods on the same references/seeds",
+    )
+    parser.add_argument("--faceid-adapter", default=None, help="FaceID adapter for --compare-methods")
+    parser.add_argument("--pulid-model", default="pulid-v1.1", help="pulid-v1.1 | pulid-v1 | pulid-comfyui")
     args = parser.parse_args()
 
     face = args.face
@@ -182,6 +243,33 @@ def main() -> None:
         flush=True,
     )
     cells = []
+    if args.compare_methods:
+        for preset in presets:
+            for method in [m.strip() for m in args.compare_methods.split(",") if m.strip()]:
+                cell = run_method_cell(engine, args, face, method, preset)
+                stats = cell["stats"]
+                mean = f"{stats['mean']:.3f}" if stats["scored"] else "-"
+                print(
+                    f"{method:>10} {preset:>14} scored {stats['scored']}/{stats['n']} mean {mean}", flush=True
+                )
+                cells.append(cell)
+        out = Path(
+            args.out if args.out != parser.get_default("out") else "benchmarks/results/identity_methods.json"
+        )
+        result = {
+            "benchmark": "identity-methods",
+            "what": "identity score per (method, preset) over the same seeds and reference, one scoring pack",
+            "face": args.face or "kit synthetic face",
+            "models": args.models,
+            "size": args.size,
+            "device": args.device,
+            "platform": platform.platform(),
+            "cells": cells,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     for preset in presets if not args.skip_grid else []:
         for weight in weights:
             cell = run_cell(engine, args, face, preset, weight)

@@ -127,9 +127,9 @@ def test_with_instantid_in_one_generation(tiny_kit, face_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--weight", "3.5"], "weight: 3.5 is out of range"),
-        (["--weight-type", "heavy"], "weight_type: 'heavy' is not one of"),
-        (["--embeds-scaling", "K only"], "embeds_scaling"),
+        (["--weight", "3.5"], "--weight: 3.5 is out of range"),
+        (["--weight-type", "heavy"], "--weight-type: 'heavy' is not one of"),
+        (["--embeds-scaling", "K only"], "--embeds-scaling: 'K only' is not one of"),
         (["--adapter", "ip-adapter-faceid_sd15.bin", "--base", "tiny-sdxl"], "does not fit base"),
         (["--face", "MISSING.png"], "MISSING.png: file not found"),
     ],

@@ -1,8 +1,8 @@
 """The package's import graph: no cycles between modules, and no import running up the layers.
 
 Layers, low to high (a module may import its own layer or lower ones, never a higher one):
-errors, imageio, styles, demo  <  faces  <  identity, control  <  models  <  engine  <  methods  <  server  <
-commands, cli. `engine/` is machinery only: it must not know any method.
+errors, imageio, styles, demo  <  faces  <  identity, control  <  models  <  engine  <  methods  <  workflow  <
+server  <  commands, cli. `engine/` is machinery only: it must not know any method.
 Imports inside functions count too (they are how a cycle hides); `TYPE_CHECKING` blocks do not, nor does a
 module importing its own package (Python has run that package's `__init__` before the module anyway).
 """
@@ -26,10 +26,11 @@ LAYERS = {
     "models": 3,
     "engine": 4,
     "methods": 5,
-    "server": 6,
-    "commands": 7,
-    "cli": 7,
-    "__main__": 8,
+    "workflow": 6,
+    "server": 7,
+    "commands": 8,
+    "cli": 8,
+    "__main__": 9,
 }
 
 

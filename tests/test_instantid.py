@@ -262,7 +262,7 @@ def test_cli_out_of_range_is_one_line_error(tiny_kit, faces, tmp_path, capsys):
     )  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err.count("\n") == 0 and "ip_weight" in err and "[0.0, 3.0]" in err
+    assert err.count("\n") == 0 and "--ip-weight: 4.0" in err and "[0.0, 3.0]" in err
 
 
 def test_cli_missing_face_file_is_one_line_error(tiny_kit, tmp_path, capsys):

@@ -18,7 +18,6 @@ from PIL import Image
 import idforge.engine.loop as loop_module
 import idforge.methods.instantid.persons as persons_module
 from idforge.cli import main
-from idforge.commands._common import parse_person
 from idforge.demo.samples import square_face_png, synthetic_face
 from idforge.engine.params import GenerationParams
 from idforge.engine.result import read_recipe
@@ -30,7 +29,7 @@ from idforge.identity.masks import mask_for_tokens, mask_grid
 from idforge.methods.instantid.core import InstantIDRequest
 from idforge.methods.instantid.generate import generate_instantid
 from idforge.methods.instantid.params import InstantIDParams
-from idforge.methods.persons import Person
+from idforge.methods.persons import Person, parse_person
 
 WIDTH, HEIGHT = 128, 64  # latent 16 x 8: the halves split evenly at every UNet resolution
 
@@ -87,8 +86,8 @@ def record_ip(monkeypatch) -> list[tuple[str, int, torch.Tensor]]:
     records: list[tuple[str, int, torch.Tensor]] = []
     original = IdentityAttnProcessor._ip_attention
 
-    def recording(self, name, query, heads, head_dim, num_tokens):
-        out = original(self, name, query, heads, head_dim, num_tokens)
+    def recording(self, name, query, heads, head_dim, num_tokens, *rest):
+        out = original(self, name, query, heads, head_dim, num_tokens, *rest)
         if out is not None:
             records.append((name, num_tokens, out.detach().clone()))
         return out
@@ -442,7 +441,7 @@ def test_cli_two_persons_write_the_image_and_the_recipe(tiny_kit, faces, tmp_pat
         ),
         (["face={a},region=left", "face={b},region=centre"], "--person 2: region: 'centre' is not one of"),
         (["face={a},region=left", "face={empty},region=right"], "person 2 face {empty}: no face found"),
-        ([], "--face: give a reference face"),
+        ([], "--face: required: a reference face, or several persons"),
     ],
 )
 def test_cli_bad_persons_are_one_line_errors(tiny_kit, faces, tmp_path, capsys, persons, expected):

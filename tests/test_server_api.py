@@ -257,6 +257,8 @@ def test_openapi_lists_every_field_with_its_range(server):
     assert {"200", "400", "401", "406", "500", "503"} <= set(operation["responses"])
     assert {"/v2/requests/{request_id}", "/v2/requests/{request_id}/status"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
+    # run alone, the warm-up may still be going: wait for readiness
+    wait_for(lambda: client.get("/health/ready").status_code == 200, timeout=300, interval=0.2)
     health = client.get("/health").json()
     assert health["status"] == "ready" and health["queue"]["worker_alive"]
 

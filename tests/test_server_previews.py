@@ -175,6 +175,11 @@ def test_previews_are_authenticated_and_name_bad_fields(server):
     assert narrow.status_code == 400 and narrow.json()["field"] == "pose_image", narrow.text
     unknown = client.post("/v1/preview/faces", json={"face_image": face_b64(), "mehtod": "faceid"})
     assert unknown.status_code == 400 and unknown.json()["field"] == "mehtod"
+    no_such = client.post("/v1/preview/faces", json={"face_image": face_b64(), "method": "faceidd"})
+    assert no_such.status_code == 400 and no_such.json()["field"] == "method", no_such.text
+    assert (
+        "instantid" in no_such.json()["error"] and "faceid" in no_such.json()["error"]
+    )  # the registry's names
     schema = client.get("/openapi.json").json()
     assert {"/v1/preview/faces", "/v1/preview/depth"} <= set(schema["paths"])
     assert "401" in schema["paths"]["/v1/preview/faces"]["post"]["responses"]

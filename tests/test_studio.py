@@ -750,7 +750,12 @@ def test_a_registered_method_appears_in_the_form_with_its_fields(browser, consol
                 titles = page.eval_on_selector_all(
                     "fieldset.methods label", "els => els.map(e => e.textContent.trim())"
                 )
-                assert titles == ["InstantID", "FaceID", "Insta Depth", "Dummy"]
+                assert titles == ["InstantID", "FaceID", "Insta Depth", "PuLID", "Dummy"]
+                choose(page, "pulid")  # a built-in method's form comes from its body the same way
+                assert (
+                    page.locator("#param-method").count() == 1
+                    and page.locator("#param-fidelity").count() == 1
+                )
                 choose(page, "dummy")
                 shade = page.locator("#param-shade")
                 assert (shade.get_attribute("min"), shade.get_attribute("max"), shade.input_value()) == (

@@ -77,7 +77,8 @@ def test_two_workers_share_the_queue_and_charge_exactly(db_url, store):
         assert seeds == [[i] for i in range(30)]
         served = {store.job(f"req_{i:02d}")["replica"] for i in range(30)}
         assert served == {"w0", "w1"}
-        assert sum(w.jobs_done for w in workers) == 30
+        # a worker counts a job just after its commit: wait for the counters, not only the rows
+        wait_for(lambda: sum(w.jobs_done for w in workers) == 30, what="the workers' counters")
         assert store.get(record.id).spent == 30 and store.get(record.id).balance == 70 and store.audit() == []
         health = wait_for(
             lambda: [r for r in store.replicas() if r["jobs_done"] > 0 and r["state"] == "ready"]
@@ -120,7 +121,8 @@ def test_cancel_stops_a_running_job_at_the_next_step(db_url, store):
         queue_job(store, record.id, "req_bad", prompt="fail")
         row = wait_for(lambda: (r := store.job("req_bad"))["status"] == "FAILED" and r, what="failure")
         assert (row["error_status"], row["error_field"]) == (400, "face_image")
-        assert store.get(record.id).balance == 5 and worker.jobs_failed == 1
+        assert store.get(record.id).balance == 5
+        wait_for(lambda: worker.jobs_failed == 1, what="the failure counted")  # counted after its commit
     finally:
         worker.stop()
         worker.store.close()

@@ -16,11 +16,9 @@ COMMAND_MODULES = (
     "kit",
     "faces",
     "models",
-    "instantid",
-    "faceid",
-    "insta_depth",
-    "method",  # every other registered method, its flags from its body
+    "method",  # one command per registered method (instantid, faceid, insta-depth, ...), flags from its body
     "reproduce",
+    "workflow",
     "serve",
     "keys",
     "demo",

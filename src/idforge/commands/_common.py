@@ -10,8 +10,6 @@ from collections.abc import Callable
 from tqdm.auto import tqdm
 
 from idforge.engine.params import SCHEDULERS, GenerationParams, LoraSpec
-from idforge.errors import ParameterError
-from idforge.methods.instantid.params import InstantIDParams
 
 
 def add_generation_arguments(
@@ -143,39 +141,6 @@ def fast_path(args: argparse.Namespace, device: str) -> tuple[object, str]:
     return fast.with_changes(**changes), dtype
 
 
-def add_instantid_arguments(parser: argparse.ArgumentParser) -> None:
-    """The controls of "Apply InstantID Advanced" that every InstantID-based command takes."""
-    group = parser.add_argument_group("InstantID")
-    group.add_argument(
-        "--ip-weight", type=float, default=None, help="0..3 (default 0.8, or the preset's recommendation)"
-    )
-    group.add_argument(
-        "--cn-strength",
-        type=float,
-        default=None,
-        help="IdentityNet, 0..10 (default 0.8, or the preset's recommendation)",
-    )
-    group.add_argument("--start-at", type=float, default=0.0, help="IP and IdentityNet, 0..1 (default 0)")
-    group.add_argument("--end-at", type=float, default=1.0, help="IP and IdentityNet, 0..1 (default 1)")
-    group.add_argument("--noise", type=float, default=0.0, help="0..1 (default 0)")
-    group.add_argument("--enhance-face-region", action="store_true", help="limit IdentityNet to the face box")
-    group.add_argument("--instantid", default=None, help="InstantX/InstantID-style folder or hub id")
-
-
-def instantid_params(args: argparse.Namespace, **extra: object) -> InstantIDParams:
-    """InstantID's controls; strengths not given stay None, so the request takes the preset's recommendation
-    (methods/presets.py: the same rule for the CLI, Python and HTTP)."""
-    return InstantIDParams(
-        ip_weight=args.ip_weight,
-        cn_strength=args.cn_strength,
-        start_at=args.start_at,
-        end_at=args.end_at,
-        noise=args.noise,
-        enhance_face_region=args.enhance_face_region,
-        **extra,
-    )
-
-
 def parse_lora(text: str) -> LoraSpec:
     """PATH or PATH:STRENGTH (a trailing number after the last colon is the strength)."""
     path, strength = text, 1.0
@@ -186,49 +151,6 @@ def parse_lora(text: str) -> LoraSpec:
         except ValueError:
             path = text
     return LoraSpec(path=path, strength=strength)
-
-
-PERSON_KEYS = ("face", "region", "box", "mask", "ip_weight", "cn_strength", "start_at", "end_at")
-
-
-def parse_person(text: str, index: int):
-    """`--person face=A.jpg,region=left,ip_weight=0.9` -> a Person; errors name the --person (1-based)."""
-    from idforge.methods.persons import Person
-
-    label = f"--person {index}"
-    values: dict[str, object] = {}
-    faces: list[str] = []
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        key, value = key.strip().lower().replace("-", "_"), value.strip()
-        if not sep or not key or not value:
-            raise ParameterError(label, f"{item.strip()!r} in {text!r} is not KEY=VALUE")
-        if key not in PERSON_KEYS:
-            raise ParameterError(label, f"unknown key {key!r} (keys: {', '.join(PERSON_KEYS)})")
-        if key == "face":
-            faces.append(value)
-            continue
-        if key in values:
-            raise ParameterError(label, f"{key} given twice")
-        if key == "box":
-            parts = value.split(":")
-            try:
-                values[key] = tuple(float(v) for v in parts)
-            except ValueError:
-                raise ParameterError(label, f"box {value!r} is not x1:y1:x2:y2 in pixels") from None
-        elif key in ("ip_weight", "cn_strength", "start_at", "end_at"):
-            try:
-                values[key] = float(value)
-            except ValueError:
-                raise ParameterError(label, f"{key} {value!r} is not a number") from None
-        else:
-            values[key] = value
-    if not faces:
-        raise ParameterError(label, f"no face in {text!r} (add face=IMG)")
-    try:
-        return Person(faces=faces, **values)
-    except ParameterError as exc:
-        raise ParameterError(label, str(exc)) from None
 
 
 def generation_params(args: argparse.Namespace) -> GenerationParams:
@@ -260,17 +182,13 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
     )
 
 
-def make_engine(args: argparse.Namespace, **choices: str | None):
-    """An engine with the models named on the command line (imported here: `idforge --help` stays fast)."""
+def make_engine(args: argparse.Namespace, **choices: object):
+    """An engine with the models named on the command line (imported here: `idforge --help` stays fast); a
+    method's `choices` add to them or replace them (FaceID leaves the face pack to each request)."""
     from idforge.engine.session import Engine, ModelChoice
 
-    models = ModelChoice(
-        base=args.base,
-        face_models=args.face_models,
-        models_dirs=list(args.models),
-        offline=args.offline,
-        **choices,
-    )
+    named = {"base": args.base, "face_models": args.face_models, "offline": args.offline}
+    models = ModelChoice(models_dirs=list(args.models), **(named | choices))
     fast, dtype = fast_path(args, args.device)
     return Engine(models, device=args.device, dtype=dtype, fast=fast)
 

@@ -1,5 +1,6 @@
-"""A command for every registered method without a hand-written one: its flags come from the method's body
-(the same vocabulary, defaults and help as its HTTP schema) and its image inputs."""
+"""A command for every registered method: its flags come from the method's body (the same vocabulary, defaults,
+choices and help as its HTTP schema) and its image inputs, plus what its `CommandLine` adds (model files, face
+choice, outputs). Errors name the flag the user typed, not the body field."""
 
 from __future__ import annotations
 
@@ -15,16 +16,14 @@ from idforge.commands._common import (
     progress_bar,
     report,
 )
+from idforge.errors import ParameterError, check_choice
 from idforge.methods.body import COMMON_FIELDS, JOB_FIELDS
 from idforge.methods.registry import Method, MethodCall, get_method, methods
-
-HAND_WRITTEN = frozenset({"instantid", "faceid", "insta-depth"})  # commands/<name>.py: extra CLI-only options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     for method in methods():
-        if method.name not in HAND_WRITTEN:
-            add_method_command(subparsers, method)
+        add_method_command(subparsers, method)
 
 
 def body_flags(method: Method) -> dict[str, str]:
@@ -46,8 +45,29 @@ def _flag_type(annotation: Any) -> tuple[Any, tuple[Any, ...] | None]:
         annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
     if typing.get_origin(annotation) is typing.Literal:
         choices = typing.get_args(annotation)
-        return type(choices[0]), choices
+        return (_spaced(choices) if isinstance(choices[0], str) else type(choices[0])), choices
     return annotation, None
+
+
+def _spaced(choices: tuple[str, ...]) -> Any:
+    """A choice with spaces ("norm average", "ease in-out") may be typed with dashes: norm-average."""
+
+    def parse(text: str) -> str:
+        if text in choices:
+            return text
+        for choice in choices:
+            if choice.replace(" ", "-") == text:
+                return choice
+        return text  # argparse then names the choices
+
+    return parse
+
+
+def flag_names(method: Method) -> dict[str, str]:
+    """Body field -> the flag that sets it, for error messages."""
+    names = {image.field: image.flag for image in method.images}
+    names |= {image.extra: image.flag for image in method.images if image.extra}
+    return names | dict(method.cli.flags) | body_flags(method)
 
 
 def add_method_command(subparsers: argparse._SubParsersAction, method: Method) -> argparse.ArgumentParser:
@@ -73,13 +93,15 @@ def add_method_command(subparsers: argparse._SubParsersAction, method: Method) -
             group.add_argument(flag, dest=f"param_{name}", action="store_true", default=None, help=text)
         else:
             default = None if info.is_required() else info.default
+            if choices:  # checked in method_call: a one-line error, not argparse's usage dump
+                text = f"{text} one of: {' | '.join(map(str, choices))}".strip()
             group.add_argument(
                 flag,
                 dest=f"param_{name}",
                 type=kind,
-                choices=choices,
                 default=None,
-                help=f"{text} (default {default})",
+                metavar=name.upper(),
+                help=text if default is None else f"{text} (default {default})",
             )
     steps = method.body.model_fields["num_inference_steps"].default
     guidance = method.body.model_fields["guidance_scale"].default
@@ -96,9 +118,12 @@ def method_call(method: Method, args: argparse.Namespace) -> MethodCall:
     for name in method.body.model_fields:
         info = method.body.model_fields[name]
         params[name] = None if info.is_required() else info.get_default(call_default_factory=True)
-    for name in body_flags(method):
+    for name, flag in body_flags(method).items():
         value = getattr(args, f"param_{name}", None)
         if value is not None:
+            _, choices = _flag_type(method.body.model_fields[name].annotation)
+            if choices and value not in choices:
+                check_choice(flag, value, choices)
             params[name] = value
     images: dict[str, Any] = {}
     for image in method.images:
@@ -109,15 +134,24 @@ def method_call(method: Method, args: argparse.Namespace) -> MethodCall:
         else:
             images[image.field] = value
     options = method.cli.options(args) if method.cli.options else {}
-    return MethodCall(params=params, images=images, generation=generation_params(args), options=options)
+    persons = method.cli.persons(args) if method.cli.persons else []
+    return MethodCall(
+        params=params, images=images, generation=generation_params(args), persons=persons, options=options
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     method = get_method(args.method_name)
     call = method_call(method, args)
-    if method.check is not None:
-        method.check(call)
-    request = method.build_request(call)
+    try:
+        if method.check is not None:
+            method.check(call)
+        request = method.build_request(call)
+    except ParameterError as exc:
+        flag = flag_names(method).get(exc.name)
+        if flag is None:
+            raise
+        raise ParameterError(flag, exc.problem) from None
     choices = method.cli.model_choices(args) if method.cli.model_choices else {}
     engine = make_engine(args, **choices)
     update, close = progress_bar(args, method.name)

@@ -114,6 +114,6 @@ def pil_to_control_tensor(images: list[Image.Image], width: int, height: int) ->
     arrays = []
     for image in images:
         if image.size != (width, height):
-            image = image.resize((width, height), Image.BICUBIC)
+            image = image.resize((width, height), Image.Resampling.BICUBIC)
         arrays.append(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -124,10 +124,9 @@ class CachedConditioningEmbedding(torch.nn.Module):
 
 
 def cache_conditioning_embedding(controlnet: torch.nn.Module) -> None:
-    if not isinstance(controlnet.controlnet_cond_embedding, CachedConditioningEmbedding):
-        controlnet.controlnet_cond_embedding = CachedConditioningEmbedding(
-            controlnet.controlnet_cond_embedding
-        )
+    embedding = controlnet.get_submodule("controlnet_cond_embedding")
+    if not isinstance(embedding, CachedConditioningEmbedding):
+        controlnet.controlnet_cond_embedding = CachedConditioningEmbedding(embedding)
 
 
 # ---- fused projections ----------------------------------------------------------------------------------------
@@ -160,7 +159,8 @@ def fuse_qkv(model: torch.nn.Module) -> int:
             if linear.bias is not None:
                 linear.bias = torch.nn.Parameter(joint.bias[start : start + rows], requires_grad=False)
             start += rows
-        module.set_processor(FusedAttnProcessor2_0())
+        # diffusers annotates `processor` as the plain AttnProcessor class, though it takes any processor.
+        module.set_processor(FusedAttnProcessor2_0())  # type: ignore[arg-type]
         fused += 1
     return fused
 
@@ -211,7 +211,8 @@ def prepare_controlnet(controlnet: torch.nn.Module, fast: FastPath, device: torc
     if _already(controlnet, fast):
         return controlnet
     if fast.channels_last:
-        controlnet.to(memory_format=torch.channels_last)
+        # torch's Module.to overloads omit the documented to(memory_format=...) form.
+        controlnet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if fast.fused_qkv:
         fuse_qkv(controlnet)
     if fast.fp8:  # after fusing: the fused projections are the linears that run

@@ -9,6 +9,13 @@ Settings (SPEC.md section 8):
 - `hyper-N` (N = 2, 4, 8): Hyper-SD's N-step SDXL LoRA, DDIM trailing, guidance 0; `hyper-1`: the 1-step LoRA
   with TCD at eta 1.0; `hyper-8-cfg` / `hyper-12-cfg`: the CFG-preserving LoRAs, DDIM trailing at guidance 5
   (the card: 5-8).
+- PuLID's official samplers (ToTheBeginning/PuLID): `pulid-v1`: the SDXL-Lightning 4-step UNet with DPM++ 2M
+  (diffusers' DPMSolverMultistep, `timestep_spacing="trailing"`), 4 steps, guidance 1.2 (pipeline.py);
+  `pulid-v1.1-lightning`: on a Lightning base checkpoint (the official default Lykon/dreamshaper-xl-lightning),
+  5 steps at guidance 2 with k-diffusion's dpmpp_sde on Karras sigmas; ours is diffusers' DPM++ 2M SDE on Karras
+  sigmas (the single-step dpmpp_sde needs torchsde, which we do not ship); `pulid-v1.1`: non-distilled bases,
+  dpmpp_2m on Karras sigmas, 25 steps, guidance 7 (app_v1_1.py). Both v1.1 presets bring no file (`kind`
+  "sampler"): the base is the model. Their `pulid_weight` is the official id_scale default, 0.8.
 Identity strengths: nobody publishes strengths tuned for few steps. Ours, as starting points (run
 benchmarks/identity.py with your models to tune them): InstantID's defaults 0.8 / 0.8 for LCM, and a stronger
 IP weight (1.0) for the 1-8 step distillations, where identity has fewer steps to take hold. The CLI applies them
@@ -26,8 +33,8 @@ from idforge.errors import ParameterError
 @dataclass(frozen=True)
 class FewStepPreset:
     name: str
-    model: str  # a models.presets name: role "lora" or "unet"
-    kind: str  # "lora" | "unet"
+    model: str  # a models.presets name: role "lora" or "unet" ("" for kind "sampler")
+    kind: str  # "lora" | "unet" | "sampler" (settings only: the base is already the distilled model)
     scheduler: str
     steps: int
     guidance: float
@@ -46,6 +53,7 @@ class FewStepPreset:
 
 _FEW_STEP_IDENTITY = {"ip_weight": 1.0, "cn_strength": 0.8, "faceid_weight": 1.0}
 _LCM_IDENTITY = {"ip_weight": 0.8, "cn_strength": 0.8, "faceid_weight": 1.0}
+_PULID_IDENTITY = {"ip_weight": 1.0, "cn_strength": 0.8, "faceid_weight": 1.0, "pulid_weight": 0.8}
 
 
 def _build() -> dict[str, FewStepPreset]:
@@ -128,6 +136,39 @@ def _build() -> dict[str, FewStepPreset]:
                 source=f"Hyper-SD card: CFG-preserving {steps}-step LoRA, DDIM trailing, guidance 5-8",
             )
         )
+    presets += [
+        FewStepPreset(
+            "pulid-v1",
+            "sdxl-lightning-4step-unet",
+            "unet",
+            "dpmpp_2m",
+            4,
+            1.2,
+            timestep_spacing="trailing",
+            identity=_PULID_IDENTITY,
+            source="PuLID v1 pipeline.py: SDXL-Lightning 4-step UNet, DPMSolverMultistep trailing, 4 steps, CFG 1.2",
+        ),
+        FewStepPreset(
+            "pulid-v1.1-lightning",
+            "",
+            "sampler",
+            "dpmpp_2m_sde_karras",
+            5,
+            2.0,
+            identity=_PULID_IDENTITY,
+            source="PuLID v1.1 app_v1_1.py: Lightning base, dpmpp_sde (Karras sigmas), 5 steps, CFG 2",
+        ),
+        FewStepPreset(
+            "pulid-v1.1",
+            "",
+            "sampler",
+            "dpmpp_2m_karras",
+            25,
+            7.0,
+            identity=_PULID_IDENTITY,
+            source="PuLID v1.1 app_v1_1.py: non-distilled base, dpmpp_2m (Karras sigmas), 25 steps, CFG 7",
+        ),
+    ]
     return {preset.name: preset for preset in presets}
 
 

@@ -25,14 +25,19 @@ class NamedImage:
     name: str
 
 
-def image_name(source: ImageSource | NamedImage, fallback: str) -> str:
+# An input image as a request holds it: as given, or already decoded (the requests' decode steps replace each
+# source by its NamedImage).
+ImageInput = ImageSource | NamedImage
+
+
+def image_name(source: ImageInput, fallback: str) -> str:
     """A path's text, a NamedImage's name, or `fallback` for in-memory images."""
     if isinstance(source, NamedImage):
         return source.name
     return str(source) if isinstance(source, str | Path) else fallback
 
 
-def load_named(source: ImageSource | NamedImage, fallback: str) -> NamedImage:
+def load_named(source: ImageInput, fallback: str) -> NamedImage:
     """Decode (and check) an input image once; a NamedImage passes through."""
     if isinstance(source, NamedImage):
         return source

@@ -60,20 +60,17 @@ def load_controlnet(
 
 def check_controlnet_fits(controlnet: ControlNetModel, base: BaseModel, name: str) -> None:
     """Refuse a ControlNet built for another base family before any generation starts."""
+    # diffusers types `config` as a dict (a FrozenDict, which also allows attribute access): read it as one.
     unet_config = base.unet.config
     cn_config = controlnet.config
     mismatches = []
-    if (
-        tuple(cn_config.block_out_channels)
-        != tuple(unet_config.block_out_channels)[: len(cn_config.block_out_channels)]
-    ):
-        mismatches.append(
-            f"channels {tuple(cn_config.block_out_channels)} vs {tuple(unet_config.block_out_channels)}"
-        )
-    if cn_config.addition_embed_type != unet_config.addition_embed_type:
-        mismatches.append(
-            f"addition_embed_type {cn_config.addition_embed_type} vs {unet_config.addition_embed_type}"
-        )
+    cn_channels = tuple(cn_config["block_out_channels"])
+    unet_channels = tuple(unet_config["block_out_channels"])
+    if cn_channels != unet_channels[: len(cn_channels)]:
+        mismatches.append(f"channels {cn_channels} vs {unet_channels}")
+    cn_embed, unet_embed = cn_config["addition_embed_type"], unet_config["addition_embed_type"]
+    if cn_embed != unet_embed:
+        mismatches.append(f"addition_embed_type {cn_embed} vs {unet_embed}")
     if mismatches:
         raise ModelFormatError(
             f"{name}: ControlNet does not fit the base model {base.source} ({base.family}): "

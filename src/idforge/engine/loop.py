@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from diffusers import ControlNetModel, UNet2DConditionModel
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from idforge.engine.schedulers import Scheduler
 from idforge.identity.attention import is_active
 
 
@@ -49,7 +49,7 @@ class TextConditioning:
 class DenoiseJob:
     latents: torch.Tensor  # initial noise already scaled by the scheduler's init sigma
     text: TextConditioning
-    scheduler: SchedulerMixin
+    scheduler: Scheduler
     timesteps: torch.Tensor
     guidance: float
     controls: list[ControlUnit] = field(default_factory=list)
@@ -62,7 +62,10 @@ class DenoiseJob:
 
 
 def _cfg_batch(uncond: torch.Tensor | None, cond: torch.Tensor, do_cfg: bool) -> torch.Tensor:
-    return torch.cat([uncond, cond]) if do_cfg else cond
+    if not do_cfg:
+        return cond
+    assert uncond is not None, "classifier-free guidance needs the unconditional embeddings"
+    return torch.cat([uncond, cond])
 
 
 def _resize_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -146,6 +149,7 @@ def denoise(unet: UNet2DConditionModel, job: DenoiseJob) -> torch.Tensor:
     text_context = _cfg_batch(text.uncond, text.cond, do_cfg)
     added_cond = None
     if text.pooled_cond is not None:
+        assert text.time_ids is not None, "SDXL pooled embeddings come with time_ids"
         added_cond = {
             "text_embeds": _cfg_batch(text.pooled_uncond, text.pooled_cond, do_cfg),
             "time_ids": _cfg_batch(text.time_ids, text.time_ids, do_cfg),

@@ -12,7 +12,7 @@ from typing import Any
 
 from idforge.errors import ParameterError, check_choice, check_range
 
-SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm", "tcd")
+SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "ddim", "lcm", "tcd")
 
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -108,9 +108,10 @@ class GenerationParams:
         if not isinstance(self.prompt, str):
             raise ParameterError("prompt", "must be a string")
         self._apply_preset()
-        check_range("steps", self.steps, 1, 200)
-        check_range("guidance", self.guidance, 0.0, 30.0)
-        self.scheduler = check_choice("scheduler", self.scheduler.lower().replace("-", "_"), SCHEDULERS)
+        steps, guidance, scheduler = self.sampler()
+        check_range("steps", steps, 1, 200)
+        check_range("guidance", guidance, 0.0, 30.0)
+        self.scheduler = check_choice("scheduler", scheduler.lower().replace("-", "_"), SCHEDULERS)
         if self.seed is not None:
             check_range("seed", self.seed, 0, MAX_SEED)
         for name in ("width", "height"):
@@ -157,6 +158,12 @@ class GenerationParams:
         if preset.kind == "unet" and self.unet is None:
             self.unet = preset.model
 
+    def sampler(self) -> tuple[int, float, str]:
+        """(steps, guidance, scheduler), which `_apply_preset` filled in: from the preset, else the defaults."""
+        if self.steps is None or self.guidance is None or self.scheduler is None:
+            raise ParameterError("preset", f"preset {self.preset!r} left steps, guidance or scheduler unset")
+        return self.steps, self.guidance, self.scheduler
+
     def preset_loras(self) -> list[LoraSpec]:
         """The extra LoRAs of this generation: the user's, plus the preset's LoRA (kept apart so that
         dataclasses.replace, which re-runs __post_init__, never adds it twice)."""
@@ -190,7 +197,7 @@ class GenerationParams:
     @property
     def do_cfg(self) -> bool:
         """Classifier-free guidance is skipped at guidance <= 1 (as diffusers does): half the UNet work."""
-        return self.guidance > 1.0  # type: ignore[operator]
+        return self.sampler()[1] > 1.0
 
 
 def params_to_dict(*objects: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@
 | inputs | the input images by name; faces with box, score and `pixels_sha256`; `pixels_sha256` of the others |
 | runtime | what actually ran: device ("cpu", "cuda:0"), UNet dtype, VAE dtype (at rest and when decoding), every FastPath switch, the scheduler class and config, torch/diffusers versions, fp32 matmul precision |
 | timings | total seconds |
-| anything else | the method's own sections: adapter_kind, instantid (FaceID + InstantID), persons, batch, best_of, identity |
+| anything else | the method's own sections: adapter_kind, instantid (FaceID + InstantID), persons, batch, best_of, identity; `workflow` (workflow/run.py: the ComfyUI file, format, KSampler and Save node ids, nodes used, model files) |
 
 `params.device` and `params.dtype` are the resolved ones (never "auto"). Input images are never stored: `pixels_sha256`
 is the sha256 of an image's decoded RGB pixels and shape (`session.image_digest`, the same for a PNG, its bytes or
@@ -109,7 +109,7 @@ class Runtime:
 
         vae = base.pipe.vae
         scheduler = make_scheduler(
-            gen.scheduler,
+            gen.sampler()[2],
             base.pipe.scheduler.config,
             timestep_spacing=gen.timestep_spacing,
             prediction_type=gen.prediction_type,
@@ -226,8 +226,8 @@ class Recipe:
         return cls(
             method=data.get("method", ""),
             seeds=list(seeds),
-            width=data.get("width"),
-            height=data.get("height"),
+            width=data["width"],
+            height=data["height"],
             generation=generation,
             method_params=grouped,
             models=data.get("models") or {},

@@ -56,13 +56,14 @@ def sample_and_decode(
             text = encode_text(base, prompt, negative, batch, gen.do_cfg, width, height)
         else:
             text = concat_text([encode_text(base, p, n, 1, gen.do_cfg, width, height) for p, n in prompts])
+    steps, guidance, scheduler_name = gen.sampler()
     scheduler = make_scheduler(
-        gen.scheduler,
+        scheduler_name,
         base.pipe.scheduler.config,
         timestep_spacing=gen.timestep_spacing,
         prediction_type=gen.prediction_type,
     )
-    scheduler.set_timesteps(gen.steps, device=device)
+    scheduler.set_timesteps(steps, device=device)
     latents = initial_noise(seeds, (base.unet.config.in_channels, *latent_hw), dtype, device)
     latents = latents * scheduler.init_noise_sigma
     attention.set_cfg(gen.do_cfg)
@@ -72,12 +73,12 @@ def sample_and_decode(
         text=text,
         scheduler=scheduler,
         timesteps=scheduler.timesteps,
-        guidance=gen.guidance,
+        guidance=guidance,
         controls=list(controls),
         generators=make_generators(seeds),
         on_timestep=attention.set_timestep,
         on_step=progress,
-        step_kwargs=step_options(gen.scheduler, gen.eta),
+        step_kwargs=step_options(scheduler_name, gen.eta),
     )
     with ExitStack() as stack:
         stack.enter_context(engine.unet_weights(base, gen.unet))  # first: LoRAs merge onto the replaced UNet
@@ -100,5 +101,9 @@ def concat_text(parts: Sequence[TextConditioning]) -> TextConditioning:
         return None if values[0] is None else torch.cat(values)
 
     return TextConditioning(
-        cat("cond"), cat("uncond"), cat("pooled_cond"), cat("pooled_uncond"), cat("time_ids")
+        torch.cat([part.cond for part in parts]),
+        cat("uncond"),
+        cat("pooled_cond"),
+        cat("pooled_uncond"),
+        cat("time_ids"),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from idforge.engine.inputs import ImageSource, load_named
+from idforge.engine.inputs import ImageInput, ImageSource, load_named
 from idforge.engine.result import GenerationResult
 from idforge.engine.session import Engine
 from idforge.errors import NoFaceError, face_input
@@ -25,7 +25,7 @@ from idforge.faces.scoring import (
 def engine_reference(
     engine: Engine,
     analyzer,
-    references: Sequence[ImageSource],
+    references: Sequence[ImageInput],
     *,
     pick: str | int,
     det_size: int,
@@ -44,7 +44,7 @@ def engine_reference(
 def identity_report(
     engine: Engine,
     images: Sequence[ImageSource],
-    references: Sequence[ImageSource],
+    references: Sequence[ImageInput],
     *,
     generation_pack: str | None,
     default_pack: str,
@@ -66,12 +66,12 @@ def identity_report(
 def attach_identity(
     engine: Engine,
     result: GenerationResult,
-    references: Sequence[ImageSource],
+    references: Sequence[ImageInput],
     *,
     generation_pack: str | None,
     default_pack: str,
     pick: str | int,
-    per_image_references: Sequence[Sequence[ImageSource]] | None = None,
+    per_image_references: Sequence[Sequence[ImageInput]] | None = None,
 ) -> GenerationResult:
     """Score every image of `result` (unless the generation asked for no scoring) into result.identity and
     result.recipe["identity"]. `per_image_references` (FaceID batch mode): image i is scored against its own

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from idforge.engine.device import resolve_device, resolve_dtype
 from idforge.engine.fastpath import FastPath, prepare_base, prepare_controlnet
 from idforge.engine.loading import check_controlnet_fits, load_base_model, load_controlnet
 from idforge.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from idforge.models.store import ModelStore
 
 # One model load at a time in the whole process, across every Engine (the server's worker, the studio's preview
 # engine, Ray replicas in one process). diffusers/accelerate build weightless modules by patching
@@ -103,11 +106,11 @@ class Engine:
         self._loaded: dict[tuple[str, str], Any] = {}
         self.face_cache = LRUCache(256)
         self._lock = threading.RLock()
-        self._store = None
+        self._store: ModelStore | None = None
 
     # -- model store -------------------------------------------------------------------------------------------
     @property
-    def store(self):
+    def store(self) -> ModelStore:
         if self._store is None:
             from idforge.models.store import ModelStore
 

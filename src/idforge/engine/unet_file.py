@@ -11,23 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from diffusers import UNet2DConditionModel
 from torch import nn
 
 from idforge.errors import ModelFormatError
 from idforge.identity.ldm_keys import UNET_PREFIX, unet_name_to_ldm, up_blocks_with_attention
 
 
-def _from_ldm(state: dict[str, torch.Tensor], unet: nn.Module) -> dict[str, torch.Tensor]:
+def _from_ldm(state: dict[str, torch.Tensor], unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     names = list(unet.state_dict())
     with_attention = up_blocks_with_attention(names)
     table = {
-        UNET_PREFIX + unet_name_to_ldm(name, unet.config.layers_per_block, with_attention): name
+        UNET_PREFIX + unet_name_to_ldm(name, unet.config["layers_per_block"], with_attention): name
         for name in names
     }
     return {table.get(key, key): value for key, value in state.items()}
 
 
-def load_unet_state(path: str | Path, unet: nn.Module) -> dict[str, torch.Tensor]:
+def load_unet_state(path: str | Path, unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     """The file's tensors keyed by the UNet's own parameter names, in the UNet's dtype, on the CPU; checked."""
     from safetensors.torch import load_file
 

@@ -84,3 +84,33 @@ def norm_crop(img: np.ndarray, kps: np.ndarray, image_size: int = 112) -> np.nda
     """Aligned square crop of `img` (any channel order, kept), bilinear, border value 0."""
     matrix = estimate_norm(kps, image_size)
     return cv2.warpAffine(img, matrix, (image_size, image_size), borderValue=0.0)
+
+
+# facexlib's FFHQ template for 512 x 512 crops (FaceRestoreHelper, face_size 512), same keypoint order.
+FFHQ_512_TEMPLATE = np.array(
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ],
+    dtype=np.float32,
+)
+FFHQ_BORDER_RGB = (132, 133, 135)  # facexlib pads with BGR (135, 133, 132), a grey
+
+
+def ffhq_crop(img_rgb: np.ndarray, kps: np.ndarray, size: int = 512) -> np.ndarray:
+    """The aligned FFHQ crop PuLID's face parser and EVA02-CLIP read (facexlib's `align_warp_face`): a similarity
+    transform fitted robustly (cv2.estimateAffinePartial2D, LMEDS) from the 5 keypoints to the template scaled to
+    `size`, bilinear warp, grey constant border."""
+    kps = np.asarray(kps, dtype=np.float32)
+    if kps.shape != (5, 2):
+        raise ValueError(f"expected 5 keypoints of shape (5, 2), got {kps.shape}")
+    template = FFHQ_512_TEMPLATE * np.float32(size / 512.0)
+    matrix = cv2.estimateAffinePartial2D(kps, template, method=cv2.LMEDS)[0]
+    if matrix is None:  # degenerate keypoints: fall back to the least-squares similarity
+        matrix = umeyama(kps, template)[0:2, :]
+    return cv2.warpAffine(
+        img_rgb, matrix, (size, size), borderMode=cv2.BORDER_CONSTANT, borderValue=FFHQ_BORDER_RGB
+    )

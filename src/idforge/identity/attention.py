@@ -7,7 +7,9 @@ as diffusers' `AttnProcessor2_0` does, then adds, for each identity adapter acti
 
 before the output projection, with w_t the adapter's weight for the layer's transformer block (weight types),
 the tokens of each sample's own reference (cond/uncond halves of the CFG batch, swapped on the layers a
-"precise" weight type marks), and the embeds-scaling mode deciding where w_t enters. All per-call state lives
+"precise" weight type marks), and the embeds-scaling mode deciding where w_t enters. PuLID's adapters also set a
+`projection` (none | ortho | ortho_v2: how their output joins the text attention's, `_project_out`) and
+`zero_tokens` (zero tokens appended to their tokens, whose keys and values are zeros). All per-call state lives
 in one `IdentityAttention` controller that installs and removes the processors; the processors only read it.
 
 The start/end window and the mask rule are shared with the engine's ControlNet gating: `timestep_window` and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +31,12 @@ from idforge.identity.layers import AttentionLayer, attention_layers, detect_fam
 from idforge.identity.masks import mask_for_tokens
 from idforge.identity.weight_types import layer_weights as weight_type_layers
 
-SCALING_MODES: tuple[str, ...] = ("V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty")
+ScalingMode = Literal["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
+SCALING_MODES: tuple[str, ...] = get_args(ScalingMode)
+# How an adapter's output joins the text attention's (PuLID): added as is, or its part orthogonal to the text
+# output (ortho), or that with a per-position gate from the attention on the first ID tokens (ortho_v2).
+PROJECTIONS: tuple[str, ...] = ("none", "ortho", "ortho_v2")
+ORTHO_V2_GATE_TOKENS = 5  # PuLID's official gate sums the attention on the first 5 ID tokens
 
 # The width at which the "C penalty" modes leave the weight unchanged (ComfyUI_IPAdapter_plus).
 PENALTY_WIDTH = 1280.0
@@ -63,6 +71,8 @@ class AdapterInputs:
     scaling: str
     window: Window
     mask: torch.Tensor | None  # (H, W) or (B, H, W), any resolution
+    projection: str = "none"  # PROJECTIONS
+    zero_tokens: int = 0  # zero tokens appended to the adapter's tokens (PuLID's NUM_ZERO)
 
 
 @dataclass
@@ -146,8 +156,9 @@ class IdentityAttnProcessor:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
 
+        text_out = out
         for name in self.controller.active_adapters:
-            ip_out = self._ip_attention(name, query, attn.heads, head_dim, out.shape[1])
+            ip_out = self._ip_attention(name, query, attn.heads, head_dim, out.shape[1], text_out)
             if ip_out is not None:
                 out = out + ip_out
 
@@ -160,7 +171,13 @@ class IdentityAttnProcessor:
         return out / attn.rescale_output_factor
 
     def _ip_attention(
-        self, name: str, query: torch.Tensor, heads: int, head_dim: int, num_tokens: int
+        self,
+        name: str,
+        query: torch.Tensor,
+        heads: int,
+        head_dim: int,
+        num_tokens: int,
+        text_out: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """One adapter's scaled (and masked) IP attention for this layer (None: nothing on this layer)."""
         controller = self.controller
@@ -189,13 +206,38 @@ class IdentityAttnProcessor:
         ip_value = ip_value.view(batch_size, -1, heads, head_dim).transpose(1, 2)
         ip_out = F.scaled_dot_product_attention(query, ip_key, ip_value, dropout_p=0.0)
         ip_out = ip_out.transpose(1, 2).reshape(batch_size, -1, heads * head_dim).to(query.dtype)
-        if scaling == "V only":
+        if inputs.projection != "none" and text_out is not None:
+            ip_out = _project_out(inputs.projection, query, ip_key, text_out, ip_out) * weight
+        elif scaling == "V only":
             ip_out = ip_out * weight
 
         mask = controller.batch_mask(name, num_tokens, batch_size)
         if mask is not None:
             ip_out = ip_out * mask.to(device=ip_out.device, dtype=ip_out.dtype)
         return ip_out
+
+
+def _project_out(
+    mode: str, query: torch.Tensor, ip_key: torch.Tensor, text_out: torch.Tensor, ip_out: torch.Tensor
+) -> torch.Tensor:
+    """PuLID's ortho / ortho_v2 (official attention_processor.py), in float32, before the weight: the projection of
+    the ID output onto the text output is taken per channel over the positions (dim -2); ortho keeps the ID output
+    minus it; ortho_v2 subtracts it scaled by (1 - g), g per position the attention mass (softmax of the unscaled
+    q.k over the ID tokens, mean over heads) on the first 5 ID tokens."""
+    out = text_out.float()
+    ip = ip_out.float()
+    # A channel whose text output is zero at every position (SDXL's zeroed embeddings of an empty negative prompt)
+    # has nothing to project onto: its projection is 0 (the official code divides by zero there: NaN).
+    energy = (out * out).sum(dim=-2, keepdim=True)
+    ratio = (out * ip).sum(dim=-2, keepdim=True) / torch.where(energy > 0, energy, torch.ones_like(energy))
+    projection = torch.where(energy > 0, ratio, torch.zeros_like(ratio)) * out
+    if mode == "ortho":
+        result = ip - projection
+    else:
+        scores = query @ ip_key.transpose(-2, -1)  # (B, heads, L, T), unscaled as the official code
+        gate = scores.softmax(dim=-1).mean(dim=1)[:, :, :ORTHO_V2_GATE_TOKENS].sum(dim=-1, keepdim=True)
+        result = ip + (gate.float() - 1.0) * projection
+    return result.to(ip_out.dtype)
 
 
 class IdentityAttention:
@@ -295,11 +337,14 @@ class IdentityAttention:
         end_at: float = 1.0,
         mask: torch.Tensor | None = None,
         layer_weights: Mapping[int, tuple[float, bool]] | None = None,
+        projection: str = "none",
+        zero_tokens: int = 0,
     ) -> None:
         """Set what adapter `name` contributes for the next generation call.
 
         cond/uncond tokens are (B, T, C) (batch element i uses its own reference) or (1, T, C) for all.
-        `layer_weights` (t -> (weight, swap)) overrides `weight`/`weight_type` when given.
+        `layer_weights` (t -> (weight, swap)) overrides `weight`/`weight_type` when given. `projection` and
+        `zero_tokens` are PuLID's (PROJECTIONS; zero tokens appended to the tokens, whose K/V are zeros).
         """
         adapter = self._adapter(name)
         for label, tokens in (("cond_tokens", cond_tokens), ("uncond_tokens", uncond_tokens)):
@@ -314,6 +359,11 @@ class IdentityAttention:
                 f"{uncond_tokens.shape[1]} tokens per sample, cond has {cond_tokens.shape[1]}",
             )
         check_choice("embeds_scaling", scaling, SCALING_MODES)
+        check_choice("projection", projection, PROJECTIONS)
+        if projection != "none" and scaling != "V only":
+            raise ParameterError("projection", f"{projection} needs embeds scaling 'V only', not {scaling!r}")
+        if zero_tokens < 0:
+            raise ParameterError("zero_tokens", f"{zero_tokens} is negative")
         check_range("start_at", start_at, 0.0, 1.0)
         check_range("end_at", end_at, 0.0, 1.0)
         if start_at > end_at:
@@ -339,6 +389,8 @@ class IdentityAttention:
             scaling=scaling,
             window=timestep_window(start_at, end_at),
             mask=mask,
+            projection=projection,
+            zero_tokens=int(zero_tokens),
         )
         self._mask_cache = {key: value for key, value in self._mask_cache.items() if key[0] != name}
         self._refresh_active()
@@ -389,6 +441,10 @@ class IdentityAttention:
         if cached is None:
             to_k_ip, to_v_ip = self.layer_ip_weights(name, index, dtype, device)
             tokens = self.batch_tokens(name, swap, batch_size).to(device=device, dtype=dtype)
+            zeros = self.adapter_inputs(name).zero_tokens
+            if zeros:  # K/V of zero tokens through bias-free projections are zeros, as the official code's
+                pad = tokens.new_zeros(tokens.shape[0], zeros, tokens.shape[-1])
+                tokens = torch.cat([tokens, pad], dim=1)
             cached = (F.linear(tokens, to_k_ip), F.linear(tokens, to_v_ip))
             if self.cache_kv:
                 self._kv_cache[key] = cached

@@ -12,14 +12,17 @@ normalises across the batch dimension instead, which mixes the images' component
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from idforge.errors import ParameterError, check_choice
 
-INSTANTID_COMBINE_MODES = ("average", "norm average", "concat")
-FACEID_COMBINE_MODES = ("concat", "add", "subtract", "average", "norm average")
+InstantIDCombine = Literal["average", "norm average", "concat"]
+FaceIDCombine = Literal["concat", "add", "subtract", "average", "norm average"]
+INSTANTID_COMBINE_MODES: tuple[str, ...] = get_args(InstantIDCombine)
+FACEID_COMBINE_MODES: tuple[str, ...] = get_args(FaceIDCombine)
 UNCOND_SEED_MODULUS = 1000000007
 
 Embeddings = Sequence[np.ndarray | torch.Tensor] | torch.Tensor | np.ndarray

@@ -16,11 +16,12 @@ the UNet's own block list; the style/composition types raise a ParameterError.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 from idforge.errors import ParameterError
 from idforge.identity.layers import AttentionLayer, block_layout, detect_family
 
-WEIGHT_TYPES: tuple[str, ...] = (
+WeightType = Literal[
     "linear",
     "ease in",
     "ease out",
@@ -36,7 +37,8 @@ WEIGHT_TYPES: tuple[str, ...] = (
     "style and composition",
     "style transfer precise",
     "composition precise",
-)
+]
+WEIGHT_TYPES: tuple[str, ...] = get_args(WeightType)  # the node's 15 names, one source of truth
 
 # t -> block part for the two known families (input blocks, middle, output blocks).
 FAMILY_BLOCKS: dict[str, dict[int, str]] = {

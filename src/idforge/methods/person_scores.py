@@ -17,11 +17,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from idforge.engine.result import GenerationResult
 from idforge.engine.scoring import engine_reference
 from idforge.engine.session import Engine
 from idforge.errors import NoFaceError
 from idforge.faces.analysis import fallback_sizes
-from idforge.faces.scoring import MIN_FACE_PX, IdentityReport, ImageScore, cosine, face_side, pack_name
+from idforge.faces.scoring import (
+    MIN_FACE_PX,
+    IdentityReport,
+    ImageScore,
+    ReferenceEmbedding,
+    cosine,
+    face_side,
+    pack_name,
+)
 from idforge.methods.persons import Person, pick_in_region
 
 FACE_CHOICE = "per person: the largest face whose box centre lies in the person's region"
@@ -46,7 +55,7 @@ def score_persons(
     analyzer = engine.face_analyzer(score_models, default=default_pack) if score_models else generation
     same = analyzer.pack_dir.resolve() == generation.pack_dir.resolve()
     labels = [f"person {index}" for index in range(1, len(persons) + 1)]
-    references = []
+    references: list[ReferenceEmbedding | NoFaceError] = []  # a person without a face scores no_reference
     for person in persons:
         try:
             references.append(engine_reference(engine, analyzer, person.faces, pick=pick, det_size=det_size))
@@ -93,7 +102,7 @@ def _person_score(
     boxes: Sequence[np.ndarray],
     region: np.ndarray,
     where: str,
-    reference: Any,
+    reference: ReferenceEmbedding | NoFaceError,
     det_size: int,
 ) -> ImageScore:
     if isinstance(reference, NoFaceError):
@@ -110,9 +119,14 @@ def _person_score(
         status="scored",
         score=cosine(face.normed_embedding, reference.mean),
         face_index=usable[chosen],
-        box=tuple(float(v) for v in face.bbox),
+        box=_box(face.bbox),
         faces_found=len(found),
     )
+
+
+def _box(bbox: np.ndarray) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    return x1, y1, x2, y2
 
 
 def _lowest(scores: Sequence[ImageScore], labels: Sequence[str]) -> ImageScore:
@@ -125,3 +139,43 @@ def _lowest(scores: Sequence[ImageScore], labels: Sequence[str]) -> ImageScore:
                 sizes_tried=score.sizes_tried,
             )
     return min(scores, key=lambda score: float(score.score))  # type: ignore[arg-type]
+
+
+def adapter_persons_result(
+    engine: Engine,
+    request: Any,
+    regions: Sequence[np.ndarray],
+    prepared: Sequence[Any],
+    sampled: tuple[Any, list[Image.Image], list[int]],
+    recipe: dict[str, Any],
+    *,
+    pick: str | int,
+    default_pack: str,
+    warnings: Sequence[str] = (),
+) -> GenerationResult:
+    """The result of a several-people generation made of one identity adapter per person (FaceID, PuLID): the
+    images, each person's face crops, the regions, and one score per person when the request scores.
+    `sampled` is (latents, images, seeds); `prepared` each person's prepared part (face_images, warnings)."""
+    latents, images, seeds = sampled
+    result = GenerationResult(
+        images=images,
+        seeds=seeds,
+        recipe=recipe,
+        extras={"face_images": [crop for part in prepared for crop in part.face_images], "regions": regions},
+        warnings=[*warnings, *(w for part in prepared for w in part.warnings)],
+        latents=latents,
+    )
+    gen = request.generation
+    if gen.score:
+        result.identity = score_persons(
+            engine,
+            images,
+            request.persons,
+            regions,
+            pick=pick,
+            generation_pack=request.face_models,
+            default_pack=default_pack,
+            score_models=gen.score_models,
+        )
+        result.recipe["identity"] = result.identity.to_json()
+    return result

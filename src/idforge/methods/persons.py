@@ -7,18 +7,20 @@ module is what they share: the `Person`, region masks (inside the image, not emp
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from idforge.engine.inputs import ImageSource, image_name, load_named
+from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.sizing import instantid_size
 from idforge.errors import InputName, ParameterError, check_choice, check_range, face_input, person_input
 from idforge.imageio import load_mask
 
-REGION_NAMES = ("left", "right", "top", "bottom")
+RegionName = Literal["left", "right", "top", "bottom"]
+REGION_NAMES: tuple[str, ...] = get_args(RegionName)
 
 
 MAX_PERSONS = 8
@@ -33,7 +35,7 @@ class Person:
     output). Strengths and window left at None take the request's InstantID values.
     """
 
-    faces: Sequence[ImageSource]
+    faces: Sequence[ImageInput]
     region: str | None = None
     box: tuple[int, int, int, int] | None = None
     mask: ImageSource | None = None
@@ -71,6 +73,7 @@ class Person:
             return self.region
         if self.box is not None:
             return "box " + ":".join(str(v) for v in self.box)
+        assert self.mask is not None  # __post_init__: exactly one of region, box, mask
         return f"mask {image_name(self.mask, '<image>')}"
 
 
@@ -175,6 +178,7 @@ def region_mask(person: Person, label: str, size: tuple[int, int]) -> np.ndarray
             )
         mask[y1:y2, x1:x2] = 1.0
         return mask
+    assert person.mask is not None  # Person.__post_init__: exactly one of region, box, mask
     name = image_name(person.mask, InputName(f"{label} mask", _field(label, "mask_image")))
     soft = load_mask(person.mask, size, name=name)
     mask = (soft >= MASK_THRESHOLD).astype(np.float32)
@@ -257,3 +261,73 @@ def fit_into_box(
 def adapter_name(index: int) -> str:
     """The name of person `index`'s (1-based) adapter on IdentityAttention and its IdentityNet unit."""
     return f"person{index}"
+
+
+# ---- the command line's spelling of a person -------------------------------------------------------------------
+
+PERSON_KEYS = ("face", "region", "box", "mask", "ip_weight", "cn_strength", "start_at", "end_at")
+
+
+def parse_person(text: str, index: int) -> Person:
+    """`--person face=A.jpg,region=left,ip_weight=0.9` -> a Person; errors name the --person (1-based)."""
+    label = f"--person {index}"
+    values: dict[str, Any] = {}
+    faces: list[str] = []
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip().lower().replace("-", "_"), value.strip()
+        if not sep or not key or not value:
+            raise ParameterError(label, f"{item.strip()!r} in {text!r} is not KEY=VALUE")
+        if key not in PERSON_KEYS:
+            raise ParameterError(label, f"unknown key {key!r} (keys: {', '.join(PERSON_KEYS)})")
+        if key == "face":
+            faces.append(value)
+            continue
+        if key in values:
+            raise ParameterError(label, f"{key} given twice")
+        if key == "box":
+            parts = value.split(":")
+            try:
+                values[key] = tuple(float(v) for v in parts)
+            except ValueError:
+                raise ParameterError(label, f"box {value!r} is not x1:y1:x2:y2 in pixels") from None
+        elif key in ("ip_weight", "cn_strength", "start_at", "end_at"):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ParameterError(label, f"{key} {value!r} is not a number") from None
+        else:
+            values[key] = value
+    if not faces:
+        raise ParameterError(label, f"no face in {text!r} (add face=IMG)")
+    try:
+        return Person(faces=faces, **values)
+    except ParameterError as exc:
+        raise ParameterError(label, str(exc)) from None
+
+
+def add_person_argument(parser: argparse.ArgumentParser, strengths: str) -> None:
+    """`--person KEY=VALUE,...` (repeatable): InstantID's and FaceID's several-people option."""
+    parser.add_argument(
+        "--person",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE,...",
+        help="one person of several in the image (repeatable), e.g. face=A.jpg,region=left; keys: face "
+        f"(repeatable), region (left|right|top|bottom), box (x1:y1:x2:y2 px), mask (IMG), {strengths}, "
+        "start_at, end_at",
+    )
+
+
+def persons_from_arguments(args: argparse.Namespace) -> list[Person]:
+    return [parse_person(text, index) for index, text in enumerate(args.person, start=1)]
+
+
+def require_face_or_persons(has_face: bool, persons: Sequence[Any]) -> None:
+    """A request names one person by face_image, or several by `persons` (checked before anything is queued)."""
+    if not has_face and not persons:
+        raise ParameterError(
+            "face_image",
+            "required: a reference face, or several persons each with their own",
+            field="face_image",
+        )

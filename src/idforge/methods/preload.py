@@ -49,4 +49,21 @@ def preload_engine(engine: Any, full: FullModels, depth_size: str = "mid") -> di
         engine.cached("adapter", str(faceid_path), lambda: faceid)
         engine.cached("projection", str(faceid_path), lambda: projection_of(faceid))
         stands_in["faceid_adapter"] = str(faceid_path)
+    if full.pulid is not None:
+        from idforge.identity.eva_clip import EvaVisionTower
+        from idforge.identity.face_parser import BiSeNet
+
+        parts = full.pulid
+        pulid_path = Path(engine.store.resolve("pulid", "pulid-v1.1").path)
+        eva_path = Path(engine.store.resolve("eva_clip", None).path)
+        parser_path = Path(engine.store.resolve("face_parser", None).path)
+        engine.cached("pulid", str(pulid_path), lambda: parts["checkpoint"])
+        engine.cached("pulid_encoder", str(pulid_path), lambda: parts["encoder"].to(engine.device))
+        engine.cached(
+            "eva_clip", str(eva_path), lambda: EvaVisionTower(parts["eva"]).eval().to(engine.device)
+        )
+        engine.cached(
+            "face_parser", str(parser_path), lambda: BiSeNet(parts["parser"]).eval().to(engine.device)
+        )
+        stands_in |= {"pulid": str(pulid_path), "eva_clip": str(eva_path), "face_parser": str(parser_path)}
     return stands_in

@@ -7,7 +7,7 @@ when it is built, so the same preset gives the same settings whichever way the r
 
 from __future__ import annotations
 
-DEFAULT_IDENTITY = {"ip_weight": 0.8, "cn_strength": 0.8, "faceid_weight": 1.0}
+DEFAULT_IDENTITY = {"ip_weight": 0.8, "cn_strength": 0.8, "faceid_weight": 1.0, "pulid_weight": 0.8}
 
 
 def identity_strength(name: str, given: float | None, preset: str | None) -> float:

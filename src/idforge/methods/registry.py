@@ -31,6 +31,7 @@ BUILTIN: dict[str, str] = {
     "instantid": "idforge.methods.instantid.method",
     "faceid": "idforge.methods.faceid.method",
     "insta-depth": "idforge.methods.insta_depth.method",
+    "pulid": "idforge.methods.pulid.method",
 }
 
 
@@ -44,6 +45,16 @@ class ImageInput:
     help: str
     required: bool = False
     extra: str | None = None
+
+
+@dataclass(frozen=True)
+class FaceSearch:
+    """How a method finds the reference face: its default face pack and which face it takes when there are
+    several (the studio's face preview shows exactly that choice)."""
+
+    pack: str = "antelopev2"
+    pick: str = "largest"
+    det_size: int = 640
 
 
 @dataclass
@@ -70,12 +81,15 @@ class MethodCall:
 @dataclass(frozen=True)
 class CommandLine:
     """What the command line adds to the body's flags: its own arguments (model files, outputs), the options it
-    reads from them, the model choices it passes to the Engine, and what it writes after the images."""
+    reads from them (`MethodCall.options`, read by `build_request`), the model choices it passes to the Engine,
+    the persons of a several-people call, and what it writes after the images. Every method's command is built
+    from its body plus this (commands/method.py); a method keeps these in its `cli.py`."""
 
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     options: Callable[[argparse.Namespace], dict[str, Any]] | None = None
     model_choices: Callable[[argparse.Namespace], dict[str, Any]] | None = None
     after: Callable[[argparse.Namespace, Any], None] | None = None
+    persons: Callable[[argparse.Namespace], list[Any]] | None = None  # several people (`--person`)
     flags: Mapping[str, str] = field(default_factory=dict)  # body field -> flag when not --field-name
     skip: frozenset[str] = frozenset()  # body fields with no flag (HTTP-only)
     help: str = ""
@@ -109,6 +123,7 @@ class Method:
         "face_image",
     )  # image fields the warm-up job fills with a synthetic face
     previews: tuple[str, ...] = ()  # what the studio previews for it: "faces", "keypoints", "depth"
+    face_search: FaceSearch = field(default_factory=FaceSearch)
     error_fields: Mapping[str, str] = field(default_factory=dict)  # engine parameter name -> body field
 
     def output_count(self, body: MethodBody) -> int:

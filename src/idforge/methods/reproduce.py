@@ -21,7 +21,7 @@
 On the same machine, with the same models and inputs, the image is bit-for-bit the original (tests/test_recipe.py).
 `Reproduction.differences` lists what was not the same (models whose sha256 changed, device, dtype, switches,
 scheduler, torch/diffusers versions): any of them may change pixels. Methods: instantid, faceid (also batch mode,
-and FaceID + InstantID), insta_depth. Several people (persons) are refused; a job that shared a server batch pass
+and FaceID + InstantID), insta_depth, pulid. Several people (persons) are refused; a job that shared a server batch pass
 (`batch` section) is regenerated alone, which can differ by float rounding.
 """
 
@@ -42,7 +42,7 @@ from idforge.engine.result import GenerationResult, read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import InputImageError, ParameterError
 
-METHODS = ("instantid", "faceid", "instantid+faceid", "insta_depth")
+METHODS = ("instantid", "faceid", "instantid+faceid", "insta_depth", "pulid")
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -150,7 +150,7 @@ def reproduce(
 
         inputs = recipe.inputs
         lora = (models.get("lora") or {}).get("source")
-        request = FaceIDRequest(
+        faceid_request = FaceIDRequest(
             faces=finder.faces(inputs.get("faces"), faces, "faces"),
             generation=gen,
             faceid=_params(FaceIDParams, params),
@@ -179,7 +179,24 @@ def reproduce(
                 instantid_model=_instantid_spec(part.get("models") or {}),
                 face_models=_model_spec((part.get("models") or {}).get("face_models")),
             )
-        result = generate_faceid(engine, request, progress, instantid=instantid)
+        result = generate_faceid(engine, faceid_request, progress, instantid=instantid)
+    elif recipe.method == "pulid":
+        from idforge.methods.pulid.core import PulidParams, PulidRequest
+        from idforge.methods.pulid.generate import generate_pulid
+
+        inputs = recipe.inputs
+        pulid_request = PulidRequest(
+            faces=finder.faces(inputs.get("faces"), faces, "faces"),
+            generation=gen,
+            pulid=_params(PulidParams, params),
+            attn_mask=finder.one("attn_mask", inputs, attn_mask),
+            model=_model_spec(models.get("pulid")),
+            eva_clip=_model_spec(models.get("eva_clip")),
+            face_parser=_model_spec(models.get("face_parser")),
+            base=_model_spec(models.get("base")),
+            face_models=_model_spec(models.get("face_models")),
+        )
+        result = generate_pulid(engine, pulid_request, progress)
     else:
         from idforge.methods.insta_depth.generate import (
             InstaDepthParams,
@@ -191,9 +208,9 @@ def reproduce(
         inputs = recipe.inputs
         recorded_faces = inputs.get("faces") or [{"image": inputs.get("face")}]
         face = finder.faces(recorded_faces[:1], None if faces is None else list(faces)[:1], "faces")[0]
-        request = InstaDepthRequest(
+        depth_request = InstaDepthRequest(
             face=face,
-            pose=finder.one("pose", inputs, pose, required=True),
+            pose=finder.required("pose", inputs, pose),
             generation=gen,
             instantid=_params(InstantIDParams, params),
             depth=_params(InstaDepthParams, params),
@@ -204,7 +221,7 @@ def reproduce(
             depth_controlnet=_model_spec(models.get("depth_controlnet")),
             depth_estimator=_model_spec(models.get("depth_estimator")),
         )
-        result = generate_insta_depth(engine, request, progress)
+        result = generate_insta_depth(engine, depth_request, progress)
 
     new = Recipe.from_dict(result.recipe)
     differences += _model_differences(recipe.models, new.models)
@@ -313,6 +330,12 @@ class _InputFinder:
             self._found(entry.get("image"), entry.get("pixels_sha256"), f"face image {i}", argument)
             for i, entry in enumerate(recorded)
         ]
+
+    def required(self, role: str, inputs: Mapping[str, Any], given: ImageSource | None) -> ImageSource:
+        """`one` for an image the method cannot run without."""
+        found = self.one(role, inputs, given, required=True)
+        assert found is not None  # one() raises instead
+        return found
 
     def one(
         self, role: str, inputs: Mapping[str, Any], given: ImageSource | None, required: bool = False

@@ -29,6 +29,9 @@ _ROLE_FILES: dict[str, tuple[str, ...]] = {
     "instantid": (),
     "face_pack": (),
     "unet": (".safetensors",),
+    "pulid": (".bin", ".safetensors"),
+    "eva_clip": (".pt", ".safetensors", ".bin"),
+    "face_parser": (".pth", ".safetensors"),
 }
 _ROLE_FOLDER_MARKER: dict[str, str | None] = {
     "base": "model_index.json",
@@ -41,6 +44,9 @@ _ROLE_FOLDER_MARKER: dict[str, str | None] = {
     "instantid": "ControlNetModel",
     "face_pack": None,
     "unet": None,
+    "pulid": None,
+    "eva_clip": None,
+    "face_parser": None,
 }
 
 

@@ -200,6 +200,7 @@ class FullModels:
     depth: dict[str, Any] = field(default_factory=dict)  # size -> ControlNetModel
     instantid_adapter: dict | None = None  # {"image_proj", "ip_adapter"} state dicts
     faceid_adapter: dict | None = None
+    pulid: dict | None = None  # {"checkpoint": PulidCheckpoint, "eva": visual state, "parser": BiSeNet state}
     build_seconds: dict[str, float] = field(default_factory=dict)
 
     def pipeline(self):
@@ -219,6 +220,30 @@ class FullModels:
         return pipe
 
 
+# PuLID at its published sizes (ToTheBeginning/PuLID v1.1, EVA02-CLIP-L-14-336, facexlib's BiSeNet).
+PULID_FULL = {"dim": 1024, "vit": 1024, "id": 512 + 768, "eva_depth": 24, "eva_mlp": 2730, "eva_grid": 24}
+
+
+def pulid_full_parts(unet) -> dict[str, Any]:
+    """PuLID v1.1 (IDFormer 1024 wide, 32 queries, ID K/V for every cross-attention layer of `unet`), EVA02-L at
+    336 px and the 64-wide BiSeNet, random weights in their published layouts (float32: these run once a call)."""
+    from idforge.identity.pulid import PulidCheckpoint, build_id_encoder
+    from idforge.models.kit.pulid import bisenet, eva_visual, id_attention, id_former
+
+    g = torch.Generator().manual_seed(8)
+    context = unet.config.cross_attention_dim
+    encoder = id_former(
+        g, context, dim=PULID_FULL["dim"], vit_width=PULID_FULL["vit"], id_width=PULID_FULL["id"], hidden=1024
+    )
+    layers = id_attention(g, unet)
+    module = build_id_encoder(encoder, "v1.1")
+    checkpoint = PulidCheckpoint(
+        "full-size pulid_v1.1 (random)", "v1.1", "official", encoder, layers, context, module.num_tokens
+    )
+    eva = eva_visual(g, 1024, PULID_FULL["eva_depth"], PULID_FULL["eva_mlp"], PULID_FULL["eva_grid"], 768)
+    return {"checkpoint": checkpoint, "encoder": module, "eva": eva, "parser": bisenet(g, 64)}
+
+
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -231,6 +256,7 @@ def build_full_models(
     identitynet: bool = True,
     instantid: bool = True,
     faceid: bool = True,
+    pulid: bool = False,
     configs: FullConfigs | None = None,
     progress: Callable[[str], None] | None = print,
 ) -> FullModels:
@@ -276,6 +302,7 @@ def build_full_models(
         fid = timed(
             "faceid_adapter", lambda: faceid_sdxl_adapter_state(unet, configs.adapters["faceid_sdxl"], dtype)
         )
+    pulid_parts = timed("pulid", lambda: pulid_full_parts(unet)) if pulid else None
     return FullModels(
         unet=unet,
         vae=vae,
@@ -288,6 +315,7 @@ def build_full_models(
         depth=depth_nets,
         instantid_adapter=iid,
         faceid_adapter=fid,
+        pulid=pulid_parts,
         build_seconds=seconds,
     )
 

@@ -21,6 +21,9 @@ ROLES = (
     "depth_estimator",
     "face_pack",
     "unet",
+    "pulid",
+    "eva_clip",
+    "face_parser",
 )
 
 # ComfyUI folders (under models/) that hold each role; the first is where `fetch --models` puts a download.
@@ -35,6 +38,9 @@ COMFY_FOLDERS: dict[str, tuple[str, ...]] = {
     "depth_estimator": ("depth",),
     "face_pack": ("insightface/models",),
     "unet": ("unet", "diffusion_models"),
+    "pulid": ("pulid", "ipadapter"),  # cubiq's PuLID_ComfyUI reads models/pulid/
+    "eva_clip": ("clip", "clip_vision", "pulid"),
+    "face_parser": ("facexlib", "pulid"),  # facexlib's weights folder
 }
 
 INSIGHTFACE_NOTE = (
@@ -288,8 +294,73 @@ def _build() -> dict[str, Preset]:
                     aliases=(f"{stem}_lora",),
                 )
             )
+    presets += _pulid_files()
     presets += _few_step_files()
     return {p.name: p for p in presets}
+
+
+PULID_LICENCE = "Apache-2.0 (guozinan/PuLID card); needs antelopev2, which is non-commercial"
+
+
+def _pulid_files() -> list[Preset]:
+    """PuLID's published files (ToTheBeginning/PuLID, huchenlei/ipadapter_pulid) and the towers it needs."""
+    return [
+        Preset(
+            "pulid-v1",
+            "pulid",
+            "guozinan/PuLID",
+            ("pulid_v1.bin",),
+            None,
+            ("pulid_v1.bin",),
+            PULID_LICENCE,
+            family="sdxl",
+            description="PuLID v1 for SDXL: MLP IDEncoder (10 ID tokens) + ID K/V of the 70 cross-attention layers",
+        ),
+        Preset(
+            "pulid-v1.1",
+            "pulid",
+            "guozinan/PuLID",
+            ("pulid_v1.1.safetensors",),
+            None,
+            ("pulid_v1.1.safetensors",),
+            PULID_LICENCE,
+            family="sdxl",
+            description="PuLID v1.1 for SDXL: IDFormer perceiver (32 queries, several references in one pass)",
+        ),
+        Preset(
+            "pulid-comfyui",
+            "pulid",
+            "huchenlei/ipadapter_pulid",
+            ("ip-adapter_pulid_sdxl_fp16.safetensors",),
+            None,
+            ("ip-adapter_pulid_sdxl_fp16.safetensors",),
+            PULID_LICENCE,
+            family="sdxl",
+            description="PuLID v1 converted for ComfyUI (fp16, image_proj. / ip_adapter. keys)",
+        ),
+        Preset(
+            "eva02-clip-l-14-336",
+            "eva_clip",
+            "QuanSun/EVA-CLIP",
+            ("EVA02_CLIP_L_336_psz14_s6B.pt",),
+            None,
+            ("EVA02_CLIP_L_336_psz14_s6B.pt", "EVA02_CLIP_L_336_psz14_s6B.safetensors"),
+            "MIT (baaivision/EVA)",
+            description="EVA02-CLIP-L-14-336 (PuLID's face encoder; the visual tower is used)",
+            aliases=("EVA02-CLIP-L-14-336",),
+        ),
+        Preset(
+            "bisenet-face-parsing",
+            "face_parser",
+            None,
+            ("parsing_bisenet.pth",),
+            None,
+            ("parsing_bisenet.pth",),
+            "MIT (xinntao/facexlib; weights from zllrunning/face-parsing.PyTorch)",
+            description="facexlib's BiSeNet face parser (PuLID whitens the background with it); get it from the "
+            "facexlib v0.2.2 GitHub release",
+        ),
+    ]
 
 
 FEW_STEP_LICENCE = "OpenRAIL++ (model card)"
@@ -381,6 +452,9 @@ DEFAULTS: dict[str, str] = {
     "controlnet": "controlnet-depth-sdxl",
     "depth_estimator": "depth-anything-v2-small",
     "face_pack": "antelopev2",
+    "pulid": "pulid-v1.1",
+    "eva_clip": "eva02-clip-l-14-336",
+    "face_parser": "bisenet-face-parsing",
 }
 
 

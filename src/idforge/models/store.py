@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,7 +297,22 @@ class ModelStore:
         return ResolvedModel(role, Path(folder), "hub_download", None, repo_id)
 
     def _instantid(self, spec: str | Path | None, local_only: bool) -> ResolvedModel:
-        """InstantID = IdentityNet + ip-adapter: one folder in the published layout, or the two parts apart."""
+        """InstantID = IdentityNet + ip-adapter: one folder in the published layout, or the two parts apart
+        (found by their usual names, or named: a mapping {"identitynet": ..., "ipadapter": ...}, as a ComfyUI
+        workflow names them, each resolved in its own role's folders)."""
+        if isinstance(spec, Mapping):
+            parts = {
+                part: self.resolve(part, spec[part], local_only=local_only)
+                for part in ("identitynet", "ipadapter")
+            }
+            return ResolvedModel(
+                "instantid",
+                parts["ipadapter"].path,
+                parts["ipadapter"].source,
+                "instantid",
+                None,
+                {part: resolved.path for part, resolved in parts.items()},
+            )
         if spec is not None:
             path = Path(str(spec)).expanduser()
             if path.is_dir():

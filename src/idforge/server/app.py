@@ -32,7 +32,7 @@ from idforge.server.metrics import metrics_registry
 from idforge.server.middleware import RequestContext
 from idforge.server.outbox import WebhookOutbox
 from idforge.server.previews import PreviewService
-from idforge.server.routers import account, health, methods, previews, requests, studio
+from idforge.server.routers import account, health, methods, previews, requests, studio, workflow
 from idforge.server.service import JobService
 from idforge.server.store_factory import open_store, speaks_contract
 from idforge.server.webhooks import WebhookDispatcher
@@ -67,6 +67,7 @@ def create_app(
     app.add_middleware(RequestContext, keys=state.store, max_body_bytes=config.max_body_bytes)
     install_handlers(app)
     app.include_router(methods.build_router())
+    app.include_router(workflow.router)
     app.include_router(requests.router)
     app.include_router(account.router)
     app.include_router(health.router)

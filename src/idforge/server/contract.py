@@ -12,14 +12,7 @@ import json
 import time
 from typing import Any
 
-QUEUED = "QUEUED"
-PROCESSING = "PROCESSING"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-CANCELED = "CANCELED"
-ACTIVE = (QUEUED, PROCESSING)
-TERMINAL = (COMPLETED, FAILED, CANCELED)
-STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELED)
+from idforge.server.states import TERMINAL, JobStatus
 
 
 def job_urls(base_url: str | None, job_id: str) -> dict[str, str]:
@@ -37,7 +30,7 @@ def job_urls(base_url: str | None, job_id: str) -> dict[str, str]:
 def submit_body(job_id: str, base_url: str, position: int, cost: int) -> dict[str, Any]:
     return {
         "request_id": job_id,
-        "status": QUEUED,
+        "status": JobStatus.QUEUED,
         "position": position,
         "credits_reserved": cost,
     } | job_urls(base_url, job_id)
@@ -61,21 +54,23 @@ def status_body(row: dict[str, Any], *, position: int | None = None) -> dict[str
     """GET /v2/requests/{id}/status (and the webhook body once the job has ended)."""
     status = row["status"]
     body: dict[str, Any] = {"request_id": row["id"], "status": status, "method": row["method"]}
-    if status == QUEUED:
+    if status == JobStatus.QUEUED:
         body["position"] = position
-    elif status == PROCESSING:
+    elif status == JobStatus.PROCESSING:
         body["step"] = row.get("step") or 0
         body["total_steps"] = row.get("total_steps") or 0
-    elif status == FAILED:
+    elif status == JobStatus.FAILED:
         body["error"] = row["error"]
         body["field"] = row["error_field"]
         body["error_status"] = row["error_status"]
-    elif status == CANCELED:
+    elif status == JobStatus.CANCELED:
         body["error"] = row["error"] or "canceled"
     body["metrics"] = _metrics(row)
     body["attempts"] = row.get("attempts") or 0  # runs started (more than 1: a replica died while running it)
     body["replica"] = row.get("replica")  # the replica that ran (or runs) its latest attempt
-    body["credits"] = row["cost"] if status in (QUEUED, PROCESSING, COMPLETED) else 0
+    body["credits"] = (
+        row["cost"] if status in (JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.COMPLETED) else 0
+    )
     if status in TERMINAL and row.get("finished"):
         body["finished_at"] = row["finished"]
     return body | job_urls(row.get("base_url"), row["id"])
@@ -90,6 +85,11 @@ def output_body(result: dict[str, Any]) -> dict[str, Any]:
     }
     for name, data in result.get("extras", {}).items():
         output[name] = data
+    nodes = ((result.get("recipe") or {}).get("workflow") or {}).get("outputs")
+    if isinstance(
+        nodes, dict
+    ):  # a workflow job: the images of each output node (SaveImage / PreviewImage id)
+        output["nodes"] = {node: [result["images"][i] for i in indices] for node, indices in nodes.items()}
     return output
 
 
@@ -97,7 +97,7 @@ def result_body(row: dict[str, Any], *, position: int | None = None) -> dict[str
     """GET /v2/requests/{id}: the status body, plus output, seed(s), recipe and warnings once COMPLETED."""
     body = status_body(row, position=position)
     body["output"] = None
-    if row["status"] == COMPLETED and row.get("result"):
+    if row["status"] == JobStatus.COMPLETED and row.get("result"):
         result = json.loads(row["result"])
         body["output"] = output_body(result)
         body["seed"] = result["seeds"][0]

@@ -14,12 +14,12 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from idforge.server.config import ServerConfig
-from idforge.server.contract import TERMINAL
 from idforge.server.db import Store
 from idforge.server.middleware import error_response
 from idforge.server.outbox import WebhookOutbox
 from idforge.server.previews import PreviewService
 from idforge.server.service import JobService
+from idforge.server.states import TERMINAL
 from idforge.server.store import KeyRecord
 from idforge.server.urls import public_base_url
 from idforge.server.webhooks import WebhookDispatcher, WebhookPolicy

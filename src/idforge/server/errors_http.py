@@ -5,6 +5,7 @@ that went away is an honest 503; and `ERROR_RESPONSES`, how the OpenAPI schema d
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,7 +68,7 @@ async def on_idforge(request: Request, exc: IdforgeError):
     return error_response(400, str(exc), request, error_field(exc))
 
 
-HANDLERS = {
+HANDLERS: dict[type[Exception], Callable[[Request, Any], Any]] = {
     RequestValidationError: on_validation,
     StarletteHTTPException: on_http,
     sa_exc.DBAPIError: on_database,

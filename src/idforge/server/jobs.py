@@ -17,11 +17,13 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
+
+from idforge.server.states import CancelAction
 
 log = logging.getLogger("idforge.server.jobs")
 
@@ -57,6 +59,15 @@ class Generator(Protocol):
     in one denoising pass, one output or exception per job (the worker uses it when max_batch > 1)."""
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput: ...
+
+
+@runtime_checkable
+class BatchGenerator(Generator, Protocol):
+    """A Generator with the batched path (`generate_batch`, see Generator)."""
+
+    def generate_batch(
+        self, specs: Sequence[JobSpec], progress: ProgressCallback
+    ) -> list[JobOutput | BaseException]: ...
 
 
 class JobError(Exception):
@@ -162,8 +173,8 @@ class CancelOutcome:
     """What POST /v2/requests/{id}/cancel did: removed (was queued), stopped or stopping (was running), or
     already_finished; `status` is the job's status after it."""
 
-    action: str
-    status: str
+    action: CancelAction
+    status: str  # a JobStatus value
 
 
 def _map_exception(exc: BaseException) -> JobError:

@@ -28,7 +28,7 @@ class CurrentStderrHandler(logging.StreamHandler):
     started inside another program (tests, notebooks) that swaps stderr never logs into a closed file."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter

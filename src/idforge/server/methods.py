@@ -13,7 +13,7 @@ import base64
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from PIL import Image
 
@@ -30,15 +30,15 @@ from idforge.server.images import ImagePolicy, image_bytes
 from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback, WarmUpReport
 from idforge.styles import get_style
 
+if TYPE_CHECKING:
+    from idforge.engine.session import Engine
+
 log = logging.getLogger("idforge.server.methods")
 
 
 def warm_up_methods() -> tuple[str, ...]:
     """Every registered method (the default of `idforge serve --warm-up`)."""
     return method_names()
-
-
-WARM_UP_METHODS = ("insta-depth", "instantid", "faceid")
 
 
 def image_fields(method: Method) -> set[str]:
@@ -155,7 +155,7 @@ def persons_from_spec(spec: JobSpec) -> list[Any]:
                 faces=faces,
                 region=fields.get("region"),
                 box=tuple(box) if box is not None else None,
-                mask=spec.images.get(f"{prefix}.mask_image"),
+                mask=cast("bytes | None", spec.images.get(f"{prefix}.mask_image")),
                 ip_weight=fields.get("ip_weight"),
                 cn_strength=fields.get("cn_strength"),
                 start_at=fields.get("start_at"),
@@ -235,21 +235,22 @@ class EngineGenerator:
         self.device = device
         self.dtype = dtype
         self.fast = fast  # FastPath: models are prepared (and compiled) once, reused by every job
-        self._engine = None
+        self._engine: Engine | None = None
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             from idforge.engine.session import Engine
 
             self._engine = Engine(self.models, device=self.device, dtype=self.dtype, fast=self.fast)
         return self._engine
 
-    def warm_up(self, report: WarmUpReport, methods: Sequence[str] = WARM_UP_METHODS) -> dict[str, str]:
-        """Load each method's default models with a 64x64, 2-step generation; returns the methods that cannot
-        run here, with the reason (their requests will fail with 500 until the models are set up)."""
+    def warm_up(self, report: WarmUpReport, methods: Sequence[str] | None = None) -> dict[str, str]:
+        """Load each method's default models (default: every registered method) with a 64x64, 2-step generation;
+        returns the methods that cannot run here, with the reason (their requests fail with 500 until the models
+        are set up)."""
         unavailable: dict[str, str] = {}
-        for method in methods:
+        for method in warm_up_methods() if methods is None else methods:
             report(f"{method} models")
             started = time.perf_counter()
             try:
@@ -272,6 +273,10 @@ class EngineGenerator:
         return unavailable
 
     def generate(self, spec: JobSpec, progress: ProgressCallback) -> JobOutput:
+        from idforge.server.workflows import WORKFLOW_METHOD, generate_workflow
+
+        if spec.method == WORKFLOW_METHOD:
+            return generate_workflow(self.engine, spec, progress)
         try:
             method = get_method(spec.method)
         except ParameterError:

@@ -18,9 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from idforge.server.db import Store
+from idforge.server.states import JobStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATES = ("QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED")
 
 
 def _le_key(le: str) -> float:
@@ -35,10 +35,10 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         counts = self.store.counts()
         depth = GaugeMetricFamily("idforge_queue_depth", "jobs waiting for a replica")
-        depth.add_metric([], counts.get("QUEUED", 0))
+        depth.add_metric([], counts.get(JobStatus.QUEUED, 0))
         yield depth
         by_state = GaugeMetricFamily("idforge_jobs", "jobs in the database by state", labels=["state"])
-        for state in STATES:
+        for state in JobStatus:
             by_state.add_metric([state], counts.get(state, 0))
         yield by_state
         charged = CounterMetricFamily("idforge_credits_charged", "credits charged for delivered images")
@@ -62,9 +62,9 @@ class StoreCollector(Collector):
             done.add_metric([replica["id"], "succeeded"], replica["jobs_done"])
             done.add_metric([replica["id"], "failed"], replica["jobs_failed"])
             for key, buckets in json.loads(replica["histograms"] or "{}").items():
-                total = sums.setdefault(key, {})
+                merged = sums.setdefault(key, {})
                 for le, value in buckets.items():
-                    total[le] = total.get(le, 0.0) + float(value)
+                    merged[le] = merged.get(le, 0.0) + float(value)
         yield up
         yield done
         families = {

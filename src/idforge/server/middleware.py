@@ -10,6 +10,7 @@ import re
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -24,7 +25,7 @@ def error_response(
     message: str,
     request: Request | None,
     field: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The API's one error shape; `field` names the request field at fault."""
     request_id = getattr(request.state, "request_id", None) if request is not None else None

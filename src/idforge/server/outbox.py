@@ -1,8 +1,8 @@
 """The webhook outbox: one row per job with a `webhook_url`, written in the same transaction that ends the job.
 
-Because the row is committed together with the job's final state (server/db/store.py), a crash can never end a job
-without its webhook, and the row id (`msg_...`, the Standard Webhooks `webhook-id`) is the same on every retry: a
-job has exactly one delivery id. The dispatcher (webhooks.py) claims due rows with a lease (`next_attempt` moved
+Because the row is committed together with the job's final state (server/db/jobs_repo.py), a crash can never end
+a job without its webhook, and the row id (`msg_...`, the Standard Webhooks `webhook-id`) is the same on every
+retry: a job has exactly one delivery id. The dispatcher (webhooks.py) claims due rows with a lease (`next_attempt` moved
 into the future, `SKIP LOCKED` on PostgreSQL), so a crash mid-send only delays the retry and two dispatchers (two
 ingress replicas) never post the same message at once. This module gives the dispatcher typed messages.
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PENDING = "pending"
-DELIVERED = "delivered"
-GAVE_UP = "failed"
+from idforge.server.states import DeliveryStatus
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class WebhookMessage:
     key_id: str
     url: str
     body: str
-    status: str
+    status: str  # a DeliveryStatus value
     attempts: int
     created: float
     next_attempt: float
@@ -44,7 +42,7 @@ class WebhookMessage:
             "status": self.status,
             "attempts": self.attempts,
             "created": self.created,
-            "next_attempt": self.next_attempt if self.status == PENDING else None,
+            "next_attempt": self.next_attempt if self.status == DeliveryStatus.PENDING else None,
             "last_attempt": self.last_attempt,
             "last_status": self.last_status,
             "last_error": self.last_error,

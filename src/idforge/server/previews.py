@@ -13,7 +13,7 @@ The endpoints are in routers/previews.py; this module is the service and its bod
 import base64
 import io
 import threading
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,16 +21,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from idforge.errors import NoFaceError
 from idforge.imageio import load_image
 from idforge.server.images import ImagePolicy, image_bytes
-from idforge.server.schemas import IMAGE_HELP
+from idforge.server.schemas import IMAGE_HELP, RequestFieldError
 
-Method = Literal["instantid", "faceid", "insta-depth"]
+if TYPE_CHECKING:
+    from idforge.engine.session import Engine
+    from idforge.methods.registry import Method
+
+FaceStatus = Literal["one_face", "several_faces", "no_face"]
+KeypointSource = Literal["pose_image", "kps_image", "face_image"]
 PREVIEW_MAX_SIDE = 512  # annotated images are shrunk to this: a preview, not a copy of the upload
 
 
 class FacesPreviewBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Method = Field("instantid", description="the method whose face pack and face choice to use")
+    method: str = Field(
+        "instantid",
+        max_length=64,
+        description="the method (a registered one with face previews) whose face pack and face choice to use",
+    )
     face_image: str = Field(..., description=f"Reference face: {IMAGE_HELP}")
     extra_face_images: list[str] = Field(default_factory=list, max_length=7, description="More references")
     pose_image: str | None = Field(
@@ -61,20 +70,20 @@ class ImageFaces(BaseModel):
     height: int
     faces: list[FoundFace] = Field(..., description="left to right")
     used: int | None = Field(..., description="index of the face the method uses; null when none is found")
-    status: Literal["one_face", "several_faces", "no_face"]
+    status: FaceStatus
     message: str = Field(..., description="one line for a person: what was found and what will be used")
     annotated: str = Field(..., description="base64 JPEG: boxes drawn, the used face in green")
 
 
 class KeypointsPreview(BaseModel):
     image: str = Field(..., description="base64 PNG: the keypoint image at the output size")
-    source: Literal["pose_image", "kps_image", "face_image"]
+    source: KeypointSource
     width: int
     height: int
 
 
 class FacesPreviewResponse(BaseModel):
-    method: Method
+    method: str
     references: list[ImageFaces]
     pose: ImageFaces | None = None
     keypoints: KeypointsPreview | None = Field(None, description="InstantID and Insta Depth only")
@@ -122,10 +131,10 @@ class PreviewService:
         self.face_models = face_models
         self.policy = policy
         self.lock = threading.Lock()
-        self._engine = None
+        self._engine: Engine | None = None
 
     @property
-    def engine(self):
+    def engine(self) -> "Engine":  # quoted: this module has no __future__ annotations (FastAPI reads them)
         if self._engine is None:
             from idforge.engine.session import Engine, ModelChoice
 
@@ -139,7 +148,7 @@ class PreviewService:
         )
 
     def _analyse(
-        self, analyzer, image: Image.Image, field: str, pick: str, det_size: int
+        self, analyzer, image: Image.Image, field: str, pick: str | int, det_size: int
     ) -> tuple[ImageFaces, Any]:
         """Every face the generation's search finds in `image`, and the one its pick policy takes (or None)."""
         from idforge.faces.analysis import fallback_sizes, pick_index
@@ -147,6 +156,7 @@ class PreviewService:
 
         faces = analyzer.find_faces(image, det_size=det_size, name=field)
         used = pick_index(faces, pick, field) if faces else None
+        status: FaceStatus
         if not faces:
             sizes = fallback_sizes(det_size, analyzer.largest_stride)
             status = "no_face"
@@ -154,7 +164,8 @@ class PreviewService:
         elif len(faces) == 1:
             status, message = "one_face", f"{field}: one face found; it is used"
         else:
-            rule = {"largest": "the largest", "score": "the most confident"}.get(pick, f"face {pick}")
+            rules: dict[str | int, str] = {"largest": "the largest", "score": "the most confident"}
+            rule = rules.get(pick, f"face {pick}")
             status = "several_faces"
             message = f"{field}: {len(faces)} faces found; {rule} (#{used}, green) is used"
         annotated = draw_faces(image, faces, used)
@@ -175,51 +186,42 @@ class PreviewService:
     def faces(self, body: FacesPreviewBody) -> FacesPreviewResponse:
         from idforge.engine.sizing import scale_kps
         from idforge.faces.draw import draw_kps
-        from idforge.methods.faceid.core import FaceIDParams
-        from idforge.methods.instantid.params import InstantIDParams
 
+        method = preview_method(body.method)
+        takes = method.body.model_fields
+        search = method.face_search
         fields = ["face_image"] + [f"extra_face_images[{i}]" for i in range(len(body.extra_face_images))]
         references = [
             self._image(v, f) for v, f in zip([body.face_image, *body.extra_face_images], fields, strict=True)
         ]
         pose = (
-            self._image(body.pose_image, "pose_image")
-            if body.pose_image and body.method != "faceid"
-            else None
+            self._image(body.pose_image, "pose_image") if body.pose_image and "pose_image" in takes else None
         )
         ready_kps = (
-            self._image(body.kps_image, "kps_image")
-            if body.kps_image and body.method == "instantid"
-            else None
+            self._image(body.kps_image, "kps_image") if body.kps_image and "kps_image" in takes else None
         )
-        if body.method == "faceid":
-            params = FaceIDParams()
-            default_pack = "buffalo_l"
-        else:
-            params = InstantIDParams()
-            default_pack = "antelopev2"
-
         with self.lock:
-            analyzer = self.engine.face_analyzer(None, default=default_pack)
+            analyzer = self.engine.face_analyzer(None, default=search.pack)
             found = [
-                self._analyse(analyzer, img, f, params.pick, params.det_size)
+                self._analyse(analyzer, img, f, search.pick, search.det_size)
                 for img, f in zip(references, fields, strict=True)
             ]
             pose_found = (
-                self._analyse(analyzer, pose, "pose_image", "largest", params.det_size) if pose else None
+                self._analyse(analyzer, pose, "pose_image", "largest", search.det_size) if pose else None
             )
 
         problems = [summary.message for summary, face in found if face is None]
         warnings: list[str] = []
         keypoints = None
-        if body.method != "faceid":
-            source, kps_face, source_image = "face_image", found[0][1], references[0]
+        if "keypoints" in method.previews:
+            source: KeypointSource = "face_image"
+            kps_face, source_image = found[0][1], references[0]
             if ready_kps is not None:
                 source, kps_face, source_image = "kps_image", None, ready_kps
-            elif pose_found is not None and pose_found[1] is not None:
+            elif pose is not None and pose_found is not None and pose_found[1] is not None:
                 source, kps_face, source_image = "pose_image", pose_found[1], pose
             elif pose_found is not None:
-                if body.method == "insta-depth":
+                if "pose_fallback" not in takes:  # the method always falls back (Insta Depth)
                     warnings.append("pose_image: no face found; the face image's keypoints are used")
                 elif body.pose_fallback:
                     warnings.append("pose_image: no face found; the reference face's keypoints are used")
@@ -230,8 +232,8 @@ class PreviewService:
                     )
             if source == "kps_image" or kps_face is not None:
                 width, height = _output_size(body, source_image.size)
-                if source == "kps_image":
-                    drawn = ready_kps.convert("RGB").resize((width, height), Image.BICUBIC)
+                if ready_kps is not None:  # source == "kps_image"
+                    drawn = ready_kps.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
                 else:
                     drawn = draw_kps(
                         (width, height), scale_kps(kps_face.kps, source_image.size, (width, height))
@@ -254,3 +256,16 @@ class PreviewService:
         with self.lock:
             depth_map = engine_depth_estimator(self.engine).estimate(pose, (width, height))
         return DepthPreviewResponse(image=_png_b64(depth_map), width=width, height=height)
+
+
+def preview_method(name: str) -> "Method":  # quoted: no __future__ annotations here (FastAPI reads them)
+    """The registered method a face preview is for; a 400 naming `method` when it has no face preview."""
+    from idforge.methods.registry import methods
+
+    choices = [m for m in methods() if "faces" in m.previews]
+    for method in choices:
+        if method.name == name:
+            return method
+    raise RequestFieldError(
+        "method", f"{name!r} has no face preview (one of {', '.join(m.name for m in choices)})"
+    )

@@ -109,23 +109,22 @@ class Ingress:
 def build_application(config: ServerConfig, options: RayOptions, cluster_gpus: float = 0.0):
     """The Serve application (bound deployments), for `serve.run` (or `serve run idforge.server.ray_serve:app`)."""
     gpus = options.num_gpus if options.num_gpus is not None else (1.0 if cluster_gpus >= 1 else 0.0)
+    # serve.deployment(**options)(cls), the decorator form: Ray types only that one as giving a Deployment.
     model = serve.deployment(
-        ModelReplica,
         name="ModelReplica",
         num_replicas=options.replicas,
         ray_actor_options={"num_cpus": options.model_cpus, "num_gpus": gpus},
         health_check_period_s=options.health_check_period_s,
         health_check_timeout_s=30,
         graceful_shutdown_timeout_s=10,
-    )
+    )(ModelReplica)
     ingress = serve.deployment(
-        serve.ingress()(Ingress),
         name="Ingress",
         num_replicas=options.ingress_replicas,
         ray_actor_options={"num_cpus": options.ingress_cpus},
         max_ongoing_requests=options.max_ongoing_requests,
         max_queued_requests=options.max_queued_requests,
-    )
+    )(serve.ingress()(Ingress))
     return ingress.bind(config, model.bind(config))
 
 

@@ -11,6 +11,7 @@ from idforge.methods.faceid.body import FaceIDBody
 from idforge.methods.insta_depth.body import InstaDepthBody
 from idforge.methods.instantid.body import InstantIDBody, PersonBody
 from idforge.methods.registry import methods
+from idforge.server.states import CancelAction, DeliveryStatus, JobStatus
 
 __all__ = [
     "IMAGE_HELP",
@@ -49,7 +50,7 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
-JobState = Literal["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"]
+JobState = JobStatus  # server/states.py
 
 
 class _JobURLs(BaseModel):
@@ -62,7 +63,7 @@ class _JobURLs(BaseModel):
 
 class AcceptedResponse(_JobURLs):
     request_id: str
-    status: Literal["QUEUED"]
+    status: Literal[JobStatus.QUEUED]
     position: int = Field(..., description="place in the queue, 1 = next")
     credits_reserved: int
 
@@ -107,7 +108,7 @@ class JobResultResponse(JobStatusResponse):
 
 class CancelResponse(BaseModel):
     request_id: str
-    action: Literal["removed", "stopped", "stopping", "already_finished"] = Field(
+    action: CancelAction = Field(
         ...,
         description="removed from the queue, stopped while running (or stopping), or it had already ended",
     )
@@ -118,7 +119,7 @@ class CancelResponse(BaseModel):
 class WebhookDeliveryInfo(BaseModel):
     id: str = Field(..., description="the webhook-id header, the same on every retry")
     url: str
-    status: Literal["pending", "delivered", "failed"]
+    status: DeliveryStatus
     attempts: int
     created: float
     next_attempt: float | None = None

@@ -17,7 +17,6 @@ import uuid
 from typing import Any
 
 from idforge.server.db import QueueAtCapacity, Store, wakeup
-from idforge.server.db.schema import CANCELED, COMPLETED, TERMINAL
 from idforge.server.jobs import (
     CancelOutcome,
     Delivery,
@@ -29,6 +28,7 @@ from idforge.server.jobs import (
     Submitted,
     _encode_payload,
 )
+from idforge.server.states import TERMINAL, CancelAction, JobStatus
 from idforge.server.worker import Worker
 
 REPLICA_SEEN_S = 30.0  # a replica not heard from for this long is not counted as serving
@@ -188,12 +188,12 @@ class JobService:
         row = await self.wait(job_id)
         if row is None:
             raise JobError(500, "the job disappeared")
-        if row["status"] == COMPLETED:
+        if row["status"] == JobStatus.COMPLETED:
             result = await asyncio.to_thread(self.store.take_result, job_id)
             if result is None:
                 raise JobError(500, "the job's result was already taken")
             return Delivery.from_json(result)
-        if row["status"] == CANCELED:
+        if row["status"] == JobStatus.CANCELED:
             raise JobCanceled(row["error"] or "canceled")
         raise JobError(int(row["error_status"] or 500), row["error"] or "failed", row["error_field"])
 
@@ -202,21 +202,25 @@ class JobService:
         """Remove a queued job or stop a running one at its next step; its credits are released either way.
         With `wait`, wait that long for a running job to stop, so the answer can say it has."""
         action = self.store.cancel(job_id, reason=reason)
-        if action == "removed":
-            return CancelOutcome("removed", CANCELED)
-        if action == "stopping":
+        if action == CancelAction.REMOVED:
+            return CancelOutcome(CancelAction.REMOVED, JobStatus.CANCELED)
+        if action == CancelAction.STOPPING:
             deadline = time.monotonic() + wait
             while True:
                 row = self.store.job(job_id)
+                if row is None:  # finished and expired meanwhile
+                    return CancelOutcome(CancelAction.ALREADY_FINISHED, JobStatus.CANCELED)
                 if row["status"] in TERMINAL:
+                    stopped = row["status"] == JobStatus.CANCELED
                     return CancelOutcome(
-                        "stopped" if row["status"] == CANCELED else "already_finished", row["status"]
+                        CancelAction.STOPPED if stopped else CancelAction.ALREADY_FINISHED, row["status"]
                     )
                 if time.monotonic() >= deadline:
-                    return CancelOutcome("stopping", row["status"])
+                    return CancelOutcome(CancelAction.STOPPING, row["status"])
                 time.sleep(0.02)
+        # the store said states.CANCEL_FINISHED (it had ended) or None (no such job)
         row = self.store.job(job_id)
-        return CancelOutcome("already_finished", row["status"] if row else CANCELED)
+        return CancelOutcome(CancelAction.ALREADY_FINISHED, row["status"] if row else JobStatus.CANCELED)
 
     def delivered(self, job_id: str) -> None:
         """A /v1 client received its image: the held credits are now spent."""
@@ -226,7 +230,7 @@ class JobService:
         """A /v1 client left before its image was ready: stop the job (or discard its image); charge nothing."""
         reason = "the client closed the connection before the image was delivered"
         outcome = self.cancel(job_id, reason)
-        if outcome.action == "already_finished":
+        if outcome.action == CancelAction.ALREADY_FINISHED:
             self.store.discard_undelivered(job_id, reason)
 
     def position(self, job_id: str) -> int | None:
@@ -235,11 +239,11 @@ class JobService:
     def stats(self) -> dict[str, Any]:
         counts = self.store.counts()
         return {
-            "queued": counts.get("QUEUED", 0),
-            "running": counts.get("PROCESSING", 0),
+            "queued": counts.get(JobStatus.QUEUED, 0),
+            "running": counts.get(JobStatus.PROCESSING, 0),
             "capacity": self.capacity,
-            "completed": counts.get("COMPLETED", 0),
-            "failed": counts.get("FAILED", 0),
-            "canceled": counts.get("CANCELED", 0),
+            "completed": counts.get(JobStatus.COMPLETED, 0),
+            "failed": counts.get(JobStatus.FAILED, 0),
+            "canceled": counts.get(JobStatus.CANCELED, 0),
             "worker_alive": self.alive,
         }

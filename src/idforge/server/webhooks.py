@@ -125,7 +125,9 @@ class WebhookDispatcher:
             log.info("webhooks due again after restart", extra={"fields": {"messages": reclaimed}})
         self._stop.clear()
         self._pool = ThreadPoolExecutor(self.policy.workers, thread_name_prefix="idforge-webhook")
-        self._thread = threading.Thread(target=self._run, name="idforge-webhooks", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(self._pool,), name="idforge-webhooks", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -144,7 +146,7 @@ class WebhookDispatcher:
     def _lease(self) -> float:
         return self.policy.timeout * 3 * (self.policy.max_redirects + 1) + 5.0
 
-    def _run(self) -> None:
+    def _run(self, pool: ThreadPoolExecutor) -> None:
         while not self._stop.is_set():
             try:
                 for message in self.outbox.claim_due(time.time(), self._lease()):
@@ -152,7 +154,7 @@ class WebhookDispatcher:
                         if message.id in self._in_flight:
                             continue
                         self._in_flight.add(message.id)
-                    self._pool.submit(self._attempt, message)
+                    pool.submit(self._attempt, message)
             except Exception:  # a database hiccup: try again on the next tick
                 log.error("webhook dispatcher error", extra={"fields": {"trace": traceback.format_exc()}})
             self._stop.wait(self.policy.poll_interval)

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from idforge.server.batching import payload_batch_key
 from idforge.server.db import Claimed, JobFailure, Store, wakeup
 from idforge.server.jobs import (
+    BatchGenerator,
     Delivery,
     Generator,
     JobCanceled,
@@ -40,6 +41,7 @@ from idforge.server.jobs import (
     _map_exception,
     encode_jpeg,
 )
+from idforge.server.states import JobStatus
 
 log = logging.getLogger("idforge.server.worker")
 
@@ -121,12 +123,19 @@ class Worker:
     """Claims and runs jobs from `store` with `generator` until stopped. `snapshot()` is what /health shows."""
 
     def __init__(
-        self, store: Store, generator: Generator, config: WorkerConfig, *, warm_up: bool = True
+        self,
+        store: Store,
+        generator: Generator,
+        config: WorkerConfig,
+        *,
+        warm_up: bool | Sequence[str] = True,
     ) -> None:
         self.store = store
         self.generator = generator
         self.config = config
-        self.warm_up = warm_up  # load the models before the first claim (the replica reports "loading")
+        # Load the models before the first claim (the replica reports "loading"): True for the generator's own
+        # choice of methods, or the methods to warm up; False or () for none.
+        self.warm_up = warm_up
         self.unavailable: dict[str, str] = {}  # methods whose models are missing, with the reason
         self.warm_up_s: float | None = None
         self.state = "starting"
@@ -259,7 +268,8 @@ class Worker:
                 log.info("loading", extra={"fields": {"loading": what, "replica": self.config.replica}})
 
             try:
-                self.unavailable = dict(warm(report, self.warm_up) or {})
+                unavailable = warm(report) if self.warm_up is True else warm(report, self.warm_up)
+                self.unavailable = dict(unavailable or {})
             except Exception:  # noqa: BLE001 - a warm-up bug must not keep the replica from serving what it can
                 log.error("warm-up failed", extra={"fields": {"trace": traceback.format_exc()}})
         self.warm_up_s = round(time.perf_counter() - started, 3)
@@ -290,7 +300,7 @@ class Worker:
 
     def _claim(self) -> list[Claimed]:
         """The next job, or (max_batch > 1 and a generator with a batched path) the next jobs sharing a pass."""
-        if self.config.max_batch > 1 and hasattr(self.generator, "generate_batch"):
+        if self.config.max_batch > 1 and isinstance(self.generator, BatchGenerator):
             return self.store.claim_many(
                 self.config.replica, self.config.lease_s, self.config.max_batch, payload_batch_key
             )
@@ -369,8 +379,10 @@ class Worker:
         """One pass over `pending`; returns the jobs to run again (when a cancel or a lost lease stopped it)."""
         stopped: dict[str, BaseException] = {}
         progress = self._progress([leases[job.id] for job, _ in pending], stopped)
+        generator = self.generator
+        assert isinstance(generator, BatchGenerator)  # _claim takes several jobs only for a batched generator
         try:
-            results = self.generator.generate_batch([spec for _, spec in pending], progress)
+            results = generator.generate_batch([spec for _, spec in pending], progress)
         except _PassStopped:
             for job, _ in pending:
                 if job.id in stopped:
@@ -464,7 +476,7 @@ class Worker:
                 job.id, self.config.replica, result, charge=not job.sync, metrics=delivery.timings
             )
         )
-        return {"COMPLETED": "succeeded", "CANCELED": "canceled", None: "lost"}[status]
+        return {JobStatus.COMPLETED: "succeeded", JobStatus.CANCELED: "canceled", None: "lost"}[status]
 
     def _settle(self, call: Callable[[], Any]) -> Any:
         """Commit a final state, retrying while the database is away (until our lease would have run out)."""

@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from idforge.identity.attention import SCALING_MODES
-from idforge.identity.embeds import FACEID_COMBINE_MODES
-from idforge.identity.weight_types import WEIGHT_TYPES
+from idforge.identity.attention import ScalingMode
+from idforge.identity.embeds import FaceIDCombine
+from idforge.identity.weight_types import WeightType
 from idforge.methods.body import IDENTITY_DEFAULT_HELP, IMAGE_HELP, MethodBody
 
 FACEID_ADAPTERS = Literal[
@@ -21,7 +21,7 @@ FACEID_ADAPTERS = Literal[
     "faceid-plusv2-sd15",
     "faceid-portrait-v11-sd15",
 ]
-WEIGHT_TYPE_NAMES = Literal[WEIGHT_TYPES]  # the node's 15 names, one source of truth
+WEIGHT_TYPE_NAMES = WeightType  # the node's 15 names, one source of truth
 
 
 class FaceIDBody(MethodBody):
@@ -43,10 +43,10 @@ class FaceIDBody(MethodBody):
     weight: float | None = Field(None, ge=-1, le=3, description=f"default 1, {IDENTITY_DEFAULT_HELP}")
     weight_faceidv2: float = Field(1.0, ge=-1, le=5, description="plusv2 only")
     weight_type: WEIGHT_TYPE_NAMES = Field("linear")
-    combine_embeds: Literal[FACEID_COMBINE_MODES] = Field("concat")
+    combine_embeds: FaceIDCombine = Field("concat")
     start_at: float = Field(0.0, ge=0, le=1)
     end_at: float = Field(1.0, ge=0, le=1)
-    embeds_scaling: Literal[SCALING_MODES] = Field("V only")
+    embeds_scaling: ScalingMode = Field("V only")
     lora_strength: float = Field(0.6, ge=-4, le=4, description="FaceID LoRA strength (faceid, plus, plusv2)")
     batch: bool = Field(
         False, description="unfold: reference i conditions output i; outputs = max(num_images, references)"

@@ -13,10 +13,14 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from idforge.errors import ModelFormatError
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionModelWithProjection
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -106,9 +110,10 @@ def load_clip_vision(path: str | Path, device: torch.device, dtype: torch.dtype)
         processor = (
             CLIPImageProcessor.from_pretrained(path)
             if (path / "preprocessor_config.json").is_file()
-            else default_processor(model.config.image_size)
+            else default_processor(_image_size(model, path))
         )
-        return model.to(device=device, dtype=dtype).eval(), processor
+        # transformers wraps Module.to in functools.wraps(torch.nn.Module.to): mypy types the call as unbound.
+        return model.to(device=device, dtype=dtype).eval(), processor  # type: ignore[call-arg]
 
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
@@ -129,4 +134,14 @@ def load_clip_vision(path: str | Path, device: torch.device, dtype: torch.dtype)
         raise ModelFormatError(
             f"{path}: CLIP vision weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    return model.to(device=device, dtype=dtype).eval(), default_processor(model.config.image_size)
+    processor = default_processor(_image_size(model, path))
+    # transformers wraps Module.to in functools.wraps(torch.nn.Module.to): mypy types the call as unbound.
+    return model.to(device=device, dtype=dtype).eval(), processor  # type: ignore[call-arg]
+
+
+def _image_size(model: CLIPVisionModelWithProjection, path: Path) -> int:
+    """The encoder's square input side (transformers types `image_size` loosely: int, pair or None)."""
+    size = model.config.image_size
+    if not isinstance(size, int):
+        raise ModelFormatError(f"{path}: CLIP vision config has image_size {size!r}, expected one number")
+    return size

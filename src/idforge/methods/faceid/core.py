@@ -29,7 +29,7 @@ from PIL import Image
 
 from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
-from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
+from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.params import GenerationParams, check_pick
 from idforge.engine.recipe import Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice
@@ -125,10 +125,10 @@ def _default_generation() -> GenerationParams:
 class FaceIDRequest:
     """One FaceID call: reference faces (files, images or folders of images), parameters and models."""
 
-    faces: Sequence[ImageSource] = ()
+    faces: Sequence[ImageInput] = ()
     generation: GenerationParams = field(default_factory=_default_generation)
     faceid: FaceIDParams = field(default_factory=FaceIDParams)
-    negative_image: ImageSource | None = None  # image_negative: CLIP uncond input (plus models)
+    negative_image: ImageInput | None = None  # image_negative: CLIP uncond input (plus models)
     attn_mask: ImageSource | None = None
     adapter: str | None = None  # path, preset, file name or hub id
     lora: str | None = None  # separate *_lora.safetensors (overrides embedded LoRA keys)
@@ -138,6 +138,8 @@ class FaceIDRequest:
     # Several people in one image (methods/faceid/persons.py): each Person with its faces, weight, window and
     # region; `faces` and `attn_mask` stay empty then.
     persons: Sequence[Any] = ()
+    # InstantID on the same faces in the same generation (an InstantIDRequest; `idforge faceid --with-instantid`)
+    instantid: Any = None
 
     def __post_init__(self) -> None:
         weight = identity_strength("faceid_weight", self.faceid.weight, self.generation.preset)
@@ -169,9 +171,9 @@ class PreparedFaceID:
     warnings: list[str]
 
 
-def expand_face_sources(faces: Sequence[ImageSource]) -> list[ImageSource]:
+def expand_face_sources(faces: Sequence[ImageInput]) -> list[ImageInput]:
     """Folders become their image files in name order; everything else stays as given."""
-    expanded: list[ImageSource] = []
+    expanded: list[ImageInput] = []
     for source in faces:
         if isinstance(source, str | os.PathLike) and Path(source).is_dir():
             files = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -185,7 +187,7 @@ def expand_face_sources(faces: Sequence[ImageSource]) -> list[ImageSource]:
     return expanded
 
 
-def _load(source: ImageSource | NamedImage, fallback: str) -> Image.Image:
+def _load(source: ImageInput, fallback: str) -> Image.Image:
     return load_named(source, fallback).image
 
 
@@ -331,6 +333,7 @@ def _project(
     device = next(projection.parameters()).device
     embeds = embeds.to(device=device, dtype=torch.float32)
     if models.adapter.kind in ("faceid-plus", "faceid-plusv2"):
+        assert clip_embeds is not None, "plus models project CLIP features too (FaceIDModels.clip)"
         return projection(embeds, clip_embeds.to(device=device, dtype=torch.float32), scale=v2_scale)
     if models.adapter.kind == "faceid-portrait-unnorm":
         return projection(embeds.unsqueeze(1))
@@ -409,7 +412,7 @@ def prepare_faceid(
     else:
         combined = combine_faceid(stacked, params.combine_embeds)  # (k, 512)
         clip_combined = clip_uncond_k = None
-        if clip_cond is not None:
+        if clip_cond is not None and clip_uncond is not None:  # both or neither
             clip_combined = combine_faceid(clip_cond, params.combine_embeds)
             clip_uncond_k = clip_uncond[:1].expand(combined.shape[0], -1, -1)
         cond_tokens = concat_token_sets(_project(models, combined, clip_combined, scale))

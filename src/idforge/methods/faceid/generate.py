@@ -46,6 +46,8 @@ def generate_faceid(
     mask and models; the prompt, sampler, size, seed and base come from `request` (a size not given there
     follows InstantID's keypoint-image rule). Batch mode is not available combined.
     """
+    if instantid is None:
+        instantid = request.instantid
     started = time.perf_counter()
     gen, params = request.generation, request.faceid
     if gen.best_of > 1:
@@ -73,7 +75,7 @@ def generate_faceid(
     models = load_faceid_models(engine, request)
     base = models.base
 
-    iid_models = iid_prepared = iid_request = None
+    iid = None  # the InstantID part, when combined: (its request, models, prepared inputs)
     if instantid is not None:
         from idforge.methods.instantid.core import (
             load_instantid_models,
@@ -84,6 +86,7 @@ def generate_faceid(
         iid_request = replace(load_request_images(instantid), generation=gen, base=base.source)
         iid_models = load_instantid_models(engine, base.source, iid_request.instantid_model)
         iid_prepared = prepare_instantid(engine, iid_request, iid_models.projection)
+        iid = (iid_request, iid_models, iid_prepared)
         width, height = iid_prepared.width, iid_prepared.height
     else:
         width, height = faceid_output_size(gen, base.family)
@@ -107,9 +110,10 @@ def generate_faceid(
         attention, "faceid", models.adapter.ip_layers, prepared, params, mask, device, dtype
     )
     controls: list[ControlUnit] = []
-    if instantid is not None:
+    if iid is not None:
         from idforge.methods.instantid.core import attach_instantid
 
+        iid_request, iid_models, iid_prepared = iid
         controls.append(
             attach_instantid(
                 engine,
@@ -137,7 +141,8 @@ def generate_faceid(
     warnings = models.warnings + prepared.warnings
     recipe = faceid_recipe(engine, request, models, prepared, seed, batch, width, height, started)
     extras: dict[str, Any] = {"face_images": prepared.face_images}
-    if instantid is not None:
+    if iid is not None:
+        iid_request, iid_models, iid_prepared = iid
         recipe.method = "instantid+faceid"
         recipe.sections["instantid"] = _instantid_part(engine, iid_request, iid_models, iid_prepared)
         extras["kps_image"] = iid_prepared.kps_image

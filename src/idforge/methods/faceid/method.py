@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from idforge.methods.faceid.body import FaceIDBody
-from idforge.methods.registry import ImageInput, Method, MethodCall
+from idforge.methods.faceid.cli import COMMAND_LINE
+from idforge.methods.registry import FaceSearch, ImageInput, Method, MethodCall
 
 
 def build_request(call: MethodCall) -> Any:
     from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
 
-    p = call.params
+    p, o = call.params, call.options  # o: the command line's own (files, face choice, InstantID on top)
     return FaceIDRequest(
         faces=call.faces(),
         persons=call.persons,
@@ -26,11 +27,24 @@ def build_request(call: MethodCall) -> Any:
             embeds_scaling=p["embeds_scaling"],
             lora_strength=p["lora_strength"],
             batch=p["batch"],
+            skip_missing=o.get("skip_missing", False),
+            **({"pick": o["pick"]} if "pick" in o else {}),
         ),
         negative_image=call.image("negative_image"),
         attn_mask=call.image("mask_image"),
-        adapter=p["adapter"],
+        adapter=o["adapter"] if o.get("adapter") is not None else p["adapter"],
+        lora=o.get("lora"),
+        clip_vision=o.get("clip_vision"),
+        face_models=o.get("face_models"),
+        instantid=o.get("instantid"),
     )
+
+
+def check(call: MethodCall) -> None:
+    """A reference face, or persons: before anything runs."""
+    from idforge.methods.persons import require_face_or_persons
+
+    require_face_or_persons(call.image("face_image") is not None, call.persons)
 
 
 def run(engine: Any, request: Any, progress: Any) -> Any:
@@ -63,6 +77,11 @@ METHOD = Method(
     build_request=build_request,
     run=run,
     recipe_section="faceid",
+    cli=COMMAND_LINE,
+    check=check,
     outputs=outputs,
     previews=("faces",),
+    face_search=FaceSearch(
+        pack="buffalo_l", pick="score"
+    ),  # FaceID's reference takes the most confident face
 )

@@ -35,6 +35,7 @@ from idforge.methods.faceid.core import (
     load_faceid_models,
     prepare_faceid,
 )
+from idforge.methods.person_scores import adapter_persons_result
 from idforge.methods.persons import (
     Person,
     adapter_name,
@@ -99,7 +100,7 @@ def generate_faceid_persons(
     gen = request.generation
     if (gen.width is None) != (gen.height is None):
         raise ParameterError("width/height", "give both width and height, or neither")
-    if gen.width is not None:
+    if gen.width is not None and gen.height is not None:
         person_regions(request.persons, (gen.width, gen.height))  # region errors before any model loads
     models = load_faceid_models(engine, request)
     base = models.base
@@ -112,8 +113,8 @@ def generate_faceid_persons(
         prepared = []
         for index, (person, params) in enumerate(zip(request.persons, params_list, strict=True), start=1):
             try:
-                part = replace(request, faces=person.faces, faceid=params)
-                prepared.append(prepare_faceid(engine, part, models, gen.num_images))
+                person_request = replace(request, faces=person.faces, faceid=params)
+                prepared.append(prepare_faceid(engine, person_request, models, gen.num_images))
             except NoFaceError as exc:
                 raise NoFaceError(
                     InputName(f"person {index} face {exc.name}", f"persons[{index - 1}].face_image"),
@@ -152,26 +153,14 @@ def generate_faceid_persons(
             zip(request.persons, params_list, regions, prepared, strict=True), start=1
         )
     ]
-    result = GenerationResult(
-        images=images,
-        seeds=seeds,
-        recipe=recipe.to_dict(),
-        extras={"face_images": [crop for part in prepared for crop in part.face_images], "regions": regions},
-        warnings=models.warnings + [w for part in prepared for w in part.warnings],
-        latents=latents,
+    return adapter_persons_result(
+        engine,
+        request,
+        regions,
+        prepared,
+        (latents, images, seeds),
+        recipe.to_dict(),
+        pick=request.faceid.pick,
+        default_pack="buffalo_l",
+        warnings=models.warnings,
     )
-    if gen.score:
-        from idforge.methods.person_scores import score_persons
-
-        result.identity = score_persons(
-            engine,
-            images,
-            request.persons,
-            regions,
-            pick=request.faceid.pick,
-            generation_pack=request.face_models,
-            default_pack="buffalo_l",
-            score_models=gen.score_models,
-        )
-        result.recipe["identity"] = result.identity.to_json()
-    return result

@@ -21,8 +21,21 @@ class InstaDepthBody(MethodBody):
         le=10,
         description="(idforge extension) IdentityNet strength; default 0.8, or the preset's",
     )
+    start_at: float = Field(0.0, ge=0, le=1, description="(idforge extension) InstantID window start")
+    end_at: float = Field(1.0, ge=0, le=1, description="(idforge extension) InstantID window end")
+    noise: float = Field(
+        0.0, ge=0, le=1, description="(idforge extension) noise in the unconditional face embedding"
+    )
+    enhance_face_region: bool = Field(
+        False, description="(idforge extension) limit IdentityNet to the face box"
+    )
     depth_strength: float = Field(
         0.5, ge=0, le=10, description="(idforge extension) depth ControlNet strength"
+    )
+    depth_start_at: float = Field(0.0, ge=0, le=1, description="(idforge extension) depth window start")
+    depth_end_at: float = Field(1.0, ge=0, le=1, description="(idforge extension) depth window end")
+    depth_map: str | None = Field(
+        None, description=f"(idforge extension) use this depth map instead of estimating one: {IMAGE_HELP}"
     )
     return_depth_map: bool = Field(
         False, description="(idforge extension) with base64 true, also return the depth map as `depth_map`"

@@ -121,9 +121,9 @@ def generate_insta_depth(
 
     depth_map: Image.Image | None = None
     if request.depth_map is not None:
-        depth_map = load_named(request.depth_map, "depth map").image
+        depth_map = load_named(request.depth_map, InputName("depth map", "depth_map")).image
         if depth_map.size != (width, height):
-            depth_map = depth_map.resize((width, height), Image.BICUBIC)
+            depth_map = depth_map.resize((width, height), Image.Resampling.BICUBIC)
 
     models = load_instantid_models(engine, request.base, request.instantid_model)
     cn_path = depth_controlnet_path(engine, request.depth_controlnet)
@@ -151,7 +151,8 @@ def generate_insta_depth(
         face_models=request.face_models,
     )
     prepared = prepare_instantid(engine, inner, models.projection)
-    if estimator is not None:
+    if depth_map is None:
+        assert estimator is not None  # loaded above exactly when no depth map was given
         depth_map = estimator.estimate(pose_image, (width, height))
 
     depth = request.depth

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from idforge.methods.insta_depth.body import InstaDepthBody
-from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.insta_depth.cli import COMMAND_LINE
+from idforge.methods.instantid.params import params_from_body
 from idforge.methods.registry import ImageInput, Method, MethodCall
 
 
@@ -17,8 +18,13 @@ def build_request(call: MethodCall) -> Any:
         face=call.image("face_image"),
         pose=call.image("pose_image"),
         generation=call.generation,
-        instantid=InstantIDParams(ip_weight=p.get("ip_weight"), cn_strength=p.get("cn_strength")),
-        depth=InstaDepthParams(depth_strength=p.get("depth_strength", 0.5)),
+        instantid=params_from_body(p),
+        depth=InstaDepthParams(
+            depth_strength=p["depth_strength"],
+            depth_start_at=p["depth_start_at"],
+            depth_end_at=p["depth_end_at"],
+        ),
+        depth_map=call.image("depth_map"),
     )
 
 
@@ -41,11 +47,18 @@ METHOD = Method(
     body=InstaDepthBody,
     images=(
         ImageInput("face_image", "--face", "face photo giving the identity", required=True),
-        ImageInput("pose_image", "--pose", "photo giving the composition", required=True),
+        ImageInput(
+            "pose_image",
+            "--pose",
+            "photo giving the composition: its depth map and the keypoints of its face",
+            required=True,
+        ),
+        ImageInput("depth_map", "--depth-map", "use this depth map instead of estimating one"),
     ),
     build_request=build_request,
     run=run,
     recipe_section="insta_depth",
+    cli=COMMAND_LINE,
     extras=extras,
     warm_up_images=("face_image", "pose_image"),
     previews=("faces", "keypoints", "depth"),

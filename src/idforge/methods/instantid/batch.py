@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from idforge.engine.base import pil_to_control_tensor
 from idforge.engine.loop import ControlUnit
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
@@ -23,12 +22,12 @@ from idforge.engine.scoring import attach_identity
 from idforge.engine.seeds import resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import ParameterError
-from idforge.identity.attention import timestep_window
 from idforge.methods.instantid.core import (
     IdentityRun,
     InstantIDModels,
     InstantIDRequest,
     PreparedInstantID,
+    install_identity,
     instantid_recipe,
     load_instantid_models,
     load_request_images,
@@ -67,30 +66,13 @@ def attach_per_sample(
     request: InstantIDRequest,
 ) -> ControlUnit:
     """InstantID's IP adapter and IdentityNet with sample i conditioned on prepared[i] (tokens, keypoints)."""
-    params = request.instantid
-    width, height = prepared[0].width, prepared[0].height
     dtype = models.base.unet.dtype
-    cond_tokens = torch.cat([p.cond_tokens for p in prepared]).to(dtype)
-    uncond_tokens = torch.cat([p.uncond_tokens for p in prepared]).to(dtype)
-    attention.add_adapter("instantid", models.adapter.ip_layers)
-    attention.set_adapter_inputs(
-        "instantid",
-        cond_tokens=cond_tokens,
-        uncond_tokens=uncond_tokens,
-        weight=params.ip_weight,
-        weight_type="linear",
-        scaling="V only",
-        start_at=params.start_at,
-        end_at=params.end_at,
+    tokens = (
+        torch.cat([p.uncond_tokens for p in prepared]).to(dtype),
+        torch.cat([p.cond_tokens for p in prepared]).to(dtype),
     )
-    return ControlUnit(
-        name="identitynet",
-        model=models.identitynet,
-        image=pil_to_control_tensor([p.kps_image for p in prepared], width, height).to(engine.device, dtype),
-        strength=params.cn_strength,
-        window=timestep_window(params.start_at, params.end_at),
-        face_tokens=(uncond_tokens, cond_tokens),
-    )
+    kps_images = [p.kps_image for p in prepared]
+    return install_identity(engine, attention, models, request.instantid, "instantid", tokens, kps_images)
 
 
 def generate_instantid_batch(

@@ -3,13 +3,13 @@ Segmind's InstantID field names (SPEC.md section 6) declared as aliases of ours.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from idforge.identity.embeds import InstantIDCombine
 from idforge.methods.body import IDENTITY_DEFAULT_HELP, IMAGE_HELP, MethodBody
-from idforge.methods.instantid.params import INSTANTID_COMBINE
-from idforge.methods.persons import MAX_PERSONS, REGION_NAMES
+from idforge.methods.persons import MAX_PERSONS, RegionName
 
 
 class PersonBody(BaseModel):
@@ -21,7 +21,7 @@ class PersonBody(BaseModel):
     extra_face_images: list[str] = Field(
         default_factory=list, max_length=4, description="More references of this person, combined"
     )
-    region: Literal[REGION_NAMES] | None = Field(None, description="that half of the image")
+    region: RegionName | None = Field(None, description="that half of the image")
     box: list[int] | None = Field(
         None, min_length=4, max_length=4, description="[x1, y1, x2, y2] in output pixels"
     )
@@ -93,7 +93,7 @@ class InstantIDBody(MethodBody):
     start_at: float = Field(0.0, ge=0, le=1, description="start of the schedule window")
     end_at: float = Field(1.0, ge=0, le=1, description="end of the schedule window")
     noise: float = Field(0.0, ge=0, le=1, description="noise in the unconditional face embedding")
-    combine_embeds: Literal[INSTANTID_COMBINE] = Field("average")
+    combine_embeds: InstantIDCombine = Field("average")
     enhance_face_region: bool = Field(
         False, description="limit IdentityNet to the face box (default true with Segmind's field names)"
     )

@@ -22,7 +22,7 @@ from PIL import Image
 
 from idforge.engine.base import BaseModel, pil_to_control_tensor
 from idforge.engine.hashing import model_hash
-from idforge.engine.inputs import ImageSource, image_name, load_named
+from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams
 from idforge.engine.recipe import Recipe, build_recipe, input_digests
@@ -42,7 +42,7 @@ from idforge.errors import (
 )
 from idforge.identity.attention import timestep_window
 from idforge.imageio import load_mask
-from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.instantid.params import InstantIDParams, resolved
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -51,11 +51,11 @@ ProgressCallback = Callable[[int, int], None]
 class InstantIDRequest:
     """One InstantID call: reference faces, optional pose/keypoints and mask, and all parameters."""
 
-    faces: Sequence[ImageSource] = ()
+    faces: Sequence[ImageInput] = ()
     generation: GenerationParams = field(default_factory=GenerationParams)
     instantid: InstantIDParams = field(default_factory=InstantIDParams)
-    pose: ImageSource | None = None  # a photo whose face gives the keypoints
-    kps_image: ImageSource | None = None  # an already drawn keypoint image
+    pose: ImageInput | None = None  # a photo whose face gives the keypoints
+    kps_image: ImageInput | None = None  # an already drawn keypoint image
     mask: ImageSource | None = None
     pose_fallback: bool = False  # use the reference keypoints when the pose image has no face
     base: str | None = None
@@ -122,7 +122,7 @@ class IdentityTokens:
 def identity_tokens(
     engine: Engine,
     analyzer: Any,
-    faces: Sequence[ImageSource],
+    faces: Sequence[ImageInput],
     params: InstantIDParams,
     projection: torch.nn.Module,
     person: int | None = None,
@@ -181,11 +181,11 @@ def prepare_instantid(
 
     kps_source_size: tuple[int, int]
     ready_kps: Image.Image | None = None
-    face_box = None
+    kps: np.ndarray | None = None
+    face_box: np.ndarray | None = None
     if request.kps_image is not None:
         ready_kps = load_named(request.kps_image, KPS).image
         kps_source_size = ready_kps.size
-        kps = None
     elif request.pose is not None:
         pose = load_named(request.pose, POSE)
         pose_image, pose_name = pose.image, pose.name
@@ -222,8 +222,9 @@ def prepare_instantid(
         width, height = instantid_size(*kps_source_size)
 
     if ready_kps is not None:
-        kps_image = ready_kps.convert("RGB").resize((width, height), Image.BICUBIC)
+        kps_image = ready_kps.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
     else:
+        assert kps is not None and face_box is not None  # from the pose photo or the first reference face
         kps_image = draw_kps((width, height), scale_kps(kps, kps_source_size, (width, height)))
         face_box = scale_box(face_box, kps_source_size, (width, height))
     return PreparedInstantID(
@@ -316,8 +317,33 @@ def attach_instantid(
     if params.enhance_face_region and prepared.face_box is not None:
         region = box_mask(prepared.face_box, width, height)
         control_mask = region if control_mask is None else control_mask * region
-    cond_tokens = prepared.cond_tokens.to(dtype).repeat(batch, 1, 1)
-    uncond_tokens = prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1)
+    tokens = (
+        prepared.uncond_tokens.to(dtype).repeat(batch, 1, 1),
+        prepared.cond_tokens.to(dtype).repeat(batch, 1, 1),
+    )
+    kps_images = [prepared.kps_image] * batch
+    control = latent_mask(control_mask, batch, latent_hw, engine.device)
+    return install_identity(
+        engine, attention, models, params, name, tokens, kps_images, mask=mask, control_mask=control
+    )
+
+
+def install_identity(
+    engine: Engine,
+    attention,  # IdentityAttention
+    models: InstantIDModels,
+    params: InstantIDParams,
+    name: str,
+    tokens: tuple[torch.Tensor, torch.Tensor],
+    kps_images: list[Image.Image],
+    *,
+    mask: np.ndarray | None = None,
+    control_mask: torch.Tensor | None = None,
+) -> ControlUnit:
+    """The IP adapter's inputs on `attention` and IdentityNet's unit, from (uncond, cond) face tokens and one
+    keypoint image per sample: what a single request (one face for the batch) and a batched pass share."""
+    uncond_tokens, cond_tokens = tokens
+    width, height = kps_images[0].size
     attention.add_adapter(name, models.adapter.ip_layers)
     attention.set_adapter_inputs(
         name,
@@ -333,11 +359,11 @@ def attach_instantid(
     return ControlUnit(
         name="identitynet" if name == "instantid" else f"identitynet:{name}",
         model=models.identitynet,
-        image=pil_to_control_tensor([prepared.kps_image] * batch, width, height).to(engine.device, dtype),
-        strength=params.cn_strength,
+        image=pil_to_control_tensor(kps_images, width, height).to(engine.device, models.base.unet.dtype),
+        strength=resolved(params.cn_strength),
         window=timestep_window(params.start_at, params.end_at),
         face_tokens=(uncond_tokens, cond_tokens),
-        mask=latent_mask(control_mask, batch, latent_hw, engine.device),
+        mask=control_mask,
     )
 
 

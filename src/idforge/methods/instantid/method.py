@@ -7,7 +7,8 @@ from typing import Any
 
 from idforge.errors import ParameterError
 from idforge.methods.instantid.body import InstantIDBody
-from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.instantid.cli import COMMAND_LINE
+from idforge.methods.instantid.params import params_from_body
 from idforge.methods.registry import ImageInput, Method, MethodCall
 
 PER_SAMPLE_PARAMS = frozenset({"prompt", "negative_prompt", "seed", "style", "score_models", "base64"})
@@ -21,14 +22,9 @@ def build_request(call: MethodCall) -> Any:
         faces=call.faces(),
         persons=call.persons,
         generation=call.generation,
-        instantid=InstantIDParams(
-            ip_weight=p["ip_weight"],
-            cn_strength=p["cn_strength"],
-            start_at=p["start_at"],
-            end_at=p["end_at"],
-            noise=p["noise"],
+        instantid=params_from_body(
+            p,
             combine_embeds=p["combine_embeds"],
-            enhance_face_region=p["enhance_face_region"],
             **({"pick": call.options["pick"]} if "pick" in call.options else {}),
         ),
         pose=call.image("pose_image"),
@@ -40,14 +36,11 @@ def build_request(call: MethodCall) -> Any:
 
 def check(call: MethodCall) -> None:
     """face_image, or persons (with regions inside the image and disjoint): checked before anything is queued."""
+    from idforge.methods.persons import require_face_or_persons
+
     has_face = call.image("face_image") is not None
+    require_face_or_persons(has_face, call.persons)
     if not call.persons:
-        if not has_face:
-            raise ParameterError(
-                "face_image",
-                "required (or `persons`: several people, each with a face_image)",
-                field="face_image",
-            )
         return
     if has_face or call.image("extra_face_images") or call.image("mask_image") is not None:
         raise ParameterError(
@@ -103,6 +96,7 @@ METHOD = Method(
     build_request=build_request,
     run=run,
     recipe_section="instantid",
+    cli=COMMAND_LINE,
     check=check,
     run_batch=run_batch,
     batch_key=batch_key,

@@ -7,12 +7,15 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from idforge.engine.params import check_pick
 from idforge.errors import ParameterError, check_choice, check_range
+from idforge.identity.embeds import INSTANTID_COMBINE_MODES
 
-INSTANTID_COMBINE = ("average", "norm average", "concat")
+INSTANTID_COMBINE = INSTANTID_COMBINE_MODES
 
 
 def _normalise_combine(name: str) -> str:
@@ -60,3 +63,19 @@ class InstantIDParams:
             ip_weight=identity_strength("ip_weight", self.ip_weight, preset),
             cn_strength=identity_strength("cn_strength", self.cn_strength, preset),
         )
+
+
+def resolved(strength: float | None) -> float:
+    """A strength once its request is built (unset ones are resolved then, methods/presets.py): never None."""
+    if strength is None:
+        raise RuntimeError("an identity strength was used before its request resolved it")
+    return strength
+
+
+# The controls of "Apply InstantID Advanced" that every InstantID-based body carries under these names.
+BODY_CONTROLS = ("ip_weight", "cn_strength", "start_at", "end_at", "noise", "enhance_face_region")
+
+
+def params_from_body(params: Mapping[str, Any], **extra: Any) -> InstantIDParams:
+    """InstantIDParams from a body's parameters (InstantID's, Insta Depth's), plus what only some bodies have."""
+    return InstantIDParams(**{name: params[name] for name in BODY_CONTROLS}, **extra)

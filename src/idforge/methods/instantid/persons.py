@@ -129,7 +129,7 @@ def prepare_persons(
     ready_kps = None
     if request.kps_image is not None:
         ready = load_named(request.kps_image, KPS).image.convert("RGB")
-        ready_kps = np.asarray(ready.resize((width, height), Image.BICUBIC))
+        ready_kps = np.asarray(ready.resize((width, height), Image.Resampling.BICUBIC))
 
     prepared: list[PreparedPerson] = []
     for number, (person, label, mask, params) in enumerate(

@@ -30,6 +30,7 @@ from .faceid import write_faceid
 from .faces import write_face_packs
 from .fewstep import write_fewstep
 from .instantid import write_instantid_ip_adapter
+from .pulid import write_pulid
 from .sd15 import write_sd15
 from .sdxl import write_sdxl
 from .single_files import write_single_files
@@ -52,6 +53,7 @@ PARTS: list[KitPart] = [
     write_face_packs,
     write_single_files,
     write_fewstep,
+    write_pulid,
 ]
 
 

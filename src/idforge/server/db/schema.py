@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from idforge.server.states import JobStatus
+
 metadata = sa.MetaData()
 
-# Job states, stored as the v2 contract names them (0.1 files said queued/running/succeeded/failed: migration 2).
-QUEUED, PROCESSING, COMPLETED, FAILED, CANCELED = "QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"
-ACTIVE = (QUEUED, PROCESSING)
-TERMINAL = (COMPLETED, FAILED, CANCELED)
-OLD_STATUSES = {"queued": QUEUED, "running": PROCESSING, "succeeded": COMPLETED, "failed": FAILED}
+# Job states are stored as the v2 contract names them (server/states.py); 0.1 files said
+# queued/running/succeeded/failed, which migration 2 rewrites.
+OLD_STATUSES = {
+    "queued": JobStatus.QUEUED,
+    "running": JobStatus.PROCESSING,
+    "succeeded": JobStatus.COMPLETED,
+    "failed": JobStatus.FAILED,
+}
 
 
 def api_keys_v1() -> list[sa.Column]:
@@ -104,7 +109,7 @@ def webhook_deliveries_v2() -> list[sa.Column]:
         sa.Column(
             "body", sa.Text, nullable=False
         ),  # frozen when the job ends: every retry sends the same bytes
-        sa.Column("status", sa.Text, nullable=False),  # pending | delivered | failed
+        sa.Column("status", sa.Text, nullable=False),  # states.DeliveryStatus
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("created", sa.Double, nullable=False),
         sa.Column(

@@ -203,7 +203,7 @@ def build_router() -> APIRouter:
             f"/v2/{path}",
             summary=f"{summary} (async: answers with the job's absolute status_url and response_url)",
             status_code=202,
-            responses={202: {"model": AcceptedResponse}} | ERROR_RESPONSES,
+            responses={202: {"model": AcceptedResponse}, **ERROR_RESPONSES},
             response_model=None,
             operation_id=f"v2_{operation}",
             openapi_extra={"x-idforge-method": _about(name)},

@@ -3,10 +3,11 @@ visible only to the key that submitted it (any other key gets 404); an expired r
 No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from idforge.server.contract import result_body, status_body
@@ -19,6 +20,7 @@ from idforge.server.schemas import (
     JobStatusResponse,
     WebhookListResponse,
 )
+from idforge.server.states import CancelAction
 
 JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     401: ERROR_RESPONSES[401],
@@ -39,11 +41,7 @@ router = APIRouter()
     summary="Status of a job: QUEUED (position), PROCESSING (step), COMPLETED, FAILED (error), CANCELED",
 )
 async def job_status(request_id: str, request: Request, key: Auth, state: State):
-    row, failure = await own_job(request_id, key, request)
-    if failure is not None:
-        return failure
-    position = await run_in_threadpool(state.queue.position, request_id)
-    return JSONResponse(status_body(row, position=position))
+    return await _job_answer(request_id, request, key, state, status_body)
 
 
 @router.get(
@@ -53,11 +51,20 @@ async def job_status(request_id: str, request: Request, key: Auth, state: State)
     summary="Result of a job: the status, and once COMPLETED the output image(s), metrics, seed, recipe",
 )
 async def job_result(request_id: str, request: Request, key: Auth, state: State):
+    return await _job_answer(request_id, request, key, state, result_body)
+
+
+async def _job_answer(
+    request_id: str, request: Request, key: Any, state: Any, body: Callable[..., dict[str, Any]]
+) -> Response:
+    """The caller's job as `body` renders it (its status, or its result), with its queue position; the 404 or
+    410 of `own_job` otherwise."""
     row, failure = await own_job(request_id, key, request)
     if failure is not None:
         return failure
+    assert row is not None  # own_job gives the row or the failure
     position = await run_in_threadpool(state.queue.position, request_id)
-    return JSONResponse(await run_in_threadpool(result_body, row, position=position))
+    return JSONResponse(await run_in_threadpool(body, row, position=position))
 
 
 @router.post(
@@ -70,6 +77,7 @@ async def job_cancel(request_id: str, request: Request, key: Auth, state: State)
     row, failure = await own_job(request_id, key, request, allow_expired=True)
     if failure is not None:
         return failure
+    assert row is not None  # own_job gives the row or the failure
     outcome = await run_in_threadpool(
         state.queue.cancel, request_id, "canceled by the client", state.config.cancel_wait_s
     )
@@ -78,7 +86,7 @@ async def job_cancel(request_id: str, request: Request, key: Auth, state: State)
             "request_id": request_id,
             "action": outcome.action,
             "status": outcome.status,
-            "credits_released": outcome.action in ("removed", "stopped"),
+            "credits_released": outcome.action in (CancelAction.REMOVED, CancelAction.STOPPED),
         }
     )
 
@@ -93,6 +101,7 @@ async def job_webhooks(request_id: str, request: Request, key: Auth, state: Stat
     row, failure = await own_job(request_id, key, request, allow_expired=True)
     if failure is not None:
         return failure
+    assert row is not None  # own_job gives the row or the failure
     messages = await run_in_threadpool(state.outbox.for_job, request_id)
     return JSONResponse(
         {
