@@ -219,16 +219,18 @@ def test_results_expire_with_a_clear_message(tmp_path):
     from idforge.server.db import Store
 
     db = tmp_path / "ttl.db"
-    with running_server(db, FakeGenerator(), result_ttl=1.0) as (url, keys):
+    # 5 s: long enough for the first read on a loaded machine, short enough to wait out (on the status, not a sleep)
+    with running_server(db, FakeGenerator(), result_ttl=5.0) as (url, keys):
         _, token = keys.create_key(5)
         job = submit(url, token)
         wait_for(lambda: status(job, token)["status"] == "COMPLETED")
-        assert get(job["response_url"], token).json()["output"]["image"]
-        time.sleep(1.3)
+        fresh = get(job["response_url"], token)
+        assert fresh.status_code == 200 and fresh.json()["output"]["image"], fresh.text
+        wait_for(lambda: get(job["status_url"], token).status_code == 410, timeout=60, interval=0.2)
         for resource in (job["status_url"], job["response_url"]):
             expired = get(resource, token)
             assert expired.status_code == 410, expired.text
-            assert "expired" in expired.json()["error"] and "kept for 1 s" in expired.json()["error"]
+            assert "expired" in expired.json()["error"] and "kept for 5 s" in expired.json()["error"]
         store = Store.open(db)
         try:  # the janitor removes the result from the database too (the row stays, so 410 and not 404)
             row = wait_for(lambda: (r := store.job(job["request_id"]))["expired"] and r, timeout=5)
