@@ -121,3 +121,15 @@ def test_several_apply_pulid_with_masks_are_persons_and_must_agree():
     del unmasked["18"]["inputs"]["attn_mask"]
     with pytest.raises(ParameterError, match=r"node 18 attn_mask: several ApplyPulid nodes"):
         open_workflow(unmasked)
+
+
+def test_a_comfyui_seed_beyond_idforges_range_is_folded_and_said():
+    """ComfyUI's random seeds go up to 2**64; a saved workflow with one runs, with the folded seed explained."""
+    graph = json.loads(FLOW.read_text())
+    graph["10"]["inputs"]["seed"] = 2**63 + 5
+    plan = open_workflow(graph)
+    (gen,) = plan.generations
+    assert gen.params["seed"] == (2**63 + 5) % 1_000_000_000_000_000
+    assert "folded into idforge's 0..999999999999999" in plan.explain_text()
+    graph["10"]["inputs"]["seed"] = 12
+    assert open_workflow(graph).generations[0].params["seed"] == 12

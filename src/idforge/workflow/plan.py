@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from idforge.engine.params import MAX_SEED
 from idforge.errors import ParameterError
 from idforge.methods.faceid.body import FACEID_ADAPTERS
 from idforge.workflow import nodes as N
@@ -242,7 +243,14 @@ def _sampler_inputs(
         "sampler_name": ctx.text("sampler_name", "euler"),
         "scheduler": ctx.text("scheduler", "normal"),
     }
-    inputs.set("seed", int(inputs.values["seed"]), node_id, seed_name)
+    seed = int(inputs.values["seed"])
+    if (
+        seed > MAX_SEED
+    ):  # ComfyUI draws seeds up to 2**64; the image differs from ComfyUI's anyway (its own noise)
+        folded = seed % (MAX_SEED + 1)
+        inputs.set("seed", folded, node_id, seed_name, f"seed {folded} (folded into idforge's 0..{MAX_SEED})")
+    else:
+        inputs.set("seed", seed, node_id, seed_name)
     inputs.set("num_inference_steps", int(inputs.values["steps"]), node_id, "steps")
     inputs.set("guidance_scale", float(inputs.values["cfg"]), node_id, "cfg")
     if advanced:
