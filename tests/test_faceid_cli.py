@@ -151,3 +151,12 @@ def test_batch_face_without_face_fails_or_is_skipped(tiny_kit, face_dir, tmp_pat
     assert main(args(tiny_kit, *faces, "--skip-missing", "-o", str(tmp_path / "ok"))) == 0
     assert "dark.png: no face found; left out" in capsys.readouterr().err
     assert len(list((tmp_path / "ok").glob("*.png"))) == 1
+
+
+def test_without_adapter_the_base_familys_default_is_used(tiny_kit, face_dir, tmp_path, capsys):
+    """No --adapter: the default FaceID adapter of the base's family (SD1.5 here), not the HTTP body's SDXL name."""
+    out = tmp_path / "sd15.png"
+    argv = args(tiny_kit, "--face", str(face_dir / "a.png"), "--base", "tiny-sd15.safetensors", "--no-score")
+    assert main([*argv, "--json", "-o", str(out)]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert "sd15" in payload["models"]["ip_adapter"]["source"] and payload["adapter_kind"] == "faceid-plusv2"

@@ -32,7 +32,8 @@ def build_request(call: MethodCall) -> Any:
         ),
         negative_image=call.image("negative_image"),
         attn_mask=call.image("mask_image"),
-        adapter=o["adapter"] if o.get("adapter") is not None else p["adapter"],
+        # the command line's --adapter, None there = the base family's default; HTTP: the body's name
+        adapter=o["adapter"] if "adapter" in o else p["adapter"],
         lora=o.get("lora"),
         clip_vision=o.get("clip_vision"),
         face_models=o.get("face_models"),
