@@ -37,25 +37,20 @@ from idforge.methods.faceid.core import (
 )
 from idforge.methods.person_scores import adapter_persons_result
 from idforge.methods.persons import (
+    ADAPTER_PERSON_FIELDS,
     Person,
     adapter_name,
-    check_persons,
+    check_adapter_persons,
     decode_persons,
     mask_box,
     person_params,
     person_regions,
 )
 
-FACEID_FIELDS = {"ip_weight": "weight", "start_at": "start_at", "end_at": "end_at"}
-
 
 def check_faceid_persons(request: FaceIDRequest) -> list[FaceIDParams]:
     """Refuse what cannot work with FaceID persons; return each person's resolved FaceID parameters."""
-    check_persons(request.persons)
-    if request.faces:
-        raise ParameterError("face", "give either reference faces or persons (each with its faces), not both")
-    if request.attn_mask is not None:
-        raise ParameterError("attn_mask", "with persons, each person's region replaces the attention mask")
+    check_adapter_persons(request.persons, request.faces, request.attn_mask)
     if request.faceid.batch:
         raise ParameterError("batch", "batch mode (one output per reference) cannot be combined with persons")
     resolved = []
@@ -64,7 +59,7 @@ def check_faceid_persons(request: FaceIDRequest) -> list[FaceIDParams]:
             raise ParameterError(
                 person_input(index, "cn_strength"), "FaceID has no IdentityNet; leave it out"
             )
-        resolved.append(person_params(person, person_input(index), request.faceid, FACEID_FIELDS))
+        resolved.append(person_params(person, person_input(index), request.faceid, ADAPTER_PERSON_FIELDS))
     return resolved
 
 

@@ -21,8 +21,9 @@ from idforge.engine.session import Engine
 from idforge.errors import InputName, NoFaceError, ParameterError, person_input
 from idforge.methods.person_scores import adapter_persons_result
 from idforge.methods.persons import (
+    ADAPTER_PERSON_FIELDS,
     adapter_name,
-    check_persons,
+    check_adapter_persons,
     decode_persons,
     mask_box,
     person_params,
@@ -39,20 +40,14 @@ from idforge.methods.pulid.core import (
     pulid_recipe,
 )
 
-PULID_FIELDS = {"ip_weight": "weight", "start_at": "start_at", "end_at": "end_at"}
-
 
 def check_pulid_persons(request: PulidRequest) -> list[PulidParams]:
-    check_persons(request.persons)
-    if request.faces:
-        raise ParameterError("face", "give either reference faces or persons (each with its faces), not both")
-    if request.attn_mask is not None:
-        raise ParameterError("attn_mask", "with persons, each person's region replaces the attention mask")
+    check_adapter_persons(request.persons, request.faces, request.attn_mask)
     resolved = []
     for index, person in enumerate(request.persons, start=1):
         if person.cn_strength is not None:
             raise ParameterError(person_input(index, "cn_strength"), "PuLID has no ControlNet; leave it out")
-        resolved.append(person_params(person, person_input(index), request.pulid, PULID_FIELDS))
+        resolved.append(person_params(person, person_input(index), request.pulid, ADAPTER_PERSON_FIELDS))
     return resolved
 
 
