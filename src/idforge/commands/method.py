@@ -18,6 +18,7 @@ from idforge.commands._common import (
 )
 from idforge.errors import ParameterError, check_choice
 from idforge.methods.body import COMMON_FIELDS, JOB_FIELDS
+from idforge.methods.persons import add_person_argument, persons_from_arguments
 from idforge.methods.registry import Method, MethodCall, get_method, methods
 
 
@@ -31,7 +32,7 @@ def body_flags(method: Method) -> dict[str, str]:
     images = {image.field for image in method.images} | {
         image.extra for image in method.images if image.extra
     }
-    skip = COMMON_FIELDS | JOB_FIELDS | images | set(method.body.ALIASES) | method.cli.skip
+    skip = COMMON_FIELDS | JOB_FIELDS | images | set(method.body.ALIASES) | method.cli.skip | {"persons"}
     return {
         name: method.cli.flags.get(name, "--" + name.replace("_", "-"))
         for name in method.body.model_fields
@@ -67,6 +68,8 @@ def flag_names(method: Method) -> dict[str, str]:
     """Body field -> the flag that sets it, for error messages."""
     names = {image.field: image.flag for image in method.images}
     names |= {image.extra: image.flag for image in method.images if image.extra}
+    if method.cli.person_strengths:
+        names["persons"] = "--person"
     return names | dict(method.cli.flags) | body_flags(method)
 
 
@@ -106,6 +109,12 @@ def add_method_command(subparsers: argparse._SubParsersAction, method: Method) -
     steps = method.body.model_fields["num_inference_steps"].default
     guidance = method.body.model_fields["guidance_scale"].default
     add_generation_arguments(parser, steps=steps, guidance=guidance)
+    if method.cli.person_strengths:
+        add_person_argument(parser, method.cli.person_strengths)
+    if method.cli.pick:
+        pick = method.face_search.pick
+        choices = " | ".join(dict.fromkeys((pick, "largest", "score", "INDEX")))
+        parser.add_argument("--pick", default=pick, help=f"{choices} (face choice in reference images)")
     if method.cli.add_arguments:
         method.cli.add_arguments(parser)
     parser.set_defaults(func=run, method_name=method.name)
@@ -134,7 +143,9 @@ def method_call(method: Method, args: argparse.Namespace) -> MethodCall:
         else:
             images[image.field] = value
     options = method.cli.options(args) if method.cli.options else {}
-    persons = method.cli.persons(args) if method.cli.persons else []
+    if method.cli.pick:
+        options["pick"] = args.pick
+    persons = persons_from_arguments(args) if method.cli.person_strengths else []
     return MethodCall(
         params=params, images=images, generation=generation_params(args), persons=persons, options=options
     )

@@ -9,10 +9,11 @@ package under `methods/` that builds a `Method`, plus one line in `BUILTIN`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from idforge.errors import ParameterError
 from idforge.methods.body import MethodBody
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from idforge.engine.session import Engine
 
 ProgressCallback = Callable[[int, int], None]
+Params = TypeVar("Params")
 
 # name -> module whose `METHOD` is the Method (imported on first use: the bodies are light, the engines are not)
 BUILTIN: dict[str, str] = {
@@ -77,19 +79,43 @@ class MethodCall:
         first = self.images.get(name)
         return [] if first is None else [first, *(self.images.get(extra) or [])]
 
+    def parameters(self, params_class: type[Params], **extra: Any) -> Params:
+        """A method's parameter object (a dataclass) from the body fields of the same names, the command line's
+        face choice (`--pick`) and `extra`: the body and the engine share one vocabulary, so nothing is renamed."""
+        names = {item.name for item in dataclasses.fields(params_class)}  # type: ignore[arg-type]
+        values = {name: value for name, value in self.params.items() if name in names}
+        if "pick" in names and "pick" in self.options:
+            values["pick"] = self.options["pick"]
+        return params_class(**(values | extra))
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported on its first call: the registry loads with the bodies only, the engines (torch)
+    when a method first runs."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = f"{module}.{name}"
+    return call
+
 
 @dataclass(frozen=True)
 class CommandLine:
     """What the command line adds to the body's flags: its own arguments (model files, outputs), the options it
     reads from them (`MethodCall.options`, read by `build_request`), the model choices it passes to the Engine,
-    the persons of a several-people call, and what it writes after the images. Every method's command is built
-    from its body plus this (commands/method.py); a method keeps these in its `cli.py`."""
+    and what it writes after the images. Every method's command is built from its body plus this
+    (commands/method.py); a method keeps these in its `cli.py`.
+
+    `person_strengths` (the help for the strengths a `--person` takes) gives the command `--person` for several
+    people; `pick` gives it `--pick`, the face choice in reference images (default: the method's `face_search`)."""
 
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     options: Callable[[argparse.Namespace], dict[str, Any]] | None = None
     model_choices: Callable[[argparse.Namespace], dict[str, Any]] | None = None
     after: Callable[[argparse.Namespace, Any], None] | None = None
-    persons: Callable[[argparse.Namespace], list[Any]] | None = None  # several people (`--person`)
+    person_strengths: str | None = None
+    pick: bool = False
     flags: Mapping[str, str] = field(default_factory=dict)  # body field -> flag when not --field-name
     skip: frozenset[str] = frozenset()  # body fields with no flag (HTTP-only)
     help: str = ""

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from idforge.errors import ParameterError
-from idforge.methods.persons import add_person_argument, persons_from_arguments
 from idforge.methods.registry import CommandLine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_person_argument(parser, "ip_weight (the FaceID weight)")
     parser.add_argument(
         "--skip-missing", action="store_true", help="leave out references with no face instead of failing"
     )
@@ -45,9 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--face-images", default=None, metavar="DIR", help="also write the aligned face crops here"
     )
-    parser.add_argument(
-        "--pick", default="score", help="score | largest | INDEX (face choice, default score)"
-    )
     group = parser.add_argument_group("with InstantID (one generation, each with its own weights)")
     group.add_argument("--with-instantid", action="store_true", help="add InstantID on the same faces")
     group.add_argument("--instantid", default=None, help="InstantX/InstantID-style folder or hub id")
@@ -62,7 +57,6 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
     if args.person and args.with_instantid:
         raise ParameterError("--person", "several people cannot be combined with --with-instantid")
     found: dict[str, Any] = {
-        "pick": args.pick,
         "skip_missing": args.skip_missing,
         "adapter": args.adapter,
         "lora": args.faceid_lora,
@@ -102,8 +96,8 @@ COMMAND_LINE = CommandLine(
     options=options,
     model_choices=model_choices,
     after=after,
-    persons=persons_from_arguments,
-    flags={"persons": "--person"},
+    person_strengths="ip_weight (the FaceID weight)",
+    pick=True,
     skip=frozenset({"adapter"}),
     help="generate with IP-Adapter FaceID (identity from face photos; --batch: one output per face)",
 )

@@ -6,7 +6,7 @@ from typing import Any
 
 from idforge.methods.faceid.body import FaceIDBody
 from idforge.methods.faceid.cli import COMMAND_LINE
-from idforge.methods.registry import FaceSearch, ImageInput, Method, MethodCall
+from idforge.methods.registry import FaceSearch, ImageInput, Method, MethodCall, lazy
 
 
 def build_request(call: MethodCall) -> Any:
@@ -17,19 +17,7 @@ def build_request(call: MethodCall) -> Any:
         faces=call.faces(),
         persons=call.persons,
         generation=call.generation,
-        faceid=FaceIDParams(
-            weight=p["weight"],
-            weight_faceidv2=p["weight_faceidv2"],
-            weight_type=p["weight_type"],
-            combine_embeds=p["combine_embeds"],
-            start_at=p["start_at"],
-            end_at=p["end_at"],
-            embeds_scaling=p["embeds_scaling"],
-            lora_strength=p["lora_strength"],
-            batch=p["batch"],
-            skip_missing=o.get("skip_missing", False),
-            **({"pick": o["pick"]} if "pick" in o else {}),
-        ),
+        faceid=call.parameters(FaceIDParams, skip_missing=o.get("skip_missing", False)),
         negative_image=call.image("negative_image"),
         attn_mask=call.image("mask_image"),
         # the command line's --adapter, None there = the base family's default; HTTP: the body's name
@@ -46,12 +34,6 @@ def check(call: MethodCall) -> None:
     from idforge.methods.persons import require_face_or_persons
 
     require_face_or_persons(call.image("face_image") is not None, call.persons)
-
-
-def run(engine: Any, request: Any, progress: Any) -> Any:
-    from idforge.methods.faceid.generate import generate_faceid
-
-    return generate_faceid(engine, request, progress)
 
 
 def outputs(body: Any) -> int:
@@ -76,7 +58,7 @@ METHOD = Method(
         ImageInput("mask_image", "--attn-mask", "restrict FaceID to this area"),
     ),
     build_request=build_request,
-    run=run,
+    run=lazy("idforge.methods.faceid.generate", "generate_faceid"),
     recipe_section="faceid",
     cli=COMMAND_LINE,
     check=check,

@@ -6,32 +6,21 @@ from typing import Any
 
 from idforge.methods.insta_depth.body import InstaDepthBody
 from idforge.methods.insta_depth.cli import COMMAND_LINE
-from idforge.methods.instantid.params import params_from_body
-from idforge.methods.registry import ImageInput, Method, MethodCall
+from idforge.methods.registry import ImageInput, Method, MethodCall, lazy
 
 
 def build_request(call: MethodCall) -> Any:
     from idforge.methods.insta_depth.generate import InstaDepthParams, InstaDepthRequest
+    from idforge.methods.instantid.params import InstantIDParams
 
-    p = call.params
     return InstaDepthRequest(
         face=call.image("face_image"),
         pose=call.image("pose_image"),
         generation=call.generation,
-        instantid=params_from_body(p),
-        depth=InstaDepthParams(
-            depth_strength=p["depth_strength"],
-            depth_start_at=p["depth_start_at"],
-            depth_end_at=p["depth_end_at"],
-        ),
+        instantid=call.parameters(InstantIDParams),
+        depth=call.parameters(InstaDepthParams),
         depth_map=call.image("depth_map"),
     )
-
-
-def run(engine: Any, request: Any, progress: Any) -> Any:
-    from idforge.methods.insta_depth.generate import generate_insta_depth
-
-    return generate_insta_depth(engine, request, progress)
 
 
 def extras(call: MethodCall, result: Any) -> dict[str, Any]:
@@ -56,7 +45,7 @@ METHOD = Method(
         ImageInput("depth_map", "--depth-map", "use this depth map instead of estimating one"),
     ),
     build_request=build_request,
-    run=run,
+    run=lazy("idforge.methods.insta_depth.generate", "generate_insta_depth"),
     recipe_section="insta_depth",
     cli=COMMAND_LINE,
     extras=extras,

@@ -8,29 +8,24 @@ from typing import Any
 from idforge.errors import ParameterError
 from idforge.methods.instantid.body import InstantIDBody
 from idforge.methods.instantid.cli import COMMAND_LINE
-from idforge.methods.instantid.params import params_from_body
-from idforge.methods.registry import ImageInput, Method, MethodCall
+from idforge.methods.registry import ImageInput, Method, MethodCall, lazy
 
 PER_SAMPLE_PARAMS = frozenset({"prompt", "negative_prompt", "seed", "style", "score_models", "base64"})
 
 
 def build_request(call: MethodCall) -> Any:
     from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.params import InstantIDParams
 
-    p = call.params
     return InstantIDRequest(
         faces=call.faces(),
         persons=call.persons,
         generation=call.generation,
-        instantid=params_from_body(
-            p,
-            combine_embeds=p["combine_embeds"],
-            **({"pick": call.options["pick"]} if "pick" in call.options else {}),
-        ),
+        instantid=call.parameters(InstantIDParams),
         pose=call.image("pose_image"),
         kps_image=call.image("kps_image"),
         mask=call.image("mask_image"),
-        pose_fallback=p["pose_fallback"],
+        pose_fallback=call.params["pose_fallback"],
     )
 
 
@@ -54,18 +49,6 @@ def check(call: MethodCall) -> None:
     request = build_request(call)
     check_person_request(request)
     person_regions(request.persons, output_size(request))
-
-
-def run(engine: Any, request: Any, progress: Any) -> Any:
-    from idforge.methods.instantid.generate import generate_instantid
-
-    return generate_instantid(engine, request, progress)
-
-
-def run_batch(engine: Any, requests: Any, progress: Any) -> list[Any]:
-    from idforge.methods.instantid.batch import generate_instantid_batch
-
-    return generate_instantid_batch(engine, requests, progress)
 
 
 def batch_key(params: dict[str, Any], given: dict[str, Any]) -> str | None:
@@ -94,11 +77,11 @@ METHOD = Method(
         ImageInput("mask_image", "--mask", "restrict IP attention and IdentityNet to this area"),
     ),
     build_request=build_request,
-    run=run,
+    run=lazy("idforge.methods.instantid.generate", "generate_instantid"),
     recipe_section="instantid",
     cli=COMMAND_LINE,
     check=check,
-    run_batch=run_batch,
+    run_batch=lazy("idforge.methods.instantid.batch", "generate_instantid_batch"),
     batch_key=batch_key,
     previews=("faces", "keypoints"),
 )

@@ -7,9 +7,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from idforge.engine.params import check_pick
 from idforge.errors import ParameterError, check_choice, check_range
@@ -70,12 +68,3 @@ def resolved(strength: float | None) -> float:
     if strength is None:
         raise RuntimeError("an identity strength was used before its request resolved it")
     return strength
-
-
-# The controls of "Apply InstantID Advanced" that every InstantID-based body carries under these names.
-BODY_CONTROLS = ("ip_weight", "cn_strength", "start_at", "end_at", "noise", "enhance_face_region")
-
-
-def params_from_body(params: Mapping[str, Any], **extra: Any) -> InstantIDParams:
-    """InstantIDParams from a body's parameters (InstantID's, Insta Depth's), plus what only some bodies have."""
-    return InstantIDParams(**{name: params[name] for name in BODY_CONTROLS}, **extra)

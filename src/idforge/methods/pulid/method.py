@@ -6,30 +6,19 @@ from typing import Any
 
 from idforge.methods.pulid.body import PulidBody
 from idforge.methods.pulid.cli import COMMAND_LINE
-from idforge.methods.registry import ImageInput, Method, MethodCall
+from idforge.methods.registry import ImageInput, Method, MethodCall, lazy
 
 
 def build_request(call: MethodCall) -> Any:
     from idforge.methods.pulid.core import PulidParams, PulidRequest
 
-    p = call.params
     return PulidRequest(
         faces=call.faces(),
         persons=call.persons,
         generation=call.generation,
-        pulid=PulidParams(
-            method=p["method"],
-            weight=p["weight"],
-            start_at=p["start_at"],
-            end_at=p["end_at"],
-            projection=p["projection"],
-            fidelity=p["fidelity"],
-            noise=p["noise"],
-            id_mix=p["id_mix"],
-            **({"pick": call.options["pick"]} if "pick" in call.options else {}),
-        ),
+        pulid=call.parameters(PulidParams),
         attn_mask=call.image("mask_image"),
-        model=p["model"],
+        model=call.params["model"],
     )
 
 
@@ -61,12 +50,6 @@ def check(call: MethodCall) -> None:
         person_regions(request.persons, (gen.width, gen.height))
 
 
-def run(engine: Any, request: Any, progress: Any) -> Any:
-    from idforge.methods.pulid.generate import generate_pulid
-
-    return generate_pulid(engine, request, progress)
-
-
 METHOD = Method(
     name="pulid",
     title="PuLID",
@@ -82,7 +65,7 @@ METHOD = Method(
         ImageInput("mask_image", "--attn-mask", "restrict the ID branch to this area"),
     ),
     build_request=build_request,
-    run=run,
+    run=lazy("idforge.methods.pulid.generate", "generate_pulid"),
     recipe_section="pulid",
     cli=COMMAND_LINE,
     check=check,
