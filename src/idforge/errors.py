@@ -122,6 +122,15 @@ def check_range(name: str, value: float, low: float, high: float) -> float:
     return value
 
 
+def check_window(start: float, end: float, names: tuple[str, str] = ("start_at", "end_at")) -> None:
+    """A schedule window (fractions of the steps, like the nodes' start_at/end_at): both in [0, 1], in order."""
+    start_name, end_name = names
+    check_range(start_name, start, 0.0, 1.0)
+    check_range(end_name, end, 0.0, 1.0)
+    if end < start:
+        raise ParameterError(end_name, f"{end} is before {start_name} {start}")
+
+
 def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     """Return `value` if it is one of `choices`, else raise a ParameterError listing them."""
     if value not in choices:

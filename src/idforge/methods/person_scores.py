@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from idforge.engine.result import GenerationResult
 from idforge.engine.scoring import engine_reference
 from idforge.engine.session import Engine
 from idforge.errors import NoFaceError
@@ -139,43 +138,3 @@ def _lowest(scores: Sequence[ImageScore], labels: Sequence[str]) -> ImageScore:
                 sizes_tried=score.sizes_tried,
             )
     return min(scores, key=lambda score: float(score.score))  # type: ignore[arg-type]
-
-
-def adapter_persons_result(
-    engine: Engine,
-    request: Any,
-    regions: Sequence[np.ndarray],
-    prepared: Sequence[Any],
-    sampled: tuple[Any, list[Image.Image], list[int]],
-    recipe: dict[str, Any],
-    *,
-    pick: str | int,
-    default_pack: str,
-    warnings: Sequence[str] = (),
-) -> GenerationResult:
-    """The result of a several-people generation made of one identity adapter per person (FaceID, PuLID): the
-    images, each person's face crops, the regions, and one score per person when the request scores.
-    `sampled` is (latents, images, seeds); `prepared` each person's prepared part (face_images, warnings)."""
-    latents, images, seeds = sampled
-    result = GenerationResult(
-        images=images,
-        seeds=seeds,
-        recipe=recipe,
-        extras={"face_images": [crop for part in prepared for crop in part.face_images], "regions": regions},
-        warnings=[*warnings, *(w for part in prepared for w in part.warnings)],
-        latents=latents,
-    )
-    gen = request.generation
-    if gen.score:
-        result.identity = score_persons(
-            engine,
-            images,
-            request.persons,
-            regions,
-            pick=pick,
-            generation_pack=request.face_models,
-            default_pack=default_pack,
-            score_models=gen.score_models,
-        )
-        result.recipe["identity"] = result.identity.to_json()
-    return result

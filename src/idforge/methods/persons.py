@@ -331,17 +331,3 @@ def require_face_or_persons(has_face: bool, persons: Sequence[Any]) -> None:
             "required: a reference face, or several persons each with their own",
             field="face_image",
         )
-
-
-# A person's own strengths in an adapter method (FaceID, PuLID): `ip_weight` is the adapter's weight.
-ADAPTER_PERSON_FIELDS = {"ip_weight": "weight", "start_at": "start_at", "end_at": "end_at"}
-
-
-def check_adapter_persons(persons: Sequence[Person], faces: Sequence[Any], attn_mask: Any) -> None:
-    """What a several-people request of an adapter method refuses: reference faces or an attention mask beside the
-    persons (each person brings its own faces, and its region is its mask)."""
-    check_persons(persons)
-    if faces:
-        raise ParameterError("face", "give either reference faces or persons (each with its faces), not both")
-    if attn_mask is not None:
-        raise ParameterError("attn_mask", "with persons, each person's region replaces the attention mask")

@@ -44,6 +44,7 @@ from idforge.errors import (
     ParameterError,
     check_choice,
     check_range,
+    check_window,
     face_input,
 )
 from idforge.identity.attention import SCALING_MODES
@@ -104,16 +105,17 @@ class FaceIDParams:
         self.combine_embeds = check_choice(
             "combine_embeds", _normalise(self.combine_embeds), FACEID_COMBINE_MODES
         )
-        check_range("start_at", self.start_at, 0.0, 1.0)
-        check_range("end_at", self.end_at, 0.0, 1.0)
-        if self.end_at < self.start_at:
-            raise ParameterError("end_at", f"{self.end_at} is before start_at {self.start_at}")
+        check_window(self.start_at, self.end_at)
         self.embeds_scaling = check_choice(
             "embeds_scaling", _normalise_scaling(self.embeds_scaling), SCALING_MODES
         )
         check_range("lora_strength", self.lora_strength, -4.0, 4.0)
         self.pick = check_pick(self.pick)
         check_range("det_size", self.det_size, 64, 2048)
+
+    def with_preset(self, preset: str | None) -> FaceIDParams:
+        """A copy whose unset weight is the few-step preset's faceid_weight (or the default)."""
+        return replace(self, weight=identity_strength("faceid_weight", self.weight, preset))
 
 
 def _default_generation() -> GenerationParams:
@@ -142,8 +144,7 @@ class FaceIDRequest:
     instantid: Any = None
 
     def __post_init__(self) -> None:
-        weight = identity_strength("faceid_weight", self.faceid.weight, self.generation.preset)
-        self.faceid = replace(self.faceid, weight=weight)  # the preset's, when not given
+        self.faceid = self.faceid.with_preset(self.generation.preset)  # the preset's, when not given
 
 
 @dataclass
@@ -322,6 +323,25 @@ def faceid_lora(models: FaceIDModels, strength: float) -> Iterator[None]:
     finally:
         if handle is not None:
             handle.remove()
+
+
+def sample_with_faceid_lora(
+    engine: Engine,
+    models: FaceIDModels,
+    gen: GenerationParams,
+    seeds: list[int],
+    size: tuple[int, int],
+    attention: Any,
+    controls: Sequence[Any],
+    progress: ProgressCallback | None,
+    lora_strength: float,
+) -> tuple[torch.Tensor, list[Image.Image]]:
+    """FaceID's denoising pass: `sample_and_decode` with the FaceID LoRA merged into the UNet for exactly this
+    pass (a FaceID image is the adapter's tokens and the LoRA together, single- or several-person alike)."""
+    from idforge.engine.sampling import sample_and_decode
+
+    lora = faceid_lora(models, lora_strength)
+    return sample_and_decode(engine, models.base, gen, seeds, size, attention, controls, progress, [lora])
 
 
 @torch.no_grad()

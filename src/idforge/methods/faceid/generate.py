@@ -12,7 +12,6 @@ from idforge.engine.loop import ControlUnit
 from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import params_to_dict
 from idforge.engine.result import GenerationResult
-from idforge.engine.sampling import sample_and_decode
 from idforge.engine.scoring import attach_identity
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
@@ -24,11 +23,11 @@ from idforge.methods.faceid.core import (
     FaceIDRequest,
     attach_faceid_adapter,
     decode_inputs,
-    faceid_lora,
     faceid_output_size,
     faceid_recipe,
     load_faceid_models,
     prepare_faceid,
+    sample_with_faceid_lora,
 )
 from idforge.methods.instantid.core import ProgressCallback, instantid_inputs, instantid_model_entries
 
@@ -126,16 +125,8 @@ def generate_faceid(
                 latent_hw,
             )
         )
-    latents, images = sample_and_decode(
-        engine,
-        base,
-        gen,
-        seeds,
-        (width, height),
-        attention,
-        controls,
-        progress,
-        unet_contexts=[faceid_lora(models, params.lora_strength)],
+    latents, images = sample_with_faceid_lora(
+        engine, models, gen, seeds, (width, height), attention, controls, progress, params.lora_strength
     )
 
     warnings = models.warnings + prepared.warnings

@@ -27,7 +27,7 @@ from idforge.engine.result import GenerationResult
 from idforge.engine.scoring import attach_identity
 from idforge.engine.session import Engine
 from idforge.engine.sizing import instantid_size
-from idforge.errors import POSE, InputName, NoFaceError, ParameterError, check_range
+from idforge.errors import POSE, InputName, NoFaceError, ParameterError, check_range, check_window
 from idforge.methods.instantid.core import (
     ExtraControl,
     ImageSource,
@@ -55,12 +55,7 @@ class InstaDepthParams:
 
     def __post_init__(self) -> None:
         check_range("depth_strength", self.depth_strength, 0.0, 10.0)
-        check_range("depth_start_at", self.depth_start_at, 0.0, 1.0)
-        check_range("depth_end_at", self.depth_end_at, 0.0, 1.0)
-        if self.depth_end_at < self.depth_start_at:
-            raise ParameterError(
-                "depth_end_at", f"{self.depth_end_at} is before depth_start_at {self.depth_start_at}"
-            )
+        check_window(self.depth_start_at, self.depth_end_at, ("depth_start_at", "depth_end_at"))
 
 
 @dataclass

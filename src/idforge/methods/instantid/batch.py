@@ -18,7 +18,6 @@ import torch
 from idforge.engine.loop import ControlUnit
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
-from idforge.engine.scoring import attach_identity
 from idforge.engine.seeds import resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import ParameterError
@@ -33,6 +32,7 @@ from idforge.methods.instantid.core import (
     load_request_images,
     prepare_instantid,
 )
+from idforge.methods.instantid.generate import instantid_result
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -122,20 +122,5 @@ def generate_instantid_batch(
             recipe = instantid_recipe(
                 engine, request, models, prepared, run, started, sections={"batch": batch}
             )
-            result = GenerationResult(
-                images=run.images,
-                seeds=run.seeds,
-                recipe=recipe.to_dict(),
-                extras={"kps_image": prepared.kps_image},
-                warnings=list(prepared.warnings),
-                latents=run.latents,
-            )
-            outcomes[index] = attach_identity(
-                engine,
-                result,
-                request.faces,
-                generation_pack=request.face_models,
-                default_pack="antelopev2",
-                pick=request.instantid.pick,
-            )
+            outcomes[index] = instantid_result(engine, request, prepared, run, recipe)
     return outcomes  # type: ignore[return-value]

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 
+from idforge.engine.recipe import Recipe
 from idforge.engine.result import GenerationResult
 from idforge.engine.scoring import attach_identity
 from idforge.engine.session import Engine
 from idforge.methods.instantid.core import (
+    IdentityRun,
     InstantIDRequest,
+    PreparedInstantID,
     ProgressCallback,
     instantid_recipe,
     load_instantid_models,
@@ -38,12 +41,21 @@ def generate_instantid(
     run = run_identity_generation(
         engine, models, prepared, request.generation, request.instantid, request.mask, progress=progress
     )
+    recipe = instantid_recipe(engine, request, models, prepared, run, started)
+    return instantid_result(engine, request, prepared, run, recipe)
+
+
+def instantid_result(
+    engine: Engine, request: InstantIDRequest, prepared: PreparedInstantID, run: IdentityRun, recipe: Recipe
+) -> GenerationResult:
+    """One InstantID image set as delivered: images, recipe, the keypoint image, and the identity score against
+    the request's references (alone or one job of a shared batch pass alike)."""
     result = GenerationResult(
         images=run.images,
         seeds=run.seeds,
-        recipe=instantid_recipe(engine, request, models, prepared, run, started).to_dict(),
+        recipe=recipe.to_dict(),
         extras={"kps_image": prepared.kps_image},
-        warnings=prepared.warnings,
+        warnings=list(prepared.warnings),
         latents=run.latents,
     )
     return attach_identity(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from idforge.engine.params import check_pick
-from idforge.errors import ParameterError, check_choice, check_range
+from idforge.errors import check_choice, check_range, check_window
 from idforge.identity.embeds import INSTANTID_COMBINE_MODES
 
 INSTANTID_COMBINE = INSTANTID_COMBINE_MODES
@@ -41,10 +41,7 @@ class InstantIDParams:
             check_range("ip_weight", self.ip_weight, 0.0, 3.0)
         if self.cn_strength is not None:
             check_range("cn_strength", self.cn_strength, 0.0, 10.0)
-        check_range("start_at", self.start_at, 0.0, 1.0)
-        check_range("end_at", self.end_at, 0.0, 1.0)
-        if self.end_at < self.start_at:
-            raise ParameterError("end_at", f"{self.end_at} is before start_at {self.start_at}")
+        check_window(self.start_at, self.end_at)
         check_range("noise", self.noise, 0.0, 1.0)
         self.combine_embeds = check_choice(
             "combine_embeds", _normalise_combine(self.combine_embeds), INSTANTID_COMBINE

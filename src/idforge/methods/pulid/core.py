@@ -35,7 +35,15 @@ from idforge.engine.recipe import Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice
 from idforge.engine.seeds import image_seeds
 from idforge.engine.session import Engine, image_digest
-from idforge.errors import InputName, ModelFormatError, ParameterError, check_choice, check_range, face_input
+from idforge.errors import (
+    InputName,
+    ModelFormatError,
+    ParameterError,
+    check_choice,
+    check_range,
+    check_window,
+    face_input,
+)
 from idforge.imageio import load_mask
 from idforge.methods.presets import identity_strength
 
@@ -78,10 +86,7 @@ class PulidParams:
         self.method = check_choice("method", self.method, tuple(METHOD_SETTINGS))
         if self.weight is not None:
             check_range("weight", self.weight, -1.0, 5.0)
-        check_range("start_at", self.start_at, 0.0, 1.0)
-        check_range("end_at", self.end_at, 0.0, 1.0)
-        if self.end_at < self.start_at:
-            raise ParameterError("end_at", f"{self.end_at} is before start_at {self.start_at}")
+        check_window(self.start_at, self.end_at)
         if self.projection is not None:
             self.projection = check_choice("projection", self.projection, PROJECTIONS)
         if self.fidelity is not None:
@@ -98,6 +103,10 @@ class PulidParams:
     @property
     def zero_tokens(self) -> int:
         return self.fidelity if self.fidelity is not None else METHOD_SETTINGS[self.method][1]
+
+    def with_preset(self, preset: str | None) -> PulidParams:
+        """A copy whose unset weight is the few-step preset's pulid_weight (or the official 0.8)."""
+        return replace(self, weight=identity_strength("pulid_weight", self.weight, preset))
 
     def recipe_extras(self) -> dict[str, Any]:
         return {"resolved_projection": self.projection_mode, "resolved_zero_tokens": self.zero_tokens}
@@ -123,8 +132,7 @@ class PulidRequest:
     persons: Sequence[Any] = ()  # several people: methods/pulid/persons.py
 
     def __post_init__(self) -> None:
-        weight = identity_strength("pulid_weight", self.pulid.weight, self.generation.preset)
-        self.pulid = replace(self.pulid, weight=weight)
+        self.pulid = self.pulid.with_preset(self.generation.preset)  # the preset's, when not given
 
 
 @dataclass
