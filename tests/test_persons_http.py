@@ -1,4 +1,4 @@
-"""Several people over HTTP: the `persons` field of /v1 and /v2 instantid, with real generation on the tiny kit.
+"""Several people over HTTP: the `persons` field of /v1 and /v2 instantid, faceid and pulid, with real generation on
 
 Bad persons are 400s naming the field (`persons[i].<field>`) and cost nothing.
 """
@@ -101,3 +101,46 @@ def test_bad_persons_are_400_naming_the_field_and_cost_nothing(server, persons, 
     assert error["field"] == field, error
     assert words in error["error"] and "\n" not in error["error"]
     assert keys.get(record.id).balance == before
+
+
+@pytest.mark.parametrize("method", ["faceid", "pulid"])
+@pytest.mark.parametrize(
+    ("persons", "extra", "field", "words"),
+    [
+        (two(region="left"), {}, "persons[0]", "overlap"),
+        (two(region=None, box=[100, 0, 200, 64]), {}, "persons[1].box", "reaches outside the 128x64 image"),
+        (two(end_at=0.1, start_at=0.5), {}, "persons[1].end_at", "before start_at"),
+        (two(cn_strength=0.5), {}, "persons[1].cn_strength", "leave it out"),
+        (two(), {"face_image": face_b64()}, "persons", "replaces face_image"),
+    ],
+)
+def test_adapter_methods_refuse_bad_persons_before_queueing(server, method, persons, extra, field, words):
+    """FaceID and PuLID check persons as InstantID does: a 400 naming the field, before the job is queued."""
+    client, keys, record = server
+    before = keys.get(record.id).balance
+    response = client.post(f"/v2/{method}", json=body(persons) | extra)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["field"] == field, error
+    assert words in error["error"] and "\n" not in error["error"]
+    assert keys.get(record.id).balance == before
+
+
+def test_v2_faceid_with_persons_records_every_person(server):
+    """FaceID's HTTP body takes `persons` as its command line does: one adapter per person, one score each."""
+    client, keys, record = server
+    before = keys.get(record.id).balance
+    accepted = client.post("/v2/faceid", json=body(two(end_at=0.7), adapter="faceid-sdxl"))
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    state = wait_for(
+        lambda: (s := client.get(job["status_url"]).json())["status"] in ("COMPLETED", "FAILED") and s,
+        timeout=300,
+    )
+    assert state["status"] == "COMPLETED", state
+    recipe = client.get(job["response_url"]).json()["recipe"]
+    first, second = recipe["persons"]
+    assert first["region"]["given"] == "left" and first["weight"] == 1.1
+    assert second["region"]["given"] == "right" and second["end_at"] == 0.7
+    assert [p["label"] for p in recipe["identity"]["persons"]] == ["person 1", "person 2"]
+    assert keys.get(record.id).balance == before - 1

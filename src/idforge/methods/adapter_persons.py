@@ -60,14 +60,20 @@ def adapter_person_params(
 
 
 def decode_adapter_persons(persons: Sequence[Person], generation: GenerationParams) -> list[Person]:
-    """The persons with their images decoded, and their regions checked when width and height are given (else
-    the base decides the size): every input error before any model loads."""
+    """The persons with their images decoded and their regions checked: every input error before any model
+    loads."""
     decoded = decode_persons(persons)
+    check_regions_at_given_size(decoded, generation)
+    return decoded
+
+
+def check_regions_at_given_size(persons: Sequence[Person], generation: GenerationParams) -> None:
+    """The regions inside the image, not empty and disjoint, when width and height are given (else the base
+    decides the size, once it is loaded)."""
     if (generation.width is None) != (generation.height is None):
         raise ParameterError("width/height", "give both width and height, or neither")
     if generation.width is not None and generation.height is not None:
-        person_regions(decoded, (generation.width, generation.height))
-    return decoded
+        person_regions(persons, (generation.width, generation.height))
 
 
 def prepare_each_person(

@@ -323,11 +323,23 @@ def persons_from_arguments(args: argparse.Namespace) -> list[Person]:
     return [parse_person(text, index) for index, text in enumerate(args.person, start=1)]
 
 
-def require_face_or_persons(has_face: bool, persons: Sequence[Any]) -> None:
-    """A request names one person by face_image, or several by `persons` (checked before anything is queued)."""
-    if not has_face and not persons:
+def names_persons(call: Any) -> bool:
+    """Whether a call (a MethodCall) names several persons. A call names one person by face_image or several by
+    `persons`, never both: each person brings its own faces, and its region is its mask. Checked before anything is
+    queued or charged."""
+    has_face = call.image("face_image") is not None
+    if not has_face and not call.persons:
         raise ParameterError(
             "face_image",
             "required: a reference face, or several persons each with their own",
             field="face_image",
         )
+    if not call.persons:
+        return False
+    if has_face or call.image("extra_face_images") or call.image("mask_image") is not None:
+        raise ParameterError(
+            "persons",
+            "replaces face_image, extra_face_images and mask_image: give each person's own instead",
+            field="persons",
+        )
+    return True

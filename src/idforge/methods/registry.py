@@ -88,6 +88,13 @@ class MethodCall:
             values["pick"] = self.options["pick"]
         return params_class(**(values | extra))
 
+    def request(self, request_class: type[Params], **fields: Any) -> Params:
+        """A method's engine request (a dataclass) with what every call carries filled in where the request takes
+        it (the reference faces, the persons, the sampler settings), plus `fields`."""
+        names = {item.name for item in dataclasses.fields(request_class)}  # type: ignore[arg-type]
+        shared = {"faces": self.faces(), "persons": self.persons, "generation": self.generation}
+        return request_class(**({name: value for name, value in shared.items() if name in names} | fields))
+
 
 def lazy(module: str, name: str) -> Callable[..., Any]:
     """`module.name`, imported on its first call: the registry loads with the bodies only, the engines (torch)

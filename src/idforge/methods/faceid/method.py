@@ -13,10 +13,8 @@ def build_request(call: MethodCall) -> Any:
     from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
 
     p, o = call.params, call.options  # o: the command line's own (files, face choice, InstantID on top)
-    return FaceIDRequest(
-        faces=call.faces(),
-        persons=call.persons,
-        generation=call.generation,
+    return call.request(
+        FaceIDRequest,
         faceid=call.parameters(FaceIDParams, skip_missing=o.get("skip_missing", False)),
         negative_image=call.image("negative_image"),
         attn_mask=call.image("mask_image"),
@@ -30,10 +28,15 @@ def build_request(call: MethodCall) -> Any:
 
 
 def check(call: MethodCall) -> None:
-    """A reference face, or persons: before anything runs."""
-    from idforge.methods.persons import require_face_or_persons
+    """A reference face, or persons (regions checked when the size is given): before anything is queued."""
+    from idforge.methods.adapter_persons import check_regions_at_given_size
+    from idforge.methods.faceid.persons import check_faceid_persons
+    from idforge.methods.persons import names_persons
 
-    require_face_or_persons(call.image("face_image") is not None, call.persons)
+    if names_persons(call):
+        request = build_request(call)
+        check_faceid_persons(request)
+        check_regions_at_given_size(request.persons, request.generation)
 
 
 def outputs(body: Any) -> int:

@@ -13,10 +13,10 @@ def build_request(call: MethodCall) -> Any:
     from idforge.methods.insta_depth.generate import InstaDepthParams, InstaDepthRequest
     from idforge.methods.instantid.params import InstantIDParams
 
-    return InstaDepthRequest(
+    return call.request(
+        InstaDepthRequest,
         face=call.image("face_image"),
         pose=call.image("pose_image"),
-        generation=call.generation,
         instantid=call.parameters(InstantIDParams),
         depth=call.parameters(InstaDepthParams),
         depth_map=call.image("depth_map"),

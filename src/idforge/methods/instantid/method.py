@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from idforge.errors import ParameterError
 from idforge.methods.instantid.body import InstantIDBody
 from idforge.methods.instantid.cli import COMMAND_LINE
 from idforge.methods.registry import ImageInput, Method, MethodCall, lazy
@@ -17,10 +16,8 @@ def build_request(call: MethodCall) -> Any:
     from idforge.methods.instantid.core import InstantIDRequest
     from idforge.methods.instantid.params import InstantIDParams
 
-    return InstantIDRequest(
-        faces=call.faces(),
-        persons=call.persons,
-        generation=call.generation,
+    return call.request(
+        InstantIDRequest,
         instantid=call.parameters(InstantIDParams),
         pose=call.image("pose_image"),
         kps_image=call.image("kps_image"),
@@ -31,18 +28,10 @@ def build_request(call: MethodCall) -> Any:
 
 def check(call: MethodCall) -> None:
     """face_image, or persons (with regions inside the image and disjoint): checked before anything is queued."""
-    from idforge.methods.persons import require_face_or_persons
+    from idforge.methods.persons import names_persons
 
-    has_face = call.image("face_image") is not None
-    require_face_or_persons(has_face, call.persons)
-    if not call.persons:
+    if not names_persons(call):
         return
-    if has_face or call.image("extra_face_images") or call.image("mask_image") is not None:
-        raise ParameterError(
-            "persons",
-            "replaces face_image, extra_face_images and mask_image: give each person's own instead",
-            field="persons",
-        )
     from idforge.methods.instantid.persons import check_person_request
     from idforge.methods.persons import output_size, person_regions
 

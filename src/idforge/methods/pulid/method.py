@@ -12,10 +12,8 @@ from idforge.methods.registry import ImageInput, Method, MethodCall, lazy
 def build_request(call: MethodCall) -> Any:
     from idforge.methods.pulid.core import PulidParams, PulidRequest
 
-    return PulidRequest(
-        faces=call.faces(),
-        persons=call.persons,
-        generation=call.generation,
+    return call.request(
+        PulidRequest,
         pulid=call.parameters(PulidParams),
         attn_mask=call.image("mask_image"),
         model=call.params["model"],
@@ -24,30 +22,14 @@ def build_request(call: MethodCall) -> Any:
 
 def check(call: MethodCall) -> None:
     """face_image or persons (regions checked when the size is given), before anything is queued or charged."""
-    from idforge.errors import ParameterError
-    from idforge.methods.persons import require_face_or_persons
-
-    require_face_or_persons(call.image("face_image") is not None, call.persons)
-    if not call.persons:
-        return
-    if (
-        call.image("face_image") is not None
-        or call.image("extra_face_images")
-        or call.image("mask_image") is not None
-    ):
-        raise ParameterError(
-            "persons",
-            "replaces face_image, extra_face_images and mask_image: give each person's own",
-            field="persons",
-        )
-    from idforge.methods.persons import person_regions
+    from idforge.methods.adapter_persons import check_regions_at_given_size
+    from idforge.methods.persons import names_persons
     from idforge.methods.pulid.persons import check_pulid_persons
 
-    request = build_request(call)
-    check_pulid_persons(request)
-    gen = request.generation
-    if gen.width is not None and gen.height is not None:
-        person_regions(request.persons, (gen.width, gen.height))
+    if names_persons(call):
+        request = build_request(call)
+        check_pulid_persons(request)
+        check_regions_at_given_size(request.persons, request.generation)
 
 
 METHOD = Method(
