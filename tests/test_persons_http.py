@@ -1,4 +1,5 @@
-"""Several people over HTTP: the `persons` field of /v1 and /v2 instantid, faceid and pulid, with real generation on
+"""Several people over HTTP: the `persons` field of /v1 and /v2 instantid, faceid and pulid, with real generation
+on the tiny kit.
 
 Bad persons are 400s naming the field (`persons[i].<field>`) and cost nothing.
 """
