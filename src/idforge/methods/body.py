@@ -20,6 +20,41 @@ from idforge.styles import STYLES
 IMAGE_HELP = "base64 (optionally a data URL, data:image/...;base64,...) or an http(s) URL"
 IDENTITY_DEFAULT_HELP = "or the preset's recommendation"
 
+# Every method's step range (seed 002): fewer than 4 steps is a few-step model's territory, set by its preset.
+MIN_STEPS, MAX_STEPS = 4, 100
+
+
+def steps_field(default: int, why: str = "") -> Any:
+    """`num_inference_steps` in every method's range; `why` says where a method's default comes from."""
+    detail = f" ({why})" if why else ""
+    return Field(
+        default,
+        ge=MIN_STEPS,
+        le=MAX_STEPS,
+        description=f"Number of denoising steps{detail}. Affects pricing.",
+    )
+
+
+def guidance_field(default: float) -> Any:
+    return Field(default, ge=1, le=15, description="Scale for classifier-free guidance")
+
+
+def reference_face_field() -> Any:
+    """`face_image` of a method that also takes several people (`persons`) instead."""
+    return Field(None, description=f"Reference face (required unless `persons` is given): {IMAGE_HELP}")
+
+
+def persons_field(how: str) -> Any:
+    """`persons` (an idforge extension): `how` each person acts in the image."""
+    from idforge.methods.persons import MAX_PERSONS
+
+    return Field(
+        default_factory=list,
+        max_length=MAX_PERSONS,
+        description=f"(idforge extension) several people in one image, {how}; replaces face_image, "
+        "extra_face_images and mask_image",
+    )
+
 
 class RequestFieldError(ParameterError):
     """A request-level problem whose `name` is already the request field."""
@@ -42,10 +77,8 @@ class MethodBody(BaseModel):
     negative_prompt: str | None = Field(
         None, max_length=4000, description="Prompts to exclude, eg. 'bad anatomy, bad hands, missing fingers'"
     )
-    num_inference_steps: int = Field(
-        10, ge=4, le=100, description="Number of denoising steps. Affects pricing."
-    )
-    guidance_scale: float = Field(3.0, ge=1, le=15, description="Scale for classifier-free guidance")
+    num_inference_steps: int = steps_field(10)
+    guidance_scale: float = guidance_field(3.0)
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="Seed for image generation; -1 = random")
     base64: bool = Field(
         True, description="true: JSON with the base64 JPEG; false: the image/jpeg bytes as the body"

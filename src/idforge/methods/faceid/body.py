@@ -9,9 +9,16 @@ from pydantic import Field
 from idforge.identity.attention import ScalingMode
 from idforge.identity.embeds import FaceIDCombine
 from idforge.identity.weight_types import WeightType
-from idforge.methods.body import IDENTITY_DEFAULT_HELP, IMAGE_HELP, MethodBody
+from idforge.methods.body import (
+    IDENTITY_DEFAULT_HELP,
+    IMAGE_HELP,
+    MethodBody,
+    guidance_field,
+    persons_field,
+    reference_face_field,
+    steps_field,
+)
 from idforge.methods.instantid.body import PersonBody
-from idforge.methods.persons import MAX_PERSONS
 
 FACEID_ADAPTERS = Literal[
     "faceid-sdxl",
@@ -29,23 +36,16 @@ WEIGHT_TYPE_NAMES = WeightType  # the node's 15 names, one source of truth
 class FaceIDBody(MethodBody):
     """IP-Adapter FaceID (seed 001, IPAdapter FaceID Batch)."""
 
-    num_inference_steps: int = Field(
-        30, ge=4, le=100, description="Number of denoising steps. Affects pricing."
-    )
-    guidance_scale: float = Field(7.5, ge=1, le=15, description="Scale for classifier-free guidance")
-    face_image: str | None = Field(
-        None, description=f"Reference face (required unless `persons`): {IMAGE_HELP}"
-    )
+    num_inference_steps: int = steps_field(30)
+    guidance_scale: float = guidance_field(7.5)
+    face_image: str | None = reference_face_field()
     extra_face_images: list[str] = Field(
         default_factory=list,
         max_length=7,
         description="More references: combined, or one per output in batch",
     )
-    persons: list[PersonBody] = Field(
-        default_factory=list,
-        max_length=MAX_PERSONS,
-        description="(idforge extension) several people, one FaceID adapter each, masked to its region "
-        "(ip_weight = its weight; cn_strength is refused); replaces face_image, extra_face_images and mask_image",
+    persons: list[PersonBody] = persons_field(
+        "one FaceID adapter each, masked to its region (ip_weight = its weight; cn_strength is refused)"
     )
     negative_image: str | None = Field(None, description=f"image_negative for the CLIP branch: {IMAGE_HELP}")
     mask_image: str | None = Field(None, description=f"attn_mask: {IMAGE_HELP}")

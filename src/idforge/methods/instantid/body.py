@@ -8,8 +8,18 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from idforge.identity.embeds import InstantIDCombine
-from idforge.methods.body import IDENTITY_DEFAULT_HELP, IMAGE_HELP, MethodBody
-from idforge.methods.persons import MAX_PERSONS, RegionName
+from idforge.methods.body import (
+    IDENTITY_DEFAULT_HELP,
+    IMAGE_HELP,
+    MAX_STEPS,
+    MIN_STEPS,
+    MethodBody,
+    guidance_field,
+    persons_field,
+    reference_face_field,
+    steps_field,
+)
+from idforge.methods.persons import RegionName
 
 
 class PersonBody(BaseModel):
@@ -62,21 +72,14 @@ class InstantIDBody(MethodBody):
     }
     ALIAS_SOURCE: ClassVar[str] = "Segmind"
 
-    num_inference_steps: int = Field(
-        30, ge=4, le=100, description="Number of denoising steps. Affects pricing."
-    )
-    guidance_scale: float = Field(5.0, ge=1, le=15, description="Scale for classifier-free guidance")
-    face_image: str | None = Field(
-        None, description=f"Reference face (required unless `persons` is given): {IMAGE_HELP}"
-    )
+    num_inference_steps: int = steps_field(30)
+    guidance_scale: float = guidance_field(5.0)
+    face_image: str | None = reference_face_field()
     extra_face_images: list[str] = Field(
         default_factory=list, max_length=4, description="More references of the same person, combined"
     )
-    persons: list[PersonBody] = Field(
-        default_factory=list,
-        max_length=MAX_PERSONS,
-        description="(idforge extension) several people in one image, each acting only in its region; replaces "
-        "face_image, extra_face_images and mask_image. pose_image gives each person the face at its place",
+    persons: list[PersonBody] = persons_field(
+        "each acting only in its region (pose_image gives each person the face at its place)"
     )
     pose_image: str | None = Field(None, description=f"Photo whose face gives the keypoints: {IMAGE_HELP}")
     kps_image: str | None = Field(None, description=f"An already drawn keypoint image: {IMAGE_HELP}")
@@ -105,7 +108,7 @@ class InstantIDBody(MethodBody):
     )
     samples: int | None = Field(None, ge=1, le=4, description="(Segmind's name) = num_images; default 1")
     steps: int | None = Field(
-        None, ge=4, le=100, description="(Segmind's name) = num_inference_steps; default 10"
+        None, ge=MIN_STEPS, le=MAX_STEPS, description="(Segmind's name) = num_inference_steps; default 10"
     )
     guidance: float | None = Field(
         None, ge=1, le=25, description="(Segmind's name) = guidance_scale; default 5"

@@ -6,9 +6,16 @@ from typing import Literal, get_args
 
 from pydantic import Field
 
-from idforge.methods.body import IDENTITY_DEFAULT_HELP, IMAGE_HELP, MethodBody
+from idforge.methods.body import (
+    IDENTITY_DEFAULT_HELP,
+    IMAGE_HELP,
+    MethodBody,
+    guidance_field,
+    persons_field,
+    reference_face_field,
+    steps_field,
+)
 from idforge.methods.instantid.body import PersonBody
-from idforge.methods.persons import MAX_PERSONS
 
 PULID_MODELS = Literal["pulid-v1.1", "pulid-v1", "pulid-comfyui"]
 PulidMethod = Literal["fidelity", "style", "neutral"]
@@ -20,28 +27,19 @@ PULID_PROJECTIONS: tuple[str, ...] = get_args(PulidProjection)
 class PulidBody(MethodBody):
     """PuLID (ApplyPulid / ApplyPulidAdvanced)."""
 
-    num_inference_steps: int = Field(
-        25,
-        ge=4,
-        le=100,
-        description="Number of denoising steps (v1.1's non-distilled default; presets pulid-v1 and "
-        "pulid-v1.1-lightning set 4 and 5). Affects pricing.",
+    num_inference_steps: int = steps_field(
+        25, "v1.1's non-distilled default; presets pulid-v1 and pulid-v1.1-lightning set 4 and 5"
     )
-    guidance_scale: float = Field(7.0, ge=1, le=15, description="Scale for classifier-free guidance")
-    face_image: str | None = Field(
-        None, description=f"Reference face (required unless `persons`): {IMAGE_HELP}"
-    )
+    guidance_scale: float = guidance_field(7.0)
+    face_image: str | None = reference_face_field()
     extra_face_images: list[str] = Field(
         default_factory=list,
         max_length=3,
         description="Auxiliary references (the official demos take 3): v1.1 encodes all in one pass, v1 appends "
         "their first 5 ID tokens (all 10 with id_mix)",
     )
-    persons: list[PersonBody] = Field(
-        default_factory=list,
-        max_length=MAX_PERSONS,
-        description="(idforge extension) several people, one ID branch each, masked to its region (ip_weight = "
-        "its weight; cn_strength is refused); replaces face_image, extra_face_images and mask_image",
+    persons: list[PersonBody] = persons_field(
+        "one ID branch each, masked to its region (ip_weight = its weight; cn_strength is refused)"
     )
     mask_image: str | None = Field(
         None, description=f"attn_mask: restrict the ID branch to this area: {IMAGE_HELP}"
