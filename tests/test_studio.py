@@ -432,15 +432,16 @@ def test_previews_show_faces_keypoints_and_clear_messages(page, studio):
     assert depth.evaluate("img => img.complete && img.naturalWidth") > 0
 
 
-@pytest.mark.parametrize("slug", ["instantid", "faceid", "insta-depth"])
+@pytest.mark.parametrize("slug", ["instantid", "faceid", "insta-depth", "pulid"])
 def test_the_whole_flow(page, studio, slug):
     key = studio.key(50)
     enter_key(page, key)
     choose(page, slug)
     upload(page, studio, "face_image", "face.png")
-    if slug != "faceid":
+    takes_pose = slug in ("instantid", "insta-depth")
+    if takes_pose:
         upload(page, studio, "pose_image", "pose.png")
-    wait_preview(page, 1 if slug == "faceid" else 3)
+    wait_preview(page, 3 if takes_pose else 1)
     page.fill("#prompt", f"a studio portrait, {slug}")
     styles = [s["name"] for s in httpx.get(studio.url + "/v1/styles").json()]
     assert page.eval_on_selector_all("#style option", "els => els.map(e => e.value)") == styles
