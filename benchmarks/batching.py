@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idforge.server.db import Store
+from idforge.server.db import NewJob, Store
 from idforge.server.images import ImagePolicy
 from idforge.server.jobs import JobSpec, _encode_payload
 from idforge.server.methods import EngineGenerator, build_spec
@@ -66,7 +66,9 @@ def through_worker(generator: EngineGenerator, specs: list[JobSpec], batch: int,
     store = Store.open(folder / f"batch{batch}-{time.time_ns()}.db")
     record, _ = store.create_key(10_000)
     for index, spec in enumerate(specs):
-        store.submit_job(f"req_{index:03d}", spec.method, _encode_payload(spec), record.id, 1, sync=False)
+        store.submit_job(
+            NewJob(f"req_{index:03d}", spec.method, _encode_payload(spec), record.id, 1, sync=False)
+        )
     config = WorkerConfig(replica=f"bench-{batch}", max_batch=batch, poll_s=0.05, heartbeat_s=5.0)
     worker = Worker(store, generator, config, warm_up=False)
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from faces_util import square_image, textured
 from idforge.server.batching import payload_batch_key, spec_batch_key
-from idforge.server.db import Store
+from idforge.server.db import NewJob, Store
 from idforge.server.images import ImagePolicy
 from idforge.server.jobs import Delivery, JobError, JobOutput, JobSpec, _encode_payload
 from idforge.server.methods import build_spec
@@ -77,7 +77,7 @@ def test_key_ignores_per_sample_inputs_and_separates_pass_settings():
 
 def queue(store: Store, key_id: str, job_id: str, steps: int = 4, prompt: str = "p") -> None:
     spec = instantid_spec(prompt=prompt, num_inference_steps=steps)
-    store.submit_job(job_id, "instantid", _encode_payload(spec), key_id, 1, sync=False)
+    store.submit_job(NewJob(job_id, "instantid", _encode_payload(spec), key_id, 1, sync=False))
 
 
 def test_claim_many_takes_the_head_and_its_compatible_followers(db_url):
@@ -86,13 +86,13 @@ def test_claim_many_takes_the_head_and_its_compatible_followers(db_url):
         record, _ = store.create_key(100)
         for index, steps in enumerate([4, 5, 4, 4, 5, 4]):
             queue(store, record.id, f"req_{index}", steps=steps)
-        first = store.claim_many("w0", 30, 3, payload_batch_key)
+        first = store.jobs_repo.claim_many("w0", 30, 3, payload_batch_key)
         assert [job.id for job in first] == ["req_0", "req_2", "req_3"]  # oldest first, 5-step jobs skipped
         assert {store.job(job.id)["status"] for job in first} == {"PROCESSING"}
-        second = store.claim_many("w0", 30, 3, payload_batch_key)
+        second = store.jobs_repo.claim_many("w0", 30, 3, payload_batch_key)
         assert [job.id for job in second] == ["req_1", "req_4"]  # the head now is a 5-step job
-        assert [job.id for job in store.claim_many("w0", 30, 3, payload_batch_key)] == ["req_5"]
-        assert store.claim_many("w0", 30, 3, payload_batch_key) == []
+        assert [job.id for job in store.jobs_repo.claim_many("w0", 30, 3, payload_batch_key)] == ["req_5"]
+        assert store.jobs_repo.claim_many("w0", 30, 3, payload_batch_key) == []
         assert all(job.attempts == 1 for job in first + second)
     finally:
         store.close()
@@ -108,7 +108,7 @@ def test_concurrent_claim_many_never_gives_a_job_twice(db_url):
     taken: dict[int, list[list[str]]] = {i: [] for i in range(4)}
 
     def drain(i: int) -> None:
-        while claimed := workers[i].claim_many(f"w{i}", 60, 4, payload_batch_key):
+        while claimed := workers[i].jobs_repo.claim_many(f"w{i}", 60, 4, payload_batch_key):
             taken[i].append([job.id for job in claimed])
 
     with ThreadPoolExecutor(4) as pool:
@@ -297,7 +297,7 @@ def test_a_worker_with_the_real_engine_runs_two_jobs_in_one_pass(generator, stor
         instantid_spec(prompt="two", seed=8, face="stripes"),
     ]
     for index, spec in enumerate(specs):
-        store.submit_job(f"req_{index}", "instantid", _encode_payload(spec), record.id, 1, sync=False)
+        store.submit_job(NewJob(f"req_{index}", "instantid", _encode_payload(spec), record.id, 1, sync=False))
     worker = Worker(store, generator, worker_config(max_batch=2), warm_up=False).start()
     try:
         wait_for(lambda: store.counts().get("COMPLETED") == 2, timeout=60, what="2 jobs")

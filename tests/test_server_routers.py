@@ -7,7 +7,7 @@ import argparse
 
 from idforge.server.config import ServerConfig
 from idforge.server.contract import status_body
-from idforge.server.db.store import default_webhook_body
+from idforge.server.db.jobs_repo import default_webhook_body
 from idforge.server.store_factory import open_store
 from server_fixtures import FakeGenerator
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from idforge.server.db import DatabaseError, JobFailure, QueueAtCapacity, Store, parse_target, wakeup
+from idforge.server.db import DatabaseError, JobFailure, NewJob, QueueAtCapacity, Store, parse_target, wakeup
 from idforge.server.db.migrations import LATEST
 from idforge.server.store import NotEnoughCredits, UnknownKey, hash_token
 
@@ -27,10 +27,16 @@ def store(db_url):
     s.close()
 
 
-def submit(store: Store, key_id: str, job_id: str, cost: int = 1, **kwargs) -> tuple[int, int]:
-    return store.submit_job(
-        job_id, "insta-depth", '{"params": {}, "images": {}}', key_id, cost, sync=False, **kwargs
-    )
+def submit(
+    store: Store,
+    key_id: str,
+    job_id: str,
+    cost: int = 1,
+    capacity: int | None = None,
+    webhook_url: str | None = None,
+) -> tuple[int, int]:
+    job = NewJob(job_id, "insta-depth", '{"params": {}, "images": {}}', key_id, cost, False, webhook_url)
+    return store.submit_job(job, capacity=capacity)
 
 
 # -- keys and credits -----------------------------------------------------------------------------------------------
@@ -113,7 +119,7 @@ def test_concurrent_claims_never_give_a_job_twice(db_url):
     taken: dict[str, list[str]] = {f"w{i}": [] for i in range(6)}
 
     def drain(i: int) -> None:
-        while (job := workers[i].claim(f"w{i}", lease_s=60)) is not None:
+        while (job := workers[i].jobs_repo.claim(f"w{i}", lease_s=60)) is not None:
             taken[f"w{i}"].append(job.id)
 
     with ThreadPoolExecutor(6) as pool:
@@ -132,16 +138,16 @@ def test_claim_complete_charges_once_and_only_the_lease_holder(store):
     assert submit(store, record.id, "req_1", cost=2) == (1, 3)
     submit(store, record.id, "req_2", cost=1)
     assert store.position("req_2") == 2
-    job = store.claim("replica-a", lease_s=30)
+    job = store.jobs_repo.claim("replica-a", lease_s=30)
     assert (job.id, job.attempts, job.cost) == ("req_1", 1, 2)
     assert store.position("req_2") == 1
-    lease = store.renew("req_1", "replica-a", 30, step=3, total=4)
+    lease = store.jobs_repo.renew("req_1", "replica-a", 30, step=3, total=4)
     assert lease.owned and not lease.cancel
     assert (store.job("req_1")["step"], store.job("req_1")["total_steps"]) == (3, 4)
-    assert store.renew("req_1", "replica-b", 30).owned is False
-    assert store.complete("req_1", "replica-b", '{"r": 1}') is None  # not the holder
-    assert store.complete("req_1", "replica-a", '{"r": 1}') == "COMPLETED"
-    assert store.complete("req_1", "replica-a", '{"r": 1}') is None  # a retry changes nothing
+    assert store.jobs_repo.renew("req_1", "replica-b", 30).owned is False
+    assert store.jobs_repo.complete("req_1", "replica-b", '{"r": 1}') is None  # not the holder
+    assert store.jobs_repo.complete("req_1", "replica-a", '{"r": 1}') == "COMPLETED"
+    assert store.jobs_repo.complete("req_1", "replica-a", '{"r": 1}') is None  # a retry changes nothing
     row = store.job("req_1")
     assert (row["status"], row["replica"], row["attempts"], row["payload"]) == (
         "COMPLETED",
@@ -150,7 +156,9 @@ def test_claim_complete_charges_once_and_only_the_lease_holder(store):
         None,
     )
     assert store.get(record.id).spent == 2 and store.get(record.id).balance == 2
-    assert store.fail("req_2", None, JobFailure(400, "face_image: no face", "face_image")) is True  # queued
+    assert (
+        store.jobs_repo.fail("req_2", None, JobFailure(400, "face_image: no face", "face_image")) is True
+    )  # queued
     assert store.job("req_2")["error_field"] == "face_image"
     assert store.get(record.id).balance == 3 and store.audit() == []
 
@@ -159,17 +167,19 @@ def test_expired_leases_are_requeued_then_failed_and_refunded(store):
     record, _ = store.create_key(5)
     submit(store, record.id, "req_x", cost=2)
     for attempt in (1, 2):
-        job = store.claim(f"dead-{attempt}", lease_s=0.05)
+        job = store.jobs_repo.claim(f"dead-{attempt}", lease_s=0.05)
         assert job.id == "req_x" and job.attempts == attempt
         time.sleep(0.1)  # the worker "died": nobody renews
-        assert store.reap(max_attempts=3).requeued == ["req_x"]
-        assert store.renew("req_x", f"dead-{attempt}", 30).owned is False  # a zombie learns it lost the job
-        assert store.complete("req_x", f"dead-{attempt}", "{}") is None  # ... and cannot charge
-    assert store.reap(max_attempts=3).requeued == []  # nothing expired
-    job = store.claim("dead-3", lease_s=0.05)
+        assert store.jobs_repo.reap(max_attempts=3).requeued == ["req_x"]
+        assert (
+            store.jobs_repo.renew("req_x", f"dead-{attempt}", 30).owned is False
+        )  # a zombie learns it lost the job
+        assert store.jobs_repo.complete("req_x", f"dead-{attempt}", "{}") is None  # ... and cannot charge
+    assert store.jobs_repo.reap(max_attempts=3).requeued == []  # nothing expired
+    job = store.jobs_repo.claim("dead-3", lease_s=0.05)
     assert job.attempts == 3
     time.sleep(0.1)
-    report = store.reap(max_attempts=3)
+    report = store.jobs_repo.reap(max_attempts=3)
     assert report.failed == ["req_x"] and report.requeued == []
     row = store.job("req_x")
     assert row["status"] == "FAILED" and "stopped 3 times" in row["error"] and row["error_status"] == 500
@@ -179,13 +189,15 @@ def test_expired_leases_are_requeued_then_failed_and_refunded(store):
 def test_reaped_job_finishes_elsewhere_charged_once(store):
     record, _ = store.create_key(5)
     submit(store, record.id, "req_y", cost=1)
-    store.claim("slow", lease_s=0.05)
+    store.jobs_repo.claim("slow", lease_s=0.05)
     time.sleep(0.1)
-    store.reap()
-    assert store.claim("fast", lease_s=30).attempts == 2
-    assert store.complete("fast", "fast", "{}") is None  # wrong id: nothing
-    assert store.complete("req_y", "fast", '{"ok": 1}') == "COMPLETED"
-    assert store.complete("req_y", "slow", '{"late": 1}') is None  # the first worker woke up too late
+    store.jobs_repo.reap()
+    assert store.jobs_repo.claim("fast", lease_s=30).attempts == 2
+    assert store.jobs_repo.complete("fast", "fast", "{}") is None  # wrong id: nothing
+    assert store.jobs_repo.complete("req_y", "fast", '{"ok": 1}') == "COMPLETED"
+    assert (
+        store.jobs_repo.complete("req_y", "slow", '{"late": 1}') is None
+    )  # the first worker woke up too late
     assert store.job("req_y")["result"] == '{"ok": 1}' and store.job("req_y")["replica"] == "fast"
     assert store.get(record.id).spent == 1 and store.audit() == []
 
@@ -198,10 +210,10 @@ def test_cancel_queued_running_and_finished(store):
     assert store.cancel("req_q", other.id) is None  # another key cannot see it
     assert store.cancel("req_q", record.id) == "removed"
     assert store.job("req_q")["status"] == "CANCELED" and store.get(record.id).balance == 7
-    assert store.claim("w", 30).id == "req_r"
+    assert store.jobs_repo.claim("w", 30).id == "req_r"
     assert store.cancel("req_r", record.id) == "stopping"
-    assert store.renew("req_r", "w", 30).cancel is True
-    assert store.canceled("req_r", "w") is True
+    assert store.jobs_repo.renew("req_r", "w", 30).cancel is True
+    assert store.jobs_repo.canceled("req_r", "w") is True
     assert store.cancel("req_r", record.id) == "finished" and store.cancel("nope", record.id) is None
     assert store.get(record.id).balance == 10 and store.audit() == []
 
@@ -229,10 +241,10 @@ def test_wakeup_hints_reach_another_store(db_url):
     record, _ = sender.create_key(5)
     submit(sender, record.id, "req_w")
     assert events[wakeup.QUEUED].wait(5) and heard[wakeup.QUEUED] == ["req_w"]
-    sender.claim("w", 30)
+    sender.jobs_repo.claim("w", 30)
     sender.cancel("req_w")
     assert events[wakeup.CANCEL].wait(5) and heard[wakeup.CANCEL] == ["req_w"]
-    sender.canceled("req_w", "w")
+    sender.jobs_repo.canceled("req_w", "w")
     assert events[wakeup.ENDED].wait(5) and heard[wakeup.ENDED] == ["req_w"]
     listener.close()
     sender.close()
@@ -241,35 +253,38 @@ def test_wakeup_hints_reach_another_store(db_url):
 def test_webhook_outbox_rows_commit_with_the_job(store):
     record, _ = store.create_key(5)
     submit(store, record.id, "req_h", webhook_url="https://example.com/hook")
-    assert store.deliveries("req_h") == []  # nothing until the job ends
-    store.claim("w", 30)
-    store.complete("req_h", "w", "{}")
-    (delivery,) = store.deliveries("req_h")
+    assert store.outbox_repo.deliveries("req_h") == []  # nothing until the job ends
+    store.jobs_repo.claim("w", 30)
+    store.jobs_repo.complete("req_h", "w", "{}")
+    (delivery,) = store.outbox_repo.deliveries("req_h")
     assert delivery["status"] == "pending" and delivery["id"].startswith("msg_")
     assert json.loads(delivery["body"])["status"] == "COMPLETED"  # frozen with the job's final state
     now = time.time()
-    (claimed,) = store.claim_due(now, lease=60)
-    assert store.claim_due(now, lease=60) == []  # leased to the first sender
-    store.record_failure(claimed["id"], 500, "HTTP 500", retry_at=time.time())
-    (again,) = store.claim_due(time.time(), lease=60)
+    (claimed,) = store.outbox_repo.claim_due(now, lease=60)
+    assert store.outbox_repo.claim_due(now, lease=60) == []  # leased to the first sender
+    store.outbox_repo.record_failure(claimed["id"], 500, "HTTP 500", retry_at=time.time())
+    (again,) = store.outbox_repo.claim_due(time.time(), lease=60)
     assert again["id"] == claimed["id"] and again["attempts"] == 1 and again["body"] == delivery["body"]
-    store.record_success(again["id"], 200)
-    (done,) = store.deliveries("req_h")
+    store.outbox_repo.record_success(again["id"], 200)
+    (done,) = store.outbox_repo.deliveries("req_h")
     assert (done["status"], done["attempts"], done["last_status"]) == ("delivered", 2, 200)
-    assert store.next_due() is None
+    assert store.outbox_repo.next_due() is None
     submit(store, record.id, "req_h2", webhook_url="https://example.com/hook")
     store.cancel("req_h2", record.id)
-    (message,) = store.claim_due(time.time(), lease=60)  # a sender "dies" holding it
-    assert store.reclaim() == 1 and store.claim_due(time.time(), lease=60)[0]["id"] == message["id"]
-    store.record_failure(message["id"], None, "connection refused", retry_at=None)
-    assert store.deliveries("req_h2")[0]["status"] == "failed"
+    (message,) = store.outbox_repo.claim_due(time.time(), lease=60)  # a sender "dies" holding it
+    assert (
+        store.outbox_repo.reclaim() == 1
+        and store.outbox_repo.claim_due(time.time(), lease=60)[0]["id"] == message["id"]
+    )
+    store.outbox_repo.record_failure(message["id"], None, "connection refused", retry_at=None)
+    assert store.outbox_repo.deliveries("req_h2")[0]["status"] == "failed"
 
 
 def test_results_expire_but_the_id_stays_known(store):
     record, _ = store.create_key(5)
     submit(store, record.id, "req_e")
-    store.claim("w", 30)
-    store.complete("req_e", "w", '{"image": "..."}')
+    store.jobs_repo.claim("w", 30)
+    store.jobs_repo.complete("req_e", "w", '{"image": "..."}')
     ended = store.job("req_e")["finished"]
     assert store.expire(ended - 1) == 0 and store.job("req_e")["result"] == '{"image": "..."}'
     assert store.expire(ended + 1) == 1
@@ -281,12 +296,12 @@ def test_v1_jobs_are_charged_by_their_waiter_on_delivery(store):
     """A /v1 job's image is charged when its client takes it; one nobody took goes back to the key."""
     record, _ = store.create_key(5)
     for job_id in ("req_taken", "req_orphan"):
-        store.submit_job(job_id, "insta-depth", "{}", record.id, 1, sync=True)
-        store.claim("w", 30)
-        assert store.complete(job_id, "w", '{"img": 1}', charge=False)
+        store.submit_job(NewJob(job_id, "insta-depth", "{}", record.id, 1, sync=True))
+        store.jobs_repo.claim("w", 30)
+        assert store.jobs_repo.complete(job_id, "w", '{"img": 1}', charge=False)
     assert store.take_result("req_taken") == '{"img": 1}' and store.commit("req_taken")
     assert store.take_result("req_taken") is None  # taken once
-    assert store.release_undelivered(time.time() + 1) == ["req_orphan"]
+    assert store.jobs_repo.release_undelivered(time.time() + 1) == ["req_orphan"]
     after = store.get(record.id)
     assert (after.balance, after.spent) == (4, 1) and store.audit() == []
 
@@ -309,9 +324,9 @@ def test_a_01_sqlite_file_is_upgraded_and_keeps_working(tmp_path):
     assert store.held() == {"req_queued": (alice.id, 2)}
     assert store.audit() == []  # opening ledger entries account for the 0.1 balances and holds
     assert store.job("req_done")["status"] == "COMPLETED" and store.job("req_done")["result"]
-    job = store.claim("new-worker", 30)  # the 0.1 queued job runs under the new code
+    job = store.jobs_repo.claim("new-worker", 30)  # the 0.1 queued job runs under the new code
     assert job.id == "req_queued" and '"old queued job"' in job.payload
-    assert store.complete("req_queued", "new-worker", "{}")
+    assert store.jobs_repo.complete("req_queued", "new-worker", "{}")
     assert store.get(alice.id).spent == 3 and store.get(alice.id).balance == 10
     record, token = store.create_key(4, "carol")  # and new keys work beside the old ones
     assert store.authenticate(token).balance == 4 and store.audit() == []

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from idforge.server.db import JobFailure, Store, wakeup
+from idforge.server.db import JobFailure, NewJob, Store, wakeup
 from idforge.server.db.jobs_repo import JobsRepository
 from idforge.server.db.outbox_repo import OutboxRepository
 from idforge.server.schemas import AcceptedResponse, CancelResponse, JobStatusResponse, WebhookDeliveryInfo
@@ -43,8 +43,8 @@ class BrokenOutbox(OutboxRepository):
 def running_job(store: Store, job_id: str, cost: int = 2) -> str:
     """A key with 5 credits and one job of `cost` with a webhook, claimed by replica "w"; returns the key id."""
     record, _ = store.create_key(5)
-    store.submit_job(job_id, "insta-depth", "{}", record.id, cost, sync=False, webhook_url=HOOK)
-    assert store.claim("w", lease_s=30).id == job_id
+    store.submit_job(NewJob(job_id, "insta-depth", "{}", record.id, cost, sync=False, webhook_url=HOOK))
+    assert store.jobs_repo.claim("w", lease_s=30).id == job_id
     return record.id
 
 
@@ -69,7 +69,7 @@ def assert_untouched(store: Store, key_id: str, job_id: str) -> None:
     record = store.get(key_id)
     assert (record.balance, record.spent) == (3, 0)
     assert [e["kind"] for e in store.ledger_entries(key_id)] == ["grant", "reserve"]
-    assert store.deliveries(job_id) == []
+    assert store.outbox_repo.deliveries(job_id) == []
     assert store.audit() == []
 
 
@@ -81,13 +81,13 @@ def test_a_failing_webhook_insert_rolls_back_the_charge_and_the_job(store):
         broken.complete("req_a", "w", '{"ok": 1}')
     assert_untouched(store, key_id, "req_a")
     # the same job ends normally through the store: charged once, one webhook, one wake-up hint
-    assert store.complete("req_a", "w", '{"ok": 1}') == JobStatus.COMPLETED
+    assert store.jobs_repo.complete("req_a", "w", '{"ok": 1}') == JobStatus.COMPLETED
     assert ended.wait(5)
     time.sleep(0.2)  # a hint of the rolled-back attempt would have come first
     assert heard == ["req_a"]
     record = store.get(key_id)
     assert (record.balance, record.spent) == (3, 2) and store.held() == {}
-    (delivery,) = store.deliveries("req_a")
+    (delivery,) = store.outbox_repo.deliveries("req_a")
     assert (
         delivery["status"] == DeliveryStatus.PENDING and json.loads(delivery["body"])["status"] == "COMPLETED"
     )
@@ -99,12 +99,12 @@ def test_a_constraint_violated_in_the_outbox_rolls_back_the_release(store):
     key_id = running_job(store, "req_b")
     store.outbox_repo.enqueue("req_b", key_id, HOOK, "{}")
     with pytest.raises(sa.exc.IntegrityError):
-        store.fail("req_b", "w", JobFailure(500, "boom"))
+        store.jobs_repo.fail("req_b", "w", JobFailure(500, "boom"))
     row = store.job("req_b")
     assert (row["status"], row["lease_owner"], row["error"]) == ("PROCESSING", "w", None)
     assert store.held() == {"req_b": (key_id, 2)} and store.get(key_id).balance == 3
     assert [e["kind"] for e in store.ledger_entries(key_id)] == ["grant", "reserve"]
-    assert len(store.deliveries("req_b")) == 1 and store.audit() == []
+    assert len(store.outbox_repo.deliveries("req_b")) == 1 and store.audit() == []
 
 
 def test_store_transaction_spans_repositories_and_rolls_back_as_one(store):
@@ -113,7 +113,7 @@ def test_store_transaction_spans_repositories_and_rolls_back_as_one(store):
     with pytest.raises(LookupError, match="abandoned"):
         with store.transaction() as conn:
             store.keys_repo.topup(record.id, 10, conn=conn)
-            store.jobs_repo.submit("req_c", "insta-depth", "{}", record.id, 12, sync=False, conn=conn)
+            store.jobs_repo.submit(NewJob("req_c", "insta-depth", "{}", record.id, 12, sync=False), conn=conn)
             assert store.keys_repo.balance(record.id, conn=conn) == 3  # seen inside the transaction
             raise LookupError("abandoned")  # anything that leaves the block rolls it all back
     assert store.get(record.id).balance == 5 and store.job("req_c") is None and store.held() == {}
@@ -121,7 +121,7 @@ def test_store_transaction_spans_repositories_and_rolls_back_as_one(store):
 
     with store.transaction() as conn:
         store.keys_repo.topup(record.id, 10, conn=conn)
-        store.jobs_repo.submit("req_c", "insta-depth", "{}", record.id, 12, sync=False, conn=conn)
+        store.jobs_repo.submit(NewJob("req_c", "insta-depth", "{}", record.id, 12, sync=False), conn=conn)
         assert heard == []  # hints wait for the commit
     assert queued.wait(5) and heard == ["req_c"]
     assert store.get(record.id).balance == 3 and store.job("req_c")["status"] == JobStatus.QUEUED

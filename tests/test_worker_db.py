@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from idforge.server.db import Store
+from idforge.server.db import NewJob, Store
 from idforge.server.jobs import Delivery, JobError, JobOutput, JobSpec, _encode_payload
 from idforge.server.worker import Worker, WorkerConfig
 
@@ -41,7 +41,7 @@ def queue_job(
     store: Store, key_id: str, job_id: str, prompt: str = "p", steps: int = 4, seed: int = 0
 ) -> None:
     spec = JobSpec("insta-depth", {"prompt": prompt, "num_inference_steps": steps, "seed": seed}, {})
-    store.submit_job(job_id, spec.method, _encode_payload(spec), key_id, 1, sync=False)
+    store.submit_job(NewJob(job_id, spec.method, _encode_payload(spec), key_id, 1, sync=False))
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
@@ -95,7 +95,7 @@ def test_two_workers_share_the_queue_and_charge_exactly(db_url, store):
 def test_a_dead_workers_job_is_finished_by_another_charged_once(db_url, store):
     record, _ = store.create_key(5)
     queue_job(store, record.id, "req_dead", seed=9)
-    assert store.claim("crashed-replica", lease_s=0.3).id == "req_dead"  # ... and then it died
+    assert store.jobs_repo.claim("crashed-replica", lease_s=0.3).id == "req_dead"  # ... and then it died
     survivor = Worker(Store.open(db_url), StepGenerator(), config("survivor", reap_every_s=0.1)).start()
     try:
         row = wait_for(lambda: (r := store.job("req_dead"))["status"] == "COMPLETED" and r, what="reaped job")
@@ -138,12 +138,12 @@ def test_a_stalled_worker_loses_its_lease_and_its_late_result_is_refused(db_url,
         wait_for(lambda: store.job("req_s")["status"] == "PROCESSING", what="claim")
         slow._stop.set()  # the worker "freezes": its lease keeper stops renewing, the lease runs out
         time.sleep(0.5)
-        assert store.reap().requeued == ["req_s"]
-        assert store.claim("other", 30).id == "req_s"
+        assert store.jobs_repo.reap().requeued == ["req_s"]
+        assert store.jobs_repo.claim("other", 30).id == "req_s"
         stalled.gate.set()  # the frozen worker wakes up and finishes: refused, not charged
         wait_for(lambda: not slow.alive, what="the stalled worker to end")
         assert store.job("req_s")["status"] == "PROCESSING" and store.job("req_s")["lease_owner"] == "other"
-        assert store.complete("req_s", "other", "{}") and store.get(record.id).spent == 1
+        assert store.jobs_repo.complete("req_s", "other", "{}") and store.get(record.id).spent == 1
         assert store.audit() == []
     finally:
         slow.stop()

@@ -6,50 +6,51 @@ import argparse
 import json
 import sys
 import time
-
-
-def _db_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        default=None,
-        help="SQLite file or postgresql://user@host:port/db (default: $IDFORGE_DB or ~/.idforge/idforge.db)",
-    )
+from collections.abc import Callable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("keys", help="manage API keys and credits of the HTTP server")
     actions = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
-    create = actions.add_parser("create", help="create a key and print it (shown only this once)")
+    create = _action(actions, "create", "create a key and print it (shown only this once)", run_create)
     create.add_argument("--credits", type=int, required=True, help="starting balance in credits")
     create.add_argument("--name", default="", help="a label for the key")
     create.add_argument("--json", action="store_true")
-    _db_argument(create)
-    create.set_defaults(func=run_create)
 
-    listing = actions.add_parser("list", help="list keys (ids, balances; never the keys themselves)")
+    listing = _action(actions, "list", "list keys (ids, balances; never the keys themselves)", run_list)
     listing.add_argument("--json", action="store_true")
-    _db_argument(listing)
-    listing.set_defaults(func=run_list)
 
-    topup = actions.add_parser("topup", help="add credits to a key")
-    topup.add_argument("key", help="key id (k_...) or the key itself")
+    topup = _action(actions, "topup", "add credits to a key", run_topup, one_key=True)
     topup.add_argument("credits", type=int)
-    _db_argument(topup)
-    topup.set_defaults(func=run_topup)
 
-    secret = actions.add_parser(
-        "webhook-secret", help="print the key's webhook signing secret (whsec_..., Standard Webhooks)"
-    )
-    secret.add_argument("key", help="key id (k_...) or the key itself")
-    _db_argument(secret)
-    secret.set_defaults(func=run_webhook_secret)
+    secret_help = "print the key's webhook signing secret (whsec_..., Standard Webhooks)"
+    _action(actions, "webhook-secret", secret_help, run_webhook_secret, one_key=True)
+    _action(actions, "revoke", "revoke a key (requests with it get 401)", run_revoke, one_key=True)
 
-    revoke = actions.add_parser("revoke", help="revoke a key (requests with it get 401)")
-    revoke.add_argument("key", help="key id (k_...) or the key itself")
-    _db_argument(revoke)
-    revoke.set_defaults(func=run_revoke)
+    for action in actions.choices.values():  # every action opens the store, after its own arguments in --help
+        action.add_argument(
+            "--db",
+            default=None,
+            help="SQLite file or postgresql://user@host:port/db (default: $IDFORGE_DB or ~/.idforge/idforge.db)",
+        )
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def _action(
+    actions: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    run: Callable[[argparse.Namespace], int],
+    *,
+    one_key: bool = False,
+) -> argparse.ArgumentParser:
+    """One `idforge keys` action running `run`; `one_key`: it acts on the key named by its first argument."""
+    action = actions.add_parser(name, help=help)
+    if one_key:
+        action.add_argument("key", help="key id (k_...) or the key itself")
+    action.set_defaults(func=run)
+    return action
 
 
 def _store(args: argparse.Namespace):

@@ -103,7 +103,7 @@ def build_state(
             warm_up=config.warm_up,
         )
     policy = config.webhook_policy
-    outbox = WebhookOutbox(store)
+    outbox = WebhookOutbox(store.outbox_repo)
     return ServerState(
         config=config,
         store=store,

@@ -43,7 +43,7 @@ def params_batch_key(method: str, params: dict[str, Any], given: dict[str, Any])
 
 
 def payload_batch_key(method: str, payload: str) -> str | None:
-    """The key of a queued job's stored payload (Store.claim_many calls this inside its claim)."""
+    """The key of a queued job's stored payload (JobsRepository.claim_many calls this inside its claim)."""
     try:
         data = json.loads(payload)
         return params_batch_key(method, data.get("params") or {}, _given(data.get("images") or {}))

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
+from idforge import errors
 from idforge.server.states import CancelAction
 
 log = logging.getLogger("idforge.server.jobs")
@@ -177,22 +178,19 @@ class CancelOutcome:
     status: str  # a JobStatus value
 
 
-def _map_exception(exc: BaseException) -> JobError:
-    from idforge.errors import (
-        IdforgeError,
-        InputImageError,
-        ModelFormatError,
-        ModelNotFoundError,
-        NoFaceError,
-        ParameterError,
-    )
+# How a generator's exception reaches the client: the input's fault is a 400 with its own message (and field), a
+# model set-up problem a 500 that does not leak server paths, any other IdforgeError a 400.
+_INPUT_ERRORS = (errors.InputImageError, errors.NoFaceError, errors.ParameterError)
+_SETUP_ERRORS = (errors.ModelNotFoundError, errors.ModelFormatError)
 
+
+def _map_exception(exc: BaseException) -> JobError:
     if isinstance(exc, JobError):
         return exc
-    if isinstance(exc, InputImageError | NoFaceError | ParameterError):
+    if isinstance(exc, _INPUT_ERRORS):
         return JobError(400, str(exc), getattr(exc, "name", None))
-    if isinstance(exc, ModelNotFoundError | ModelFormatError):
+    if isinstance(exc, _SETUP_ERRORS):
         return JobError(500, "the server's models are not set up for this method")
-    if isinstance(exc, IdforgeError):
+    if isinstance(exc, errors.IdforgeError):
         return JobError(400, str(exc))
     return JobError(500, "internal error while generating")

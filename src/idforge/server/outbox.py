@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from idforge.server.db.outbox_repo import OutboxRepository
 from idforge.server.states import DeliveryStatus
 
 
@@ -51,27 +52,28 @@ class WebhookMessage:
 
 
 class WebhookOutbox:
-    """The outbox of one store (`webhook_deliveries`, in the jobs database so it shares the job's transaction)."""
+    """The outbox of one store (`webhook_deliveries`, in the jobs database so it shares the job's transaction):
+    the dispatcher's view of the outbox repository, its rows as typed messages."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
+    def __init__(self, repository: OutboxRepository) -> None:
+        self.repository = repository
 
     def claim_due(self, now: float, lease: float, limit: int = 16) -> list[WebhookMessage]:
-        return [WebhookMessage(**row) for row in self.store.claim_due(now, lease, limit)]
+        return [WebhookMessage(**row) for row in self.repository.claim_due(now, lease, limit)]
 
     def reclaim(self) -> int:
-        return self.store.reclaim()
+        return self.repository.reclaim()
 
     def next_due(self) -> float | None:
-        return self.store.next_due()
+        return self.repository.next_due()
 
     def record_success(self, message_id: str, http_status: int) -> None:
-        self.store.record_success(message_id, http_status)
+        self.repository.record_success(message_id, http_status)
 
     def record_failure(
         self, message_id: str, http_status: int | None, error: str, retry_at: float | None
     ) -> None:
-        self.store.record_failure(message_id, http_status, error, retry_at)
+        self.repository.record_failure(message_id, http_status, error, retry_at)
 
     def for_job(self, job_id: str) -> list[WebhookMessage]:
-        return [WebhookMessage(**row) for row in self.store.deliveries(job_id)]
+        return [WebhookMessage(**row) for row in self.repository.deliveries(job_id)]

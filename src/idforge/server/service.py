@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from idforge.server.db import QueueAtCapacity, Store, wakeup
+from idforge.server.db import NewJob, QueueAtCapacity, Store, wakeup
 from idforge.server.jobs import (
     CancelOutcome,
     Delivery,
@@ -135,17 +135,10 @@ class JobService:
             raise ServerStopping()
         job_id = "req_" + uuid.uuid4().hex
         try:
-            position, balance = self.store.submit_job(
-                job_id,
-                spec.method,
-                _encode_payload(spec),
-                key_id,
-                cost,
-                sync=sync,
-                capacity=self.capacity,
-                webhook_url=webhook_url,
-                base_url=base_url,
+            job = NewJob(
+                job_id, spec.method, _encode_payload(spec), key_id, cost, sync, webhook_url, base_url
             )
+            position, balance = self.store.submit_job(job, capacity=self.capacity)
         except QueueAtCapacity:
             raise QueueFull(self.retry_after) from None
         return Submitted(job_id, position, balance)

@@ -6,8 +6,8 @@ an event loop; with `max_batch` > 1 it may claim several queued jobs that can sh
 While a job runs, a lease keeper thread renews the lease (so the reaper knows the worker is alive) and writes step
 progress; the step callback stops the job at the next step when cancel is asked, or when the
 lease was lost (the job was given to someone else: our result would be refused anyway). The final state, the
-charge and the webhook row commit together (`Store.complete`), so a worker killed at any instant costs at most a
-repeated run, never a double charge. A database that goes away is waited out with backoff.
+charge and the webhook row commit together (`JobsRepository.complete`), so a worker killed at any instant costs at
+most a repeated run, never a double charge. A database that goes away is waited out with backoff.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class _LeaseKeeper:
     def renew(self) -> None:
         step, total = self.step if self.step is not None else (None, None)
         try:
-            lease = self.store.renew(self.job_id, self.config.replica, self.config.lease_s, step, total)
+            lease = self.store.jobs_repo.renew(
+                self.job_id, self.config.replica, self.config.lease_s, step, total
+            )
         except Exception as exc:  # noqa: BLE001 - the database is away: keep running, try again next time
             if not _is_database_error(exc):
                 raise
@@ -224,7 +226,7 @@ class Worker:
 
     def _report(self) -> None:
         try:
-            self.store.heartbeat(
+            self.store.replicas_repo.heartbeat(
                 self.config.replica,
                 device=self.config.device,
                 host=socket.gethostname(),
@@ -246,9 +248,9 @@ class Worker:
             if time.monotonic() - last_reap >= self.config.reap_every_s:
                 last_reap = time.monotonic()
                 try:  # every worker offers to reap; the store lets one at a time do it
-                    report = self.store.reap(self.config.max_attempts)
+                    report = self.store.jobs_repo.reap(self.config.max_attempts)
                     self.store.expire(time.time() - self.config.keep_result_s)
-                    self.store.release_undelivered(time.time() - self.config.sync_keep_s)
+                    self.store.jobs_repo.release_undelivered(time.time() - self.config.sync_keep_s)
                     if report.requeued or report.failed:
                         log.warning("reaped expired leases", extra={"fields": report.__dict__})
                 except Exception as exc:  # noqa: BLE001
@@ -301,10 +303,10 @@ class Worker:
     def _claim(self) -> list[Claimed]:
         """The next job, or (max_batch > 1 and a generator with a batched path) the next jobs sharing a pass."""
         if self.config.max_batch > 1 and isinstance(self.generator, BatchGenerator):
-            return self.store.claim_many(
+            return self.store.jobs_repo.claim_many(
                 self.config.replica, self.config.lease_s, self.config.max_batch, payload_batch_key
             )
-        job = self.store.claim(self.config.replica, self.config.lease_s)
+        job = self.store.jobs_repo.claim(self.config.replica, self.config.lease_s)
         return [job] if job is not None else []
 
     def run(self, job: Claimed) -> str:
@@ -455,7 +457,7 @@ class Worker:
             return "lost"
         except JobCanceled as exc:
             message = str(exc)
-            ended = self._settle(lambda: self.store.canceled(job.id, self.config.replica, message))
+            ended = self._settle(lambda: self.store.jobs_repo.canceled(job.id, self.config.replica, message))
             return "canceled" if ended else "lost"
         except BaseException as exc:  # noqa: BLE001 - every failure must settle the job and its credits
             error = _map_exception(exc)
@@ -467,12 +469,12 @@ class Worker:
             failure = JobFailure(error.status, error.message, error.field)
             return (
                 "failed"
-                if self._settle(lambda: self.store.fail(job.id, self.config.replica, failure))
+                if self._settle(lambda: self.store.jobs_repo.fail(job.id, self.config.replica, failure))
                 else "lost"
             )
         result = delivery.to_json()
         status = self._settle(
-            lambda: self.store.complete(
+            lambda: self.store.jobs_repo.complete(
                 job.id, self.config.replica, result, charge=not job.sync, metrics=delivery.timings
             )
         )

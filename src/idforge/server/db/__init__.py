@@ -2,13 +2,15 @@
 share one transaction) on SQLite or PostgreSQL through SQLAlchemy Core, with versioned migrations and wake-up hints."""
 
 from idforge.server.db.connect import DatabaseError, default_target, parse_target
-from idforge.server.db.store import Claimed, JobFailure, Lease, QueueAtCapacity, ReapReport, Store
+from idforge.server.db.jobs_repo import Claimed, JobFailure, Lease, NewJob, QueueAtCapacity, ReapReport
+from idforge.server.db.store import Store
 
 __all__ = [
     "Claimed",
     "DatabaseError",
     "JobFailure",
     "Lease",
+    "NewJob",
     "QueueAtCapacity",
     "ReapReport",
     "Store",

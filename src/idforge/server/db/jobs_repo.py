@@ -37,6 +37,21 @@ class QueueAtCapacity(Exception):
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """A job to queue, as the submitting layers hand it down in one piece: the key `key_id` pays `cost` credits,
+    `sync` marks a /v1 job (its waiter takes the result), a `webhook_url` gets its end (URLs under `base_url`)."""
+
+    id: str
+    method: str
+    payload: str  # the JSON of the job's spec
+    key_id: str
+    cost: int
+    sync: bool
+    webhook_url: str | None = None
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
 class Claimed:
     """A job a worker now holds the lease of."""
 
@@ -148,22 +163,11 @@ class JobsRepository:
 
     # -- submission and reading ------------------------------------------------------------------------------------
     def submit(
-        self,
-        job_id: str,
-        method: str,
-        payload: str,
-        key_id: str,
-        cost: int,
-        *,
-        sync: bool,
-        capacity: int | None = None,
-        webhook_url: str | None = None,
-        base_url: str | None = None,
-        conn: Connection | None = None,
+        self, job: NewJob, *, capacity: int | None = None, conn: Connection | None = None
     ) -> tuple[int, int]:
         """Hold the credits and queue the job in one transaction; returns (queue position, balance after).
 
-        Raises QueueAtCapacity or NotEnoughCredits with nothing kept."""
+        Raises QueueAtCapacity (with `capacity` jobs queued or running) or NotEnoughCredits with nothing kept."""
         with self.db.transaction(conn) as c:
             if capacity is not None:
                 active = c.execute(
@@ -171,23 +175,23 @@ class JobsRepository:
                 ).scalar_one()
                 if active >= capacity:
                     raise QueueAtCapacity(int(active))
-            after = self.credits.reserve(key_id, cost, job_id, conn=c)
+            after = self.credits.reserve(job.key_id, job.cost, job.id, conn=c)
             c.execute(
                 sa.insert(jobs).values(
-                    id=job_id,
-                    method=method,
-                    key_id=key_id,
-                    sync=int(sync),
+                    id=job.id,
+                    method=job.method,
+                    key_id=job.key_id,
+                    sync=int(job.sync),
                     status=JobStatus.QUEUED,
-                    cost=cost,
-                    payload=payload,
+                    cost=job.cost,
+                    payload=job.payload,
                     created=time.time(),
-                    webhook_url=webhook_url,
-                    base_url=base_url,
+                    webhook_url=job.webhook_url,
+                    base_url=job.base_url,
                 )
             )
-            position = self._position(c, job_id)
-            self.db.notify(c, wakeup.QUEUED, job_id)
+            position = self._position(c, job.id)
+            self.db.notify(c, wakeup.QUEUED, job.id)
         return position or 1, after
 
     def job(self, job_id: str, *, conn: Connection | None = None) -> dict[str, Any] | None:

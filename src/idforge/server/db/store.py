@@ -20,40 +20,21 @@ from sqlalchemy.engine import Connection
 from idforge.server.db import wakeup
 from idforge.server.db.connect import Target, create_engine, default_target, parse_target
 from idforge.server.db.database import Database
-from idforge.server.db.jobs_repo import (
-    REAPER_LOCK,
-    Claimed,
-    JobFailure,
-    JobsRepository,
-    Lease,
-    QueueAtCapacity,
-    ReapReport,
-    default_webhook_body,
-)
+from idforge.server.db.jobs_repo import JobsRepository, NewJob
 from idforge.server.db.keys_repo import KeysRepository
 from idforge.server.db.migrations import upgrade
 from idforge.server.db.outbox_repo import OutboxRepository
 from idforge.server.db.replicas_repo import ReplicasRepository
-from idforge.server.states import JobStatus
 from idforge.server.store import KeyRecord
-
-__all__ = [
-    "REAPER_LOCK",
-    "Claimed",
-    "JobFailure",
-    "Lease",
-    "QueueAtCapacity",
-    "ReapReport",
-    "Store",
-    "default_webhook_body",
-]
 
 
 class Store:
     """Open with `Store.open(path_or_url)`; thread-safe (a connection pool); `close()` when done.
 
-    The repositories are `keys_repo`, `jobs_repo`, `outbox_repo` and `replicas_repo`; the methods below delegate to
-    them, each in its own transaction."""
+    The repositories are `keys_repo`, `jobs_repo`, `outbox_repo` and `replicas_repo`. The methods below are what
+    the HTTP side and the CLI ask of them, each in its own transaction; the worker's side of the queue (claim,
+    renew, complete, fail, reap, heartbeat) and the webhook dispatcher's (the outbox) are the repositories' own
+    methods, called there (`store.jobs_repo.claim(...)`), so no signature is declared twice."""
 
     def __init__(
         self, target: Target, webhook_body: Callable[[dict[str, Any]], dict[str, Any]] | None = None
@@ -158,33 +139,11 @@ class Store:
         return self.keys_repo.credits_charged()
 
     # -- jobs: submission and reading ------------------------------------------------------------------------------
-    def submit_job(
-        self,
-        job_id: str,
-        method: str,
-        payload: str,
-        key_id: str,
-        cost: int,
-        *,
-        sync: bool,
-        capacity: int | None = None,
-        webhook_url: str | None = None,
-        base_url: str | None = None,
-    ) -> tuple[int, int]:
+    def submit_job(self, job: NewJob, *, capacity: int | None = None) -> tuple[int, int]:
         """Hold the credits and queue the job in one transaction; returns (queue position, balance after).
 
         Raises QueueAtCapacity or NotEnoughCredits with nothing kept."""
-        return self.jobs_repo.submit(
-            job_id,
-            method,
-            payload,
-            key_id,
-            cost,
-            sync=sync,
-            capacity=capacity,
-            webhook_url=webhook_url,
-            base_url=base_url,
-        )
+        return self.jobs_repo.submit(job, capacity=capacity)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         return self.jobs_repo.job(job_id)
@@ -203,51 +162,7 @@ class Store:
         """A /v1 waiter's result, removed as it is read (nobody else can ask for it)."""
         return self.jobs_repo.take_result(job_id)
 
-    # -- jobs: workers ---------------------------------------------------------------------------------------------
-    def claim(self, replica: str, lease_s: float) -> Claimed | None:
-        """Take the oldest queued job and its lease; None when the queue is empty."""
-        return self.jobs_repo.claim(replica, lease_s)
-
-    def claim_many(
-        self,
-        replica: str,
-        lease_s: float,
-        limit: int,
-        batch_key: Callable[[str, str], Any],
-        window: int = 32,
-    ) -> list[Claimed]:
-        """Take the oldest queued job and up to `limit - 1` younger ones that can share its denoising pass
-        (JobsRepository.claim_many)."""
-        return self.jobs_repo.claim_many(replica, lease_s, limit, batch_key, window)
-
-    def renew(
-        self, job_id: str, replica: str, lease_s: float, step: int | None = None, total: int | None = None
-    ) -> Lease:
-        """Extend the lease (and record step progress); says whether it is still ours and if cancel was asked."""
-        return self.jobs_repo.renew(job_id, replica, lease_s, step, total)
-
-    def complete(
-        self,
-        job_id: str,
-        replica: str,
-        result: str,
-        *,
-        charge: bool = True,
-        metrics: dict[str, float] | None = None,
-    ) -> JobStatus | None:
-        """Store the result (and charge, unless the waiter charges on delivery), atomically. Returns the final
-        status: COMPLETED, or CANCELED when a cancel arrived after the last step (released, not charged); None
-        when the lease was lost (someone else owns the job now: nothing changed)."""
-        return self.jobs_repo.complete(job_id, replica, result, charge=charge, metrics=metrics)
-
-    def fail(self, job_id: str, replica: str | None, failure: JobFailure) -> bool:
-        """The job failed: record why and release its credits, atomically."""
-        return self.jobs_repo.fail(job_id, replica, failure)
-
-    def canceled(self, job_id: str, replica: str, message: str = "canceled while running") -> bool:
-        """The worker stopped the job at a step because cancel was asked: record it and release the credits."""
-        return self.jobs_repo.canceled(job_id, replica, message)
-
+    # -- jobs: cancel, recovery and expiry (the HTTP side; workers use `jobs_repo` directly) ----------------------
     def cancel(
         self, job_id: str, key_id: str | None = None, reason: str = "canceled by the client"
     ) -> str | None:
@@ -259,11 +174,6 @@ class Store:
         """A /v1 job COMPLETED but its client left before taking the image: CANCELED, its hold released."""
         return self.jobs_repo.discard_undelivered(job_id, reason)
 
-    def reap(self, max_attempts: int = 3) -> ReapReport:
-        """Jobs whose lease ran out (their worker died): queued again, or failed and refunded after
-        `max_attempts` attempts. One reaper at a time (an advisory lock on PostgreSQL, the writer lock on SQLite)."""
-        return self.jobs_repo.reap(max_attempts)
-
     def recover_embedded(self) -> tuple[int, int]:
         """Single-process start: running jobs are queued again at once, /v1 jobs are failed and refunded.
         Returns (requeued, failed)."""
@@ -273,40 +183,7 @@ class Store:
         """Drop results and inputs of jobs that ended before `finished_before`; the row stays (expired=1)."""
         return self.jobs_repo.expire(finished_before)
 
-    def release_undelivered(self, finished_before: float) -> list[str]:
-        """/v1 jobs that COMPLETED before `finished_before` but whose waiter never took the image (it died): their
-        hold goes back."""
-        return self.jobs_repo.release_undelivered(finished_before)
-
-    # -- webhook outbox --------------------------------------------------------------------------------------------
-    def claim_due(self, now: float, lease: float, limit: int = 16) -> list[dict[str, Any]]:
-        """Pending messages due now; their next attempt moves `lease` seconds ahead (the sender's lease)."""
-        return self.outbox_repo.claim_due(now, lease, limit)
-
-    def record_success(self, message_id: str, http_status: int) -> None:
-        self.outbox_repo.record_success(message_id, http_status)
-
-    def record_failure(
-        self, message_id: str, http_status: int | None, error: str, retry_at: float | None
-    ) -> None:
-        """A failed attempt: retry at `retry_at`, or give up when it is None."""
-        self.outbox_repo.record_failure(message_id, http_status, error, retry_at)
-
-    def reclaim(self) -> int:
-        """At start-up: messages claimed by a sender that died mid-send are due again now (same id)."""
-        return self.outbox_repo.reclaim()
-
-    def next_due(self) -> float | None:
-        return self.outbox_repo.next_due()
-
-    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
-        return self.outbox_repo.deliveries(job_id)
-
     # -- replicas ----------------------------------------------------------------------------------------------
-    def heartbeat(self, replica: str, **values: Any) -> None:
-        """Insert or update this worker's row (device, state, current job, counters, histograms)."""
-        self.replicas_repo.heartbeat(replica, **values)
-
     def replicas(self, seen_within_s: float = 3600.0) -> list[dict[str, Any]]:
         """Workers heard from recently, oldest first."""
         return self.replicas_repo.recent(seen_within_s)

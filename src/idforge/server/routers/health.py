@@ -3,6 +3,7 @@ the models (loading, ready, degraded), the queue, the webhook dispatcher, the st
 No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -40,26 +41,40 @@ def health_body(state: ServerState) -> dict[str, Any]:
     }
 
 
-@router.get(
+def _probe(
+    name: str, path: str, summary: str, failing_means: str, failing: Callable[[dict[str, Any]], bool]
+) -> None:
+    """GET `path`: the health body, answered 503 when `failing(body)` (a prober reads only the status code)."""
+
+    async def endpoint(state: State):
+        body = await run_in_threadpool(health_body, state)
+        return JSONResponse(body, status_code=503 if failing(body) else 200)
+
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["GET"],
+        name=name,
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse, "description": failing_means}},
+        summary=summary,
+    )
+
+
+_probe(
+    "health",
     "/health",
-    response_model=HealthResponse,
-    responses={503: {"model": HealthResponse, "description": "the worker thread is dead"}},
-    summary="Liveness: loading (with what is loading) or ready, and queue state (no auth)",
+    "Liveness: loading (with what is loading) or ready, and queue state (no auth)",
+    "the worker thread is dead",
+    lambda body: body["status"] == "degraded",
 )
-async def health(state: State):
-    body = await run_in_threadpool(health_body, state)
-    return JSONResponse(body, status_code=503 if body["status"] == "degraded" else 200)
-
-
-@router.get(
+_probe(
+    "health_ready",
     "/health/ready",
-    response_model=HealthResponse,
-    responses={503: {"model": HealthResponse, "description": "still loading models, or degraded"}},
-    summary="Readiness probe: 200 once the models are loaded, 503 until then (no auth)",
+    "Readiness probe: 200 once the models are loaded, 503 until then (no auth)",
+    "still loading models, or degraded",
+    lambda body: not body["ready"],
 )
-async def health_ready(state: State):
-    body = await run_in_threadpool(health_body, state)
-    return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
 @router.get(

@@ -3,7 +3,11 @@ its CPU-only engine, in the thread pool). Authenticated like every endpoint; the
 No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from idforge.server.deps import Auth, State
@@ -13,6 +17,7 @@ from idforge.server.previews import (
     DepthPreviewResponse,
     FacesPreviewBody,
     FacesPreviewResponse,
+    PreviewService,
 )
 
 router = APIRouter(
@@ -22,19 +27,40 @@ router = APIRouter(
 )
 
 
-@router.post(
-    "/faces",
-    response_model=FacesPreviewResponse,
-    summary="Free preview: faces found in each reference (boxes, the one used), the pose face, the keypoint image",
-)
-async def preview_faces(body: FacesPreviewBody, key: Auth, state: State):
-    return await run_in_threadpool(state.previews.faces, body)
+def _preview(
+    name: str,
+    body_type: type[BaseModel],
+    response_model: type[BaseModel],
+    run: Callable[[PreviewService, Any], BaseModel],
+    summary: str,
+) -> None:
+    """POST /v1/preview/`name`: `run` on the previews' engine, in the thread pool; `body_type` annotates the body
+    so that FastAPI validates it and OpenAPI documents it."""
+
+    async def endpoint(body: body_type, key: Auth, state: State):  # type: ignore[valid-type]
+        return await run_in_threadpool(run, state.previews, body)
+
+    router.add_api_route(
+        f"/{name}",
+        endpoint,
+        methods=["POST"],
+        name=f"preview_{name}",
+        response_model=response_model,
+        summary=summary,
+    )
 
 
-@router.post(
-    "/depth",
-    response_model=DepthPreviewResponse,
-    summary="Free preview: the depth map Insta Depth will use for this pose image, at the output size",
+_preview(
+    "faces",
+    FacesPreviewBody,
+    FacesPreviewResponse,
+    PreviewService.faces,
+    "Free preview: faces found in each reference (boxes, the one used), the pose face, the keypoint image",
 )
-async def preview_depth(body: DepthPreviewBody, key: Auth, state: State):
-    return await run_in_threadpool(state.previews.depth, body)
+_preview(
+    "depth",
+    DepthPreviewBody,
+    DepthPreviewResponse,
+    PreviewService.depth,
+    "Free preview: the depth map Insta Depth will use for this pose image, at the output size",
+)

@@ -8,10 +8,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from idforge.server.contract import result_body, status_body
-from idforge.server.deps import Auth, State, own_job
+from idforge.server.deps import Auth, ServerState, State, own_job
 from idforge.server.errors_http import ERROR_RESPONSES
 from idforge.server.schemas import (
     CancelResponse,
@@ -34,79 +35,96 @@ JOB_ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter()
 
 
-@router.get(
+def _job_route(
+    method: str,
+    path: str,
+    name: str,
+    response_model: type[BaseModel],
+    summary: str,
+    answer: Callable[[ServerState, dict[str, Any]], dict[str, Any]],
+    *,
+    allow_expired: bool = False,
+) -> None:
+    """`method path`: the calling key's job as `answer(state, row)` renders it (in the thread pool), or the 404
+    (not this key's job) or 410 (expired, unless `allow_expired`) of `own_job`."""
+
+    async def endpoint(request_id: str, request: Request, key: Auth, state: State) -> Response:
+        row, failure = await own_job(request_id, key, request, allow_expired=allow_expired)
+        if failure is not None:
+            return failure
+        assert row is not None  # own_job gives the row or the failure
+        return JSONResponse(await run_in_threadpool(answer, state, row))
+
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=[method],
+        name=name,
+        response_model=response_model,
+        responses=JOB_ERRORS,
+        summary=summary,
+    )
+
+
+def _status(state: ServerState, row: dict[str, Any]) -> dict[str, Any]:
+    return status_body(row, position=state.queue.position(row["id"]))
+
+
+def _result(state: ServerState, row: dict[str, Any]) -> dict[str, Any]:
+    return result_body(row, position=state.queue.position(row["id"]))
+
+
+def _cancel(state: ServerState, row: dict[str, Any]) -> dict[str, Any]:
+    """Cancel, waiting up to `cancel_wait_s` for a running job to stop so the answer can say it has."""
+    outcome = state.queue.cancel(row["id"], "canceled by the client", state.config.cancel_wait_s)
+    return {
+        "request_id": row["id"],
+        "action": outcome.action,
+        "status": outcome.status,
+        "credits_released": outcome.action in (CancelAction.REMOVED, CancelAction.STOPPED),
+    }
+
+
+def _webhooks(state: ServerState, row: dict[str, Any]) -> dict[str, Any]:
+    messages = state.outbox.for_job(row["id"])
+    return {
+        "request_id": row["id"],
+        "webhook_url": row["webhook_url"],
+        "deliveries": [m.public() for m in messages],
+    }
+
+
+_job_route(
+    "GET",
     "/v2/requests/{request_id}/status",
-    response_model=JobStatusResponse,
-    responses=JOB_ERRORS,
-    summary="Status of a job: QUEUED (position), PROCESSING (step), COMPLETED, FAILED (error), CANCELED",
+    "job_status",
+    JobStatusResponse,
+    "Status of a job: QUEUED (position), PROCESSING (step), COMPLETED, FAILED (error), CANCELED",
+    _status,
 )
-async def job_status(request_id: str, request: Request, key: Auth, state: State):
-    return await _job_answer(request_id, request, key, state, status_body)
-
-
-@router.get(
+_job_route(
+    "GET",
     "/v2/requests/{request_id}",
-    response_model=JobResultResponse,
-    responses=JOB_ERRORS,
-    summary="Result of a job: the status, and once COMPLETED the output image(s), metrics, seed, recipe",
+    "job_result",
+    JobResultResponse,
+    "Result of a job: the status, and once COMPLETED the output image(s), metrics, seed, recipe",
+    _result,
 )
-async def job_result(request_id: str, request: Request, key: Auth, state: State):
-    return await _job_answer(request_id, request, key, state, result_body)
-
-
-async def _job_answer(
-    request_id: str, request: Request, key: Any, state: Any, body: Callable[..., dict[str, Any]]
-) -> Response:
-    """The caller's job as `body` renders it (its status, or its result), with its queue position; the 404 or
-    410 of `own_job` otherwise."""
-    row, failure = await own_job(request_id, key, request)
-    if failure is not None:
-        return failure
-    assert row is not None  # own_job gives the row or the failure
-    position = await run_in_threadpool(state.queue.position, request_id)
-    return JSONResponse(await run_in_threadpool(body, row, position=position))
-
-
-@router.post(
+_job_route(
+    "POST",
     "/v2/requests/{request_id}/cancel",
-    response_model=CancelResponse,
-    responses=JOB_ERRORS,
-    summary="Cancel a job: a queued one is removed, a running one stops at its next step; credits released",
+    "job_cancel",
+    CancelResponse,
+    "Cancel a job: a queued one is removed, a running one stops at its next step; credits released",
+    _cancel,
+    allow_expired=True,
 )
-async def job_cancel(request_id: str, request: Request, key: Auth, state: State):
-    row, failure = await own_job(request_id, key, request, allow_expired=True)
-    if failure is not None:
-        return failure
-    assert row is not None  # own_job gives the row or the failure
-    outcome = await run_in_threadpool(
-        state.queue.cancel, request_id, "canceled by the client", state.config.cancel_wait_s
-    )
-    return JSONResponse(
-        {
-            "request_id": request_id,
-            "action": outcome.action,
-            "status": outcome.status,
-            "credits_released": outcome.action in (CancelAction.REMOVED, CancelAction.STOPPED),
-        }
-    )
-
-
-@router.get(
+_job_route(
+    "GET",
     "/v2/requests/{request_id}/webhooks",
-    response_model=WebhookListResponse,
-    responses=JOB_ERRORS,
-    summary="The job's webhook deliveries: id (the webhook-id header), attempts, last answer or error",
+    "job_webhooks",
+    WebhookListResponse,
+    "The job's webhook deliveries: id (the webhook-id header), attempts, last answer or error",
+    _webhooks,
+    allow_expired=True,
 )
-async def job_webhooks(request_id: str, request: Request, key: Auth, state: State):
-    row, failure = await own_job(request_id, key, request, allow_expired=True)
-    if failure is not None:
-        return failure
-    assert row is not None  # own_job gives the row or the failure
-    messages = await run_in_threadpool(state.outbox.for_job, request_id)
-    return JSONResponse(
-        {
-            "request_id": request_id,
-            "webhook_url": row["webhook_url"],
-            "deliveries": [m.public() for m in messages],
-        }
-    )
