@@ -240,24 +240,33 @@ class Recipe:
         )
 
 
+@dataclass(frozen=True)
+class PassLayout:
+    """What one denoising pass made, as its recipe records it: every image's seed, the output size, and when the
+    call started (the recipe's total time)."""
+
+    seeds: list[int]
+    width: int
+    height: int
+    started: float
+
+
 def build_recipe(
     engine: Engine,
     base: BaseModel,
     gen: GenerationParams,
     *,
     method: str,
-    seeds: list[int],
-    width: int,
-    height: int,
+    layout: PassLayout,
     params: Mapping[str, Any],
     models: Mapping[str, Any],
     inputs: Mapping[str, Any],
-    started: float,
     sections: Mapping[str, Any] | None = None,
 ) -> Recipe:
     """The one place a recipe is made: `params` maps a section name to the method's parameter object(s)
     ({"instantid": InstantIDParams, "depth": InstaDepthParams}); `models` the method's model entries (the base
     and any few-step preset files are added here); the runtime is read off the engine and the base model."""
+    seeds, width, height, started = layout.seeds, layout.width, layout.height, layout.started
     runtime = Runtime.capture(engine, base, gen)
     generation = params_to_dict(gen) | {
         "seed": seeds[0],

@@ -9,51 +9,15 @@ names) are declared on the body itself (`ALIASES`, `ALIAS_DEFAULTS`) and resolve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from idforge.engine.params import MAX_BEST_OF, MAX_SEED
+from idforge.engine.params import MAX_BEST_OF, MAX_SEED, GenerationParams
 from idforge.errors import ParameterError
+from idforge.methods import fields
 from idforge.styles import STYLES
-
-IMAGE_HELP = "base64 (optionally a data URL, data:image/...;base64,...) or an http(s) URL"
-IDENTITY_DEFAULT_HELP = "or the preset's recommendation"
-
-# Every method's step range (seed 002): fewer than 4 steps is a few-step model's territory, set by its preset.
-MIN_STEPS, MAX_STEPS = 4, 100
-
-
-def steps_field(default: int, why: str = "") -> Any:
-    """`num_inference_steps` in every method's range; `why` says where a method's default comes from."""
-    detail = f" ({why})" if why else ""
-    return Field(
-        default,
-        ge=MIN_STEPS,
-        le=MAX_STEPS,
-        description=f"Number of denoising steps{detail}. Affects pricing.",
-    )
-
-
-def guidance_field(default: float) -> Any:
-    return Field(default, ge=1, le=15, description="Scale for classifier-free guidance")
-
-
-def reference_face_field() -> Any:
-    """`face_image` of a method that also takes several people (`persons`) instead."""
-    return Field(None, description=f"Reference face (required unless `persons` is given): {IMAGE_HELP}")
-
-
-def persons_field(how: str) -> Any:
-    """`persons` (an idforge extension): `how` each person acts in the image."""
-    from idforge.methods.persons import MAX_PERSONS
-
-    return Field(
-        default_factory=list,
-        max_length=MAX_PERSONS,
-        description=f"(idforge extension) several people in one image, {how}; replaces face_image, "
-        "extra_face_images and mask_image",
-    )
 
 
 class RequestFieldError(ParameterError):
@@ -61,6 +25,14 @@ class RequestFieldError(ParameterError):
 
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(name, problem, field=name)
+
+
+def sampler_defaults(body: type[MethodBody]) -> Callable[[], GenerationParams]:
+    """A method request's default sampler settings: its body's step and guidance defaults, so the Python API,
+    the CLI and HTTP start from the same numbers."""
+    steps = body.model_fields["num_inference_steps"].default
+    guidance = body.model_fields["guidance_scale"].default
+    return lambda: GenerationParams(steps=steps, guidance=guidance)
 
 
 class MethodBody(BaseModel):
@@ -77,8 +49,8 @@ class MethodBody(BaseModel):
     negative_prompt: str | None = Field(
         None, max_length=4000, description="Prompts to exclude, eg. 'bad anatomy, bad hands, missing fingers'"
     )
-    num_inference_steps: int = steps_field(10)
-    guidance_scale: float = guidance_field(3.0)
+    num_inference_steps: int = fields.steps(10)
+    guidance_scale: float = fields.guidance(3.0)
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="Seed for image generation; -1 = random")
     base64: bool = Field(
         True, description="true: JSON with the base64 JPEG; false: the image/jpeg bytes as the body"

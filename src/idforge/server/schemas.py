@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from idforge.methods.body import IMAGE_HELP, MethodBody, RequestFieldError
+from idforge.methods.body import MethodBody, RequestFieldError
 from idforge.methods.faceid.body import FaceIDBody
+from idforge.methods.fields import IMAGE_HELP
 from idforge.methods.insta_depth.body import InstaDepthBody
 from idforge.methods.instantid.body import InstantIDBody, PersonBody
 from idforge.methods.registry import methods

@@ -9,15 +9,9 @@ from pydantic import Field
 from idforge.identity.attention import ScalingMode
 from idforge.identity.embeds import FaceIDCombine
 from idforge.identity.weight_types import WeightType
-from idforge.methods.body import (
-    IDENTITY_DEFAULT_HELP,
-    IMAGE_HELP,
-    MethodBody,
-    guidance_field,
-    persons_field,
-    reference_face_field,
-    steps_field,
-)
+from idforge.methods import fields
+from idforge.methods.body import MethodBody
+from idforge.methods.fields import IDENTITY_DEFAULT_HELP, IMAGE_HELP
 from idforge.methods.instantid.body import PersonBody
 
 FACEID_ADAPTERS = Literal[
@@ -36,15 +30,15 @@ WEIGHT_TYPE_NAMES = WeightType  # the node's 15 names, one source of truth
 class FaceIDBody(MethodBody):
     """IP-Adapter FaceID (seed 001, IPAdapter FaceID Batch)."""
 
-    num_inference_steps: int = steps_field(30)
-    guidance_scale: float = guidance_field(7.5)
-    face_image: str | None = reference_face_field()
+    num_inference_steps: int = fields.steps(30)
+    guidance_scale: float = fields.guidance(7.5)
+    face_image: str | None = fields.reference_face()
     extra_face_images: list[str] = Field(
         default_factory=list,
         max_length=7,
         description="More references: combined, or one per output in batch",
     )
-    persons: list[PersonBody] = persons_field(
+    persons: list[PersonBody] = fields.persons(
         "one FaceID adapter each, masked to its region (ip_weight = its weight; cn_strength is refused)"
     )
     negative_image: str | None = Field(None, description=f"image_negative for the CLIP branch: {IMAGE_HELP}")

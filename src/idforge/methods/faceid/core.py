@@ -31,9 +31,8 @@ from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.params import GenerationParams, check_pick
-from idforge.engine.recipe import Recipe, build_recipe, input_digests
+from idforge.engine.recipe import PassLayout, Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice
-from idforge.engine.seeds import image_seeds
 from idforge.engine.session import Engine, image_digest
 from idforge.errors import (
     InputImageError,
@@ -51,6 +50,8 @@ from idforge.identity.attention import SCALING_MODES
 from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
 from idforge.imageio import load_mask
+from idforge.methods.body import sampler_defaults
+from idforge.methods.faceid.body import FaceIDBody
 from idforge.methods.presets import identity_strength
 
 ProgressCallback = Callable[[int, int], None]
@@ -118,17 +119,12 @@ class FaceIDParams:
         return replace(self, weight=identity_strength("faceid_weight", self.weight, preset))
 
 
-def _default_generation() -> GenerationParams:
-    # h94/IP-Adapter-FaceID's examples: 30 steps, guidance 7.5 (SD1.5 and SDXL alike).
-    return GenerationParams(steps=30, guidance=7.5)
-
-
 @dataclass
 class FaceIDRequest:
     """One FaceID call: reference faces (files, images or folders of images), parameters and models."""
 
     faces: Sequence[ImageInput] = ()
-    generation: GenerationParams = field(default_factory=_default_generation)
+    generation: GenerationParams = field(default_factory=sampler_defaults(FaceIDBody))
     faceid: FaceIDParams = field(default_factory=FaceIDParams)
     negative_image: ImageInput | None = None  # image_negative: CLIP uncond input (plus models)
     attn_mask: ImageSource | None = None
@@ -456,11 +452,7 @@ def faceid_recipe(
     request: FaceIDRequest,
     models: FaceIDModels,
     prepared: PreparedFaceID,
-    seed: int,
-    batch: int,
-    width: int,
-    height: int,
-    started: float,
+    layout: PassLayout,
 ) -> Recipe:
     """Everything needed to regenerate: parameters, seed, models with hashes, inputs, the batch layout."""
     lora = None
@@ -473,9 +465,7 @@ def faceid_recipe(
         models.base,
         request.generation,
         method="faceid",
-        seeds=image_seeds(seed, batch),
-        width=width,
-        height=height,
+        layout=layout,
         params={"faceid": request.faceid},
         models={
             "ip_adapter": {"source": str(models.adapter_path), "sha256": model_hash(models.adapter_path)},
@@ -496,7 +486,6 @@ def faceid_recipe(
                 negative_image=request.negative_image, attn_mask=request.attn_mask
             ),
         },
-        started=started,
         sections={"adapter_kind": models.adapter.kind},
     )
 

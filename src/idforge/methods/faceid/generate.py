@@ -11,6 +11,7 @@ from idforge.engine.inputs import image_name
 from idforge.engine.loop import ControlUnit
 from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import params_to_dict
+from idforge.engine.recipe import PassLayout
 from idforge.engine.result import GenerationResult
 from idforge.engine.scoring import attach_identity
 from idforge.engine.seeds import image_seeds, resolve_seed
@@ -130,7 +131,7 @@ def generate_faceid(
     )
 
     warnings = models.warnings + prepared.warnings
-    recipe = faceid_recipe(engine, request, models, prepared, seed, batch, width, height, started)
+    recipe = faceid_recipe(engine, request, models, prepared, PassLayout(seeds, width, height, started))
     extras: dict[str, Any] = {"face_images": prepared.face_images}
     if iid is not None:
         iid_request, iid_models, iid_prepared = iid

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from idforge.engine.inputs import load_named
 from idforge.engine.memory import on_device, park_on_cpu
+from idforge.engine.recipe import PassLayout
 from idforge.engine.result import GenerationResult
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
@@ -93,7 +94,8 @@ def generate_faceid_persons(
         engine, models, gen, seeds, (width, height), attention, (), progress, request.faceid.lora_strength
     )
 
-    recipe = faceid_recipe(engine, request, models, prepared[0], seed, len(seeds), width, height, started)
+    layout = PassLayout(seeds, width, height, started)
+    recipe = faceid_recipe(engine, request, models, prepared[0], layout)
     return adapter_persons_result(
         engine,
         request,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from idforge.methods.body import IMAGE_HELP, MethodBody
+from idforge.methods.body import MethodBody
+from idforge.methods.fields import IMAGE_HELP
 
 
 class InstaDepthBody(MethodBody):

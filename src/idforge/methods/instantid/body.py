@@ -8,17 +8,9 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from idforge.identity.embeds import InstantIDCombine
-from idforge.methods.body import (
-    IDENTITY_DEFAULT_HELP,
-    IMAGE_HELP,
-    MAX_STEPS,
-    MIN_STEPS,
-    MethodBody,
-    guidance_field,
-    persons_field,
-    reference_face_field,
-    steps_field,
-)
+from idforge.methods import fields
+from idforge.methods.body import MethodBody
+from idforge.methods.fields import IDENTITY_DEFAULT_HELP, IMAGE_HELP, MAX_STEPS, MIN_STEPS
 from idforge.methods.persons import RegionName
 
 
@@ -72,13 +64,13 @@ class InstantIDBody(MethodBody):
     }
     ALIAS_SOURCE: ClassVar[str] = "Segmind"
 
-    num_inference_steps: int = steps_field(30)
-    guidance_scale: float = guidance_field(5.0)
-    face_image: str | None = reference_face_field()
+    num_inference_steps: int = fields.steps(30)
+    guidance_scale: float = fields.guidance(5.0)
+    face_image: str | None = fields.reference_face()
     extra_face_images: list[str] = Field(
         default_factory=list, max_length=4, description="More references of the same person, combined"
     )
-    persons: list[PersonBody] = persons_field(
+    persons: list[PersonBody] = fields.persons(
         "each acting only in its region (pose_image gives each person the face at its place)"
     )
     pose_image: str | None = Field(None, description=f"Photo whose face gives the keypoints: {IMAGE_HELP}")

@@ -25,7 +25,7 @@ from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams
-from idforge.engine.recipe import Recipe, build_recipe, input_digests
+from idforge.engine.recipe import PassLayout, Recipe, build_recipe, input_digests
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.scoring import reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
@@ -430,13 +430,10 @@ def instantid_recipe(
         models.base,
         request.generation,
         method=method,
-        seeds=run.seeds,
-        width=prepared.width,
-        height=prepared.height,
+        layout=PassLayout(run.seeds, prepared.width, prepared.height, started),
         params={"instantid": request.instantid} | (params or {}),
         models=instantid_model_entries(engine, request, models) | (extra_models or {}),
         inputs=instantid_inputs(request, prepared) | (inputs or {}),
-        started=started,
         sections=sections,
     )
 

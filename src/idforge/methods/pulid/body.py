@@ -6,15 +6,9 @@ from typing import Literal, get_args
 
 from pydantic import Field
 
-from idforge.methods.body import (
-    IDENTITY_DEFAULT_HELP,
-    IMAGE_HELP,
-    MethodBody,
-    guidance_field,
-    persons_field,
-    reference_face_field,
-    steps_field,
-)
+from idforge.methods import fields
+from idforge.methods.body import MethodBody
+from idforge.methods.fields import IDENTITY_DEFAULT_HELP, IMAGE_HELP
 from idforge.methods.instantid.body import PersonBody
 
 PULID_MODELS = Literal["pulid-v1.1", "pulid-v1", "pulid-comfyui"]
@@ -27,18 +21,18 @@ PULID_PROJECTIONS: tuple[str, ...] = get_args(PulidProjection)
 class PulidBody(MethodBody):
     """PuLID (ApplyPulid / ApplyPulidAdvanced)."""
 
-    num_inference_steps: int = steps_field(
+    num_inference_steps: int = fields.steps(
         25, "v1.1's non-distilled default; presets pulid-v1 and pulid-v1.1-lightning set 4 and 5"
     )
-    guidance_scale: float = guidance_field(7.0)
-    face_image: str | None = reference_face_field()
+    guidance_scale: float = fields.guidance(7.0)
+    face_image: str | None = fields.reference_face()
     extra_face_images: list[str] = Field(
         default_factory=list,
         max_length=3,
         description="Auxiliary references (the official demos take 3): v1.1 encodes all in one pass, v1 appends "
         "their first 5 ID tokens (all 10 with id_mix)",
     )
-    persons: list[PersonBody] = persons_field(
+    persons: list[PersonBody] = fields.persons(
         "one ID branch each, masked to its region (ip_weight = its weight; cn_strength is refused)"
     )
     mask_image: str | None = Field(

@@ -31,9 +31,8 @@ from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.params import GenerationParams, check_pick
-from idforge.engine.recipe import Recipe, build_recipe, input_digests
+from idforge.engine.recipe import PassLayout, Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice
-from idforge.engine.seeds import image_seeds
 from idforge.engine.session import Engine, image_digest
 from idforge.errors import (
     InputName,
@@ -45,7 +44,9 @@ from idforge.errors import (
     face_input,
 )
 from idforge.imageio import load_mask
+from idforge.methods.body import sampler_defaults
 from idforge.methods.presets import identity_strength
+from idforge.methods.pulid.body import PulidBody
 
 if TYPE_CHECKING:
     from idforge.identity.eva_clip import EvaVisionTower
@@ -112,16 +113,12 @@ class PulidParams:
         return {"resolved_projection": self.projection_mode, "resolved_zero_tokens": self.zero_tokens}
 
 
-def _default_generation() -> GenerationParams:
-    return GenerationParams(steps=25, guidance=7.0)
-
-
 @dataclass
 class PulidRequest:
     """One PuLID call: reference faces, parameters, models (each a path, preset, file name or None)."""
 
     faces: Sequence[ImageInput] = ()
-    generation: GenerationParams = field(default_factory=_default_generation)
+    generation: GenerationParams = field(default_factory=sampler_defaults(PulidBody))
     pulid: PulidParams = field(default_factory=PulidParams)
     attn_mask: ImageSource | None = None
     model: str | None = None  # default pulid-v1.1
@@ -359,20 +356,14 @@ def pulid_recipe(
     request: PulidRequest,
     models: PulidModels,
     prepared: PreparedPulid,
-    seed: int,
-    batch: int,
-    width: int,
-    height: int,
-    started: float,
+    layout: PassLayout,
 ) -> Recipe:
     return build_recipe(
         engine,
         models.base,
         request.generation,
         method="pulid",
-        seeds=image_seeds(seed, batch),
-        width=width,
-        height=height,
+        layout=layout,
         params={"pulid": request.pulid},
         models=pulid_model_entries(engine, request, models),
         inputs={
@@ -380,6 +371,5 @@ def pulid_recipe(
             "attn_mask": None if request.attn_mask is None else image_name(request.attn_mask, "<image>"),
             "pixels_sha256": input_digests(attn_mask=request.attn_mask),
         },
-        started=started,
         sections={"pulid_version": models.checkpoint.version, "pulid_layout": models.checkpoint.layout},
     )

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from idforge.engine.memory import on_device, park_on_cpu
+from idforge.engine.recipe import PassLayout
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.scoring import attach_identity
@@ -64,7 +65,7 @@ def generate_pulid(
         base.unet.dtype,
     )
     latents, images = sample_and_decode(engine, base, gen, seeds, (width, height), attention, [], progress)
-    recipe = pulid_recipe(engine, request, models, prepared, seed, len(seeds), width, height, started)
+    recipe = pulid_recipe(engine, request, models, prepared, PassLayout(seeds, width, height, started))
     extras: dict[str, Any] = {"face_images": prepared.face_images}
     result = GenerationResult(
         images=images,

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 
 from idforge.engine.memory import on_device, park_on_cpu
+from idforge.engine.recipe import PassLayout
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.seeds import image_seeds, resolve_seed
@@ -82,7 +83,8 @@ def generate_pulid_persons(
             base.unet.dtype,
         )
     latents, images = sample_and_decode(engine, base, gen, seeds, (width, height), attention, (), progress)
-    recipe = pulid_recipe(engine, request, models, prepared[0], seed, len(seeds), width, height, started)
+    layout = PassLayout(seeds, width, height, started)
+    recipe = pulid_recipe(engine, request, models, prepared[0], layout)
     return adapter_persons_result(
         engine,
         request,

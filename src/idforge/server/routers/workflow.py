@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from idforge.methods.body import IMAGE_HELP
+from idforge.methods.fields import IMAGE_HELP
 from idforge.server.contract import submit_body
 from idforge.server.deps import Auth, base_url, server_state
 from idforge.server.errors_http import ERROR_RESPONSES
