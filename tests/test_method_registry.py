@@ -56,7 +56,6 @@ DUMMY = Method(
     images=(ImageInput("face_image", "--face", "any image", required=True),),
     build_request=_build,
     run=_run,
-    recipe_section="dummy",
 )
 
 

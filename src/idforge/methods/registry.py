@@ -139,7 +139,6 @@ class Method:
     images: tuple[ImageInput, ...]
     build_request: Callable[[MethodCall], Any]
     run: Callable[[Engine, Any, ProgressCallback], GenerationResult]
-    recipe_section: str  # the key of the method's own parameters in the recipe ("instantid", "faceid", ...)
     cli: CommandLine = field(default_factory=CommandLine)
     check: Callable[[MethodCall], None] | None = (
         None  # cross-field rules, before anything is queued or charged

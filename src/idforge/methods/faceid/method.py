@@ -62,7 +62,6 @@ METHOD = Method(
     ),
     build_request=build_request,
     run=lazy("idforge.methods.faceid.generate", "generate_faceid"),
-    recipe_section="faceid",
     cli=COMMAND_LINE,
     check=check,
     outputs=outputs,

@@ -46,7 +46,6 @@ METHOD = Method(
     ),
     build_request=build_request,
     run=lazy("idforge.methods.insta_depth.generate", "generate_insta_depth"),
-    recipe_section="insta_depth",
     cli=COMMAND_LINE,
     extras=extras,
     warm_up_images=("face_image", "pose_image"),

@@ -67,7 +67,6 @@ METHOD = Method(
     ),
     build_request=build_request,
     run=lazy("idforge.methods.instantid.generate", "generate_instantid"),
-    recipe_section="instantid",
     cli=COMMAND_LINE,
     check=check,
     run_batch=lazy("idforge.methods.instantid.batch", "generate_instantid_batch"),

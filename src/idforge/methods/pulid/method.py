@@ -48,7 +48,6 @@ METHOD = Method(
     ),
     build_request=build_request,
     run=lazy("idforge.methods.pulid.generate", "generate_pulid"),
-    recipe_section="pulid",
     cli=COMMAND_LINE,
     check=check,
     previews=("faces",),
