@@ -138,7 +138,7 @@ class Method:
     body: type[MethodBody]
     images: tuple[ImageInput, ...]
     build_request: Callable[[MethodCall], Any]
-    run: Callable[[Engine, Any, ProgressCallback], GenerationResult]
+    run: Callable[[Engine, Any, ProgressCallback | None], GenerationResult]
     cli: CommandLine = field(default_factory=CommandLine)
     check: Callable[[MethodCall], None] | None = (
         None  # cross-field rules, before anything is queued or charged
@@ -157,6 +157,14 @@ class Method:
     previews: tuple[str, ...] = ()  # what the studio previews for it: "faces", "keypoints", "depth"
     face_search: FaceSearch = field(default_factory=FaceSearch)
     error_fields: Mapping[str, str] = field(default_factory=dict)  # engine parameter name -> body field
+    # `idforge reproduce`: the request a recipe records (from a methods.reproduce.RecipeCall), and the recipe
+    # `method` names it rebuilds (default: the method's name)
+    from_recipe: Callable[[Any], Any] | None = None
+    recipe_methods: tuple[str, ...] = ()
+
+    @property
+    def recipe_names(self) -> tuple[str, ...]:
+        return self.recipe_methods or (self.name,)
 
     def output_count(self, body: MethodBody) -> int:
         """Images a request generates (the price is per image): best-of-N generates N per delivered one."""

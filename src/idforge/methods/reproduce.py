@@ -20,8 +20,9 @@
 
 On the same machine, with the same models and inputs, the image is bit-for-bit the original (tests/test_recipe.py).
 `Reproduction.differences` lists what was not the same (models whose sha256 changed, device, dtype, switches,
-scheduler, torch/diffusers versions): any of them may change pixels. Methods: instantid, faceid (also batch mode,
-and FaceID + InstantID), insta_depth, pulid. Several people (persons) are refused; a job that shared a server batch pass
+scheduler, torch/diffusers versions): any of them may change pixels. Methods: every registered method with a
+`from_recipe` (the request a recipe records, from a `RecipeCall`; each method keeps its own in its method.py):
+instantid, faceid (also batch mode, and FaceID + InstantID), insta_depth, pulid. Several people (persons) are refused; a job that shared a server batch pass
 (`batch` section) is regenerated alone, which can differ by float rounding.
 """
 
@@ -41,8 +42,8 @@ from idforge.engine.recipe import Recipe, pixels_digest
 from idforge.engine.result import GenerationResult, read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import InputImageError, ParameterError
+from idforge.methods.registry import Method, methods
 
-METHODS = ("instantid", "faceid", "instantid+faceid", "insta_depth", "pulid")
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -108,10 +109,7 @@ def reproduce(
     folders = [Path(d) for d in search_dirs]
     if isinstance(source, str | Path) and Path(source).exists():
         folders.insert(0, Path(source).resolve().parent)
-    if recipe.method not in METHODS:
-        raise ParameterError(
-            "recipe", f"method {recipe.method!r} cannot be reproduced ({', '.join(METHODS)})"
-        )
+    _method_for(recipe.method)  # an unknown method fails before any file is looked up
     if recipe.sections.get("persons"):
         raise ParameterError("recipe", "several people in one image cannot be reproduced from a recipe yet")
     differences: list[str] = []
@@ -122,106 +120,20 @@ def reproduce(
     if engine is None:
         engine = _engine_for(recipe, models_dirs, offline, device, differences)
     gen, index = _generation(recipe)
-    params = recipe.params
-    models = recipe.models
-
-    if recipe.method == "instantid":
-        from idforge.methods.instantid.core import InstantIDRequest
-        from idforge.methods.instantid.generate import generate_instantid
-        from idforge.methods.instantid.params import InstantIDParams
-
-        inputs = recipe.inputs
-        request = InstantIDRequest(
-            faces=finder.faces(inputs.get("faces"), faces, "faces"),
-            generation=gen,
-            instantid=_params(InstantIDParams, params),
-            pose=finder.one("pose", inputs, pose),
-            kps_image=finder.one("kps_image", inputs, kps_image),
-            mask=finder.one("mask", inputs, mask),
-            pose_fallback=True,  # a pose without a face only ran (on the reference keypoints) with the fallback
-            base=_model_spec(models.get("base")),
-            instantid_model=_instantid_spec(models),
-            face_models=_model_spec(models.get("face_models")),
-        )
-        result = generate_instantid(engine, request, progress)
-    elif recipe.method in ("faceid", "instantid+faceid"):
-        from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
-        from idforge.methods.faceid.generate import generate_faceid
-
-        inputs = recipe.inputs
-        lora = (models.get("lora") or {}).get("source")
-        faceid_request = FaceIDRequest(
-            faces=finder.faces(inputs.get("faces"), faces, "faces"),
-            generation=gen,
-            faceid=_params(FaceIDParams, params),
-            negative_image=finder.one("negative_image", inputs, negative_image),
-            attn_mask=finder.one("attn_mask", inputs, attn_mask),
-            adapter=_model_spec(models.get("ip_adapter")),
-            lora=None if lora in (None, "embedded") else _model_spec(models.get("lora")),
-            clip_vision=_model_spec(models.get("clip_vision")),
-            base=_model_spec(models.get("base")),
-            face_models=_model_spec(models.get("face_models")),
-        )
-        instantid = None
-        if recipe.method == "instantid+faceid":
-            from idforge.methods.instantid.core import InstantIDRequest
-            from idforge.methods.instantid.params import InstantIDParams
-
-            part = recipe.sections.get("instantid") or {}
-            part_inputs = part.get("inputs") or {}
-            instantid = InstantIDRequest(
-                faces=finder.faces(part_inputs.get("faces"), instantid_faces, "instantid_faces"),
-                instantid=_params(InstantIDParams, part.get("params") or {}),
-                pose=finder.one("pose", part_inputs, pose),
-                kps_image=finder.one("kps_image", part_inputs, kps_image),
-                mask=finder.one("mask", part_inputs, mask),
-                pose_fallback=True,
-                instantid_model=_instantid_spec(part.get("models") or {}),
-                face_models=_model_spec((part.get("models") or {}).get("face_models")),
-            )
-        result = generate_faceid(engine, faceid_request, progress, instantid=instantid)
-    elif recipe.method == "pulid":
-        from idforge.methods.pulid.core import PulidParams, PulidRequest
-        from idforge.methods.pulid.generate import generate_pulid
-
-        inputs = recipe.inputs
-        pulid_request = PulidRequest(
-            faces=finder.faces(inputs.get("faces"), faces, "faces"),
-            generation=gen,
-            pulid=_params(PulidParams, params),
-            attn_mask=finder.one("attn_mask", inputs, attn_mask),
-            model=_model_spec(models.get("pulid")),
-            eva_clip=_model_spec(models.get("eva_clip")),
-            face_parser=_model_spec(models.get("face_parser")),
-            base=_model_spec(models.get("base")),
-            face_models=_model_spec(models.get("face_models")),
-        )
-        result = generate_pulid(engine, pulid_request, progress)
-    else:
-        from idforge.methods.insta_depth.generate import (
-            InstaDepthParams,
-            InstaDepthRequest,
-            generate_insta_depth,
-        )
-        from idforge.methods.instantid.params import InstantIDParams
-
-        inputs = recipe.inputs
-        recorded_faces = inputs.get("faces") or [{"image": inputs.get("face")}]
-        face = finder.faces(recorded_faces[:1], None if faces is None else list(faces)[:1], "faces")[0]
-        depth_request = InstaDepthRequest(
-            face=face,
-            pose=finder.required("pose", inputs, pose),
-            generation=gen,
-            instantid=_params(InstantIDParams, params),
-            depth=_params(InstaDepthParams, params),
-            depth_map=finder.one("depth_map", inputs, depth_map),
-            base=_model_spec(models.get("base")),
-            instantid_model=_instantid_spec(models),
-            face_models=_model_spec(models.get("face_models")),
-            depth_controlnet=_model_spec(models.get("depth_controlnet")),
-            depth_estimator=_model_spec(models.get("depth_estimator")),
-        )
-        result = generate_insta_depth(engine, depth_request, progress)
+    method = _method_for(recipe.method)
+    given = {
+        "faces": faces,
+        "pose": pose,
+        "kps_image": kps_image,
+        "mask": mask,
+        "negative_image": negative_image,
+        "attn_mask": attn_mask,
+        "depth_map": depth_map,
+        "instantid_faces": instantid_faces,
+    }
+    assert method.from_recipe is not None  # _method_for picks only methods that rebuild recipes
+    request = method.from_recipe(RecipeCall(recipe, gen, given, finder))
+    result = method.run(engine, request, progress)
 
     new = Recipe.from_dict(result.recipe)
     differences += _model_differences(recipe.models, new.models)
@@ -233,6 +145,50 @@ def reproduce(
         differences += _runtime_differences(recipe.runtime.to_dict(), new.runtime.to_dict())
     index = min(index, len(result.images) - 1)
     return Reproduction(result.images[index], result, recipe, index, differences)
+
+
+@dataclass
+class RecipeCall:
+    """What a method's `from_recipe` rebuilds its request from: the recorded parameters and models, the input
+    images (given to `reproduce`, else found by their recorded names, each checked against its pixels_sha256) and
+    the sampler settings to run."""
+
+    recipe: Recipe
+    generation: GenerationParams
+    given: Mapping[str, Any]  # reproduce()'s image arguments by name: faces, pose, mask, attn_mask, ...
+    finder: _InputFinder
+
+    def params(self, params_class: type, values: Mapping[str, Any] | None = None) -> Any:
+        """A parameter object from the recorded parameters (`values`: a section's own)."""
+        return _params(params_class, self.recipe.params if values is None else values)
+
+    def model(self, role: str, models: Mapping[str, Any] | None = None) -> str | None:
+        """The recorded model of `role`: its file where it still exists, else its name for the models folders."""
+        return _model_spec((self.recipe.models if models is None else models).get(role))
+
+    def instantid_folder(self, models: Mapping[str, Any] | None = None) -> str | None:
+        return _instantid_spec(self.recipe.models if models is None else models)
+
+    def faces(self, argument: str = "faces", inputs: Mapping[str, Any] | None = None) -> list[ImageSource]:
+        recorded = (self.recipe.inputs if inputs is None else inputs).get("faces")
+        return self.finder.faces(recorded, self.given.get(argument), argument)
+
+    def image(
+        self, role: str, inputs: Mapping[str, Any] | None = None, required: bool = False
+    ) -> ImageSource | None:
+        """The input image of `role` (given as the argument of the same name, else found), or None."""
+        recorded = self.recipe.inputs if inputs is None else inputs
+        return self.finder.one(role, recorded, self.given.get(role), required=required)
+
+
+def _method_for(recipe_method: str) -> Method:
+    """The registered method that rebuilds recipes of `recipe_method` (a recipe's `method`)."""
+    rebuilding = [method for method in methods() if method.from_recipe is not None]
+    for method in rebuilding:
+        if recipe_method in method.recipe_names:
+            return method
+    known = ", ".join(name for method in rebuilding for name in method.recipe_names)
+    raise ParameterError("recipe", f"method {recipe_method!r} cannot be reproduced ({known})")
 
 
 # ---- the pieces ---------------------------------------------------------------------------------------------------
@@ -330,12 +286,6 @@ class _InputFinder:
             self._found(entry.get("image"), entry.get("pixels_sha256"), f"face image {i}", argument)
             for i, entry in enumerate(recorded)
         ]
-
-    def required(self, role: str, inputs: Mapping[str, Any], given: ImageSource | None) -> ImageSource:
-        """`one` for an image the method cannot run without."""
-        found = self.one(role, inputs, given, required=True)
-        assert found is not None  # one() raises instead
-        return found
 
     def one(
         self, role: str, inputs: Mapping[str, Any], given: ImageSource | None, required: bool = False

@@ -39,6 +39,30 @@ def check(call: MethodCall) -> None:
         check_regions_at_given_size(request.persons, request.generation)
 
 
+def from_recipe(call: Any) -> Any:
+    """The request a recipe records (methods/reproduce.py), with its InstantID part for FaceID + InstantID."""
+    from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+    from idforge.methods.instantid.method import from_recipe as instantid_from_recipe
+
+    lora = (call.recipe.models.get("lora") or {}).get("source")
+    instantid = None
+    if call.recipe.method == "instantid+faceid":
+        instantid = instantid_from_recipe(call, call.recipe.sections.get("instantid") or {})
+    return FaceIDRequest(
+        faces=call.faces(),
+        generation=call.generation,
+        faceid=call.params(FaceIDParams),
+        negative_image=call.image("negative_image"),
+        attn_mask=call.image("attn_mask"),
+        adapter=call.model("ip_adapter"),
+        lora=None if lora in (None, "embedded") else call.model("lora"),
+        clip_vision=call.model("clip_vision"),
+        base=call.model("base"),
+        face_models=call.model("face_models"),
+        instantid=instantid,
+    )
+
+
 def outputs(body: Any) -> int:
     """FaceID's batch rule: one output per reference, at least num_images."""
     references = 1 + len(body.extra_face_images)
@@ -65,6 +89,8 @@ METHOD = Method(
     cli=COMMAND_LINE,
     check=check,
     outputs=outputs,
+    from_recipe=from_recipe,
+    recipe_methods=("faceid", "instantid+faceid"),
     previews=("faces",),
     face_search=FaceSearch(
         pack="buffalo_l", pick="score"

@@ -29,6 +29,30 @@ def extras(call: MethodCall, result: Any) -> dict[str, Any]:
     return {"depth_map": depth} if call.params.get("return_depth_map") and depth is not None else {}
 
 
+def from_recipe(call: Any) -> Any:
+    """The request a recipe records (methods/reproduce.py); older recipes name the face `face`."""
+    from idforge.methods.insta_depth.generate import InstaDepthParams, InstaDepthRequest
+    from idforge.methods.instantid.params import InstantIDParams
+
+    inputs = call.recipe.inputs
+    recorded = inputs.get("faces") or [{"image": inputs.get("face")}]
+    given = call.given.get("faces")
+    face = call.finder.faces(recorded[:1], None if given is None else list(given)[:1], "faces")[0]
+    return InstaDepthRequest(
+        face=face,
+        pose=call.image("pose", required=True),
+        generation=call.generation,
+        instantid=call.params(InstantIDParams),
+        depth=call.params(InstaDepthParams),
+        depth_map=call.image("depth_map"),
+        base=call.model("base"),
+        instantid_model=call.instantid_folder(),
+        face_models=call.model("face_models"),
+        depth_controlnet=call.model("depth_controlnet"),
+        depth_estimator=call.model("depth_estimator"),
+    )
+
+
 METHOD = Method(
     name="insta-depth",
     title="Insta Depth",
@@ -50,4 +74,6 @@ METHOD = Method(
     extras=extras,
     warm_up_images=("face_image", "pose_image"),
     previews=("faces", "keypoints", "depth"),
+    from_recipe=from_recipe,
+    recipe_methods=("insta_depth",),
 )

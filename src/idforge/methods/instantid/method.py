@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from idforge.methods.instantid.body import InstantIDBody
@@ -40,6 +41,28 @@ def check(call: MethodCall) -> None:
     person_regions(request.persons, output_size(request))
 
 
+def from_recipe(call: Any, part: Mapping[str, Any] | None = None) -> Any:
+    """The request a recipe records (methods/reproduce.py). `part`: the InstantID section of a FaceID + InstantID
+    recipe, whose sampler settings and base are the FaceID request's."""
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.params import InstantIDParams
+
+    inputs = None if part is None else part.get("inputs") or {}
+    models = None if part is None else part.get("models") or {}
+    whole = {} if part is not None else {"generation": call.generation, "base": call.model("base")}
+    return InstantIDRequest(
+        faces=call.faces("faces" if part is None else "instantid_faces", inputs),
+        instantid=call.params(InstantIDParams, None if part is None else part.get("params") or {}),
+        pose=call.image("pose", inputs),
+        kps_image=call.image("kps_image", inputs),
+        mask=call.image("mask", inputs),
+        pose_fallback=True,  # a pose without a face only ran (on the reference keypoints) with the fallback
+        instantid_model=call.instantid_folder(models),
+        face_models=call.model("face_models", models),
+        **whole,
+    )
+
+
 def batch_key(params: dict[str, Any], given: dict[str, Any]) -> str | None:
     """Jobs with equal keys share one denoising pass (methods/instantid/batch.py); None: it runs alone."""
     if params.get("persons") or given.get("mask_image") or params.get("enhance_face_region"):
@@ -72,4 +95,5 @@ METHOD = Method(
     run_batch=lazy("idforge.methods.instantid.batch", "generate_instantid_batch"),
     batch_key=batch_key,
     previews=("faces", "keypoints"),
+    from_recipe=from_recipe,
 )

@@ -32,6 +32,23 @@ def check(call: MethodCall) -> None:
         check_regions_at_given_size(request.persons, request.generation)
 
 
+def from_recipe(call: Any) -> Any:
+    """The request a recipe records (methods/reproduce.py)."""
+    from idforge.methods.pulid.core import PulidParams, PulidRequest
+
+    return PulidRequest(
+        faces=call.faces(),
+        generation=call.generation,
+        pulid=call.params(PulidParams),
+        attn_mask=call.image("attn_mask"),
+        model=call.model("pulid"),
+        eva_clip=call.model("eva_clip"),
+        face_parser=call.model("face_parser"),
+        base=call.model("base"),
+        face_models=call.model("face_models"),
+    )
+
+
 METHOD = Method(
     name="pulid",
     title="PuLID",
@@ -51,4 +68,5 @@ METHOD = Method(
     cli=COMMAND_LINE,
     check=check,
     previews=("faces",),
+    from_recipe=from_recipe,
 )
