@@ -51,14 +51,14 @@ def _pack(folder: Path, names=("det_10g.onnx", "w600k_r50.onnx")) -> Path:
 
 
 def test_explicit_path(tiny):
-    found = ModelStore().base(tiny["sdxl_file"])
+    found = ModelStore().resolve("base", tiny["sdxl_file"])
     assert found.path == tiny["sdxl_file"].resolve() and found.source == "path"
 
 
 def test_missing_explicit_path_names_it(tmp_path):
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(ModelNotFoundError) as err:
-        ModelStore().base(str(missing))
+        ModelStore().resolve("base", str(missing))
     assert str(missing) in str(err.value) and "does not exist" in str(err.value)
 
 
@@ -66,32 +66,32 @@ def test_comfyui_models_folder_by_preset_file_name(tiny, tmp_path):
     models = tmp_path / "ComfyUI" / "models"
     ckpt = _place(tiny["sdxl_file"], models / "checkpoints" / "sd_xl_base_1.0.safetensors")
     _place(tiny["sd15_file"], models / "checkpoints" / "v1-5-pruned-emaonly.safetensors")
-    found = ModelStore([models]).base()
+    found = ModelStore([models]).resolve("base")
     assert (found.path, found.source, found.preset) == (ckpt, "comfyui", "sdxl-base")
-    assert ModelStore([models]).base("sd15").path.name == "v1-5-pruned-emaonly.safetensors"
+    assert ModelStore([models]).resolve("base", "sd15").path.name == "v1-5-pruned-emaonly.safetensors"
     # the ComfyUI root (the folder above models/) works the same
-    assert ModelStore([tmp_path / "ComfyUI"]).base().path == ckpt
+    assert ModelStore([tmp_path / "ComfyUI"]).resolve("base").path == ckpt
 
 
 def test_idforge_models_env(tiny, tmp_path, monkeypatch):
     models = tmp_path / "m"
     folder = _place(tiny["sdxl"], models / "diffusers" / "stable-diffusion-xl-base-1.0")
     monkeypatch.setenv("IDFORGE_MODELS", str(models))
-    assert ModelStore().base().path == folder
+    assert ModelStore().resolve("base").path == folder
 
 
 def test_user_file_name_in_models_folder(tiny, tmp_path):
     models = tmp_path / "m"
     ckpt = _place(tiny["sdxl_file"], models / "checkpoints" / "juggernautXL_v9.safetensors")
-    assert ModelStore([models]).base("juggernautXL_v9").path == ckpt
-    assert ModelStore([models]).base("juggernautXL_v9.safetensors").path == ckpt
+    assert ModelStore([models]).resolve("base", "juggernautXL_v9").path == ckpt
+    assert ModelStore([models]).resolve("base", "juggernautXL_v9.safetensors").path == ckpt
 
 
 def test_single_candidate_is_picked_and_wrong_family_ignored(tiny, tmp_path):
     models = tmp_path / "m"
     ckpt = _place(tiny["sdxl_file"], models / "checkpoints" / "mine.safetensors")
     _place(tiny["sd15_file"], models / "checkpoints" / "old15.safetensors")
-    found = ModelStore([models]).base()
+    found = ModelStore([models]).resolve("base")
     assert found.path == ckpt and found.source == "comfyui"
 
 
@@ -100,7 +100,7 @@ def test_ambiguous_candidates_are_listed(tiny, tmp_path):
     a = _place(tiny["sdxl_file"], models / "checkpoints" / "a.safetensors")
     b = _place(tiny["sdxl_file"], models / "checkpoints" / "b.safetensors")
     with pytest.raises(ParameterError) as err:
-        ModelStore([models]).base()
+        ModelStore([models]).resolve("base")
     assert str(a) in str(err.value) and str(b) in str(err.value) and "several" in str(err.value)
 
 
@@ -108,7 +108,7 @@ def test_offline_error_names_model_places_and_hint(tmp_path):
     models = tmp_path / "empty"
     models.mkdir()
     with pytest.raises(ModelNotFoundError) as err:
-        ModelStore([models]).base()
+        ModelStore([models]).resolve("base")
     message = str(err.value)
     assert err.value.model == "sdxl-base"
     assert str(models / "checkpoints") in message and str(models / "diffusers") in message
@@ -120,13 +120,13 @@ def test_offline_error_names_model_places_and_hint(tmp_path):
 def test_hf_cache_layout(tmp_path):
     cache = tmp_path / "hf" / "hub"
     snapshot = fake_hf_cache(cache, "h94/IP-Adapter-FaceID", {"ip-adapter-faceid_sdxl.bin": b"x"})
-    found = ModelStore().ipadapter("faceid-sdxl")
+    found = ModelStore().resolve("ipadapter", "faceid-sdxl")
     assert found.source == "hf_cache" and found.repo_id == "h94/IP-Adapter-FaceID"
     assert found.path == snapshot / "ip-adapter-faceid_sdxl.bin"
     # a folder preset needs every file: with one missing it is not "cached"
     fake_hf_cache(cache, "depth-anything/Depth-Anything-V2-Small-hf", {"config.json": b"{}"})
     with pytest.raises(ModelNotFoundError):
-        ModelStore().depth_estimator()
+        ModelStore().resolve("depth_estimator")
 
 
 def test_hub_offline_translation(tmp_path, monkeypatch):
@@ -157,7 +157,7 @@ def test_hub_network_error_translation(monkeypatch):
 def test_face_pack_in_insightface_home():
     home_pack = _pack(Path.home() / ".insightface" / "models" / "antelopev2", ("scrfd_10g_bnkps.onnx",))
     assert resolve_face_pack(None) == home_pack
-    found = ModelStore().face_pack()
+    found = ModelStore().resolve("face_pack")
     assert found.source == "insightface_home" and found.preset == "antelopev2"
 
 
@@ -191,21 +191,21 @@ def test_instantid_published_folder_and_comfy_parts(tmp_path):
     (folder / "ControlNetModel").mkdir(parents=True)
     (folder / "ControlNetModel" / "config.json").write_text("{}")
     (folder / "ip-adapter.bin").write_bytes(b"x")
-    found = ModelStore([tmp_path / "m"]).instantid()
+    found = ModelStore([tmp_path / "m"]).resolve("instantid")
     assert found.parts == {"identitynet": folder / "ControlNetModel", "ipadapter": folder / "ip-adapter.bin"}
-    assert ModelStore().instantid(folder).source == "path"
+    assert ModelStore().resolve("instantid", folder).source == "path"
 
     models = tmp_path / "comfy"
     (models / "instantid").mkdir(parents=True)
     (models / "instantid" / "ip-adapter.bin").write_bytes(b"x")
     (models / "controlnet").mkdir()
     (models / "controlnet" / "instantid-controlnet.safetensors").write_bytes(b"x")
-    found = ModelStore([models]).instantid()
+    found = ModelStore([models]).resolve("instantid")
     assert found.parts["identitynet"] == models / "controlnet" / "instantid-controlnet.safetensors"
     assert found.parts["ipadapter"] == models / "instantid" / "ip-adapter.bin"
     (models / "controlnet" / "instantid-controlnet.safetensors").unlink()
     with pytest.raises(ModelNotFoundError) as err:
-        ModelStore([models]).instantid()
+        ModelStore([models]).resolve("instantid")
     assert "identitynet" in str(err.value) and str(models / "controlnet") in str(err.value)
 
 
@@ -218,7 +218,7 @@ def test_lora_and_clip_vision_in_comfy_folders(tmp_path):
     clip.parent.mkdir()
     clip.write_bytes(b"x")
     store = ModelStore([models])
-    assert store.lora("faceid-sdxl-lora").path == lora
-    assert store.clip_vision().path == clip
+    assert store.resolve("lora", "faceid-sdxl-lora").path == lora
+    assert store.resolve("clip_vision").path == clip
     with pytest.raises(ParameterError):
-        store.lora()  # no default LoRA
+        store.resolve("lora")  # no default LoRA

@@ -59,34 +59,7 @@ class ModelStore:
         self.offline = hub.offline_mode(offline)
         self.cache_dir = hub.hub_cache_dir(cache_dir)
 
-    # ---- typed entry points -------------------------------------------------------------------------------
-    def base(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("base", spec)
-
-    def instantid(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("instantid", spec)
-
-    def identitynet(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("identitynet", spec)
-
-    def ipadapter(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("ipadapter", spec)
-
-    def lora(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("lora", spec)
-
-    def clip_vision(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("clip_vision", spec)
-
-    def controlnet(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("controlnet", spec)
-
-    def depth_estimator(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("depth_estimator", spec)
-
-    def face_pack(self, spec: str | Path | None = None) -> ResolvedModel:
-        return self.resolve("face_pack", spec)
-
+    # ---- entry points -------------------------------------------------------------------------------------
     def default(self, role: str, preset_name: str, *, local_only: bool = False) -> ResolvedModel:
         """The model a job uses when the user named none: the preset's files where users keep them, else the one
         model of that family in the models folders (a tiny kit, a ComfyUI folder), else the hub."""
@@ -102,8 +75,7 @@ class ModelStore:
         if role == "face_pack":
             name = str(spec) if spec is not None else DEFAULTS["face_pack"]
             path, source = _find_face_pack(name, self.models_dirs, explicit=spec is not None)
-            preset = find_preset(path.name)
-            return ResolvedModel(role, path, source, preset.name if preset else None)
+            return _named_model(role, path, source)
         if role == "instantid":
             return self._instantid(spec, local_only)
         if spec is None:
@@ -114,8 +86,7 @@ class ModelStore:
         text = str(spec)
         path = Path(text).expanduser()
         if path.exists():
-            preset = find_preset(path.name)
-            return ResolvedModel(role, path.resolve(), "path", preset.name if preset else None)
+            return _named_model(role, path.resolve(), "path", name=path.name)
         if isinstance(spec, Path) or _looks_like_path(text):
             local = self._named_in_models_dirs(role, path.name) if not path.is_absolute() else None
             if local:
@@ -171,14 +142,14 @@ class ModelStore:
         )
         source = _preset_path(root, preset)
         if preset.role != "instantid" and target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+            _remove(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         if preset.role == "instantid":
             for item in source.iterdir():
                 if not item.name.startswith("."):
                     dest = target / item.name
                     if dest.exists():
-                        shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+                        _remove(dest)
                     shutil.move(str(item), str(dest))
         else:
             shutil.move(str(source), str(target))
@@ -199,8 +170,7 @@ class ModelStore:
         for folder in self._folders(role):
             for entry in comfy.candidates(folder, role):
                 if name in (entry.name, entry.stem):
-                    preset = find_preset(entry.name)
-                    return ResolvedModel(role, entry, "comfyui", preset.name if preset else None)
+                    return _named_model(role, entry, "comfyui")
         return None
 
     def _preset(
@@ -301,17 +271,11 @@ class ModelStore:
         (found by their usual names, or named: a mapping {"identitynet": ..., "ipadapter": ...}, as a ComfyUI
         workflow names them, each resolved in its own role's folders)."""
         if isinstance(spec, Mapping):
-            parts = {
-                part: self.resolve(part, spec[part], local_only=local_only)
-                for part in ("identitynet", "ipadapter")
-            }
-            return ResolvedModel(
-                "instantid",
-                parts["ipadapter"].path,
-                parts["ipadapter"].source,
-                "instantid",
-                None,
-                {part: resolved.path for part, resolved in parts.items()},
+            return _instantid_parts(
+                {
+                    part: self.resolve(part, spec[part], local_only=local_only)
+                    for part in ("identitynet", "ipadapter")
+                }
             )
         if spec is not None:
             path = Path(str(spec)).expanduser()
@@ -340,14 +304,7 @@ class ModelStore:
             except ModelNotFoundError as exc:
                 errors.append(exc)
         if len(parts) == 2:
-            return ResolvedModel(
-                "instantid",
-                parts["ipadapter"].path,
-                parts["ipadapter"].source,
-                "instantid",
-                None,
-                {k: v.path for k, v in parts.items()},
-            )
+            return _instantid_parts(parts)
         snapshot = hub.cached_files(preset.repo_id or "", preset.files, self.cache_dir)
         if snapshot is not None:
             return _instantid_folder(snapshot, "hf_cache")
@@ -386,6 +343,30 @@ def _presets_for(role: str) -> list[str]:
 
 def _preset_path(root: Path, preset: Preset) -> Path:
     return root / preset.files[0] if preset.is_file else root / (preset.subfolder or "")
+
+
+def _named_model(role: str, path: Path, source: str, *, name: str | None = None) -> ResolvedModel:
+    """A model found by its path: a preset's usual file or folder name (`name`, the name the user gave where
+    `path` is resolved through a link) says which preset it is."""
+    preset = find_preset(name or path.name)
+    return ResolvedModel(role, path, source, preset.name if preset else None)
+
+
+def _remove(path: Path) -> None:
+    """Clear what a fetch replaces, file or folder."""
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _instantid_parts(parts: Mapping[str, ResolvedModel]) -> ResolvedModel:
+    """InstantID from its two parts found apart; the ip-adapter stands for the whole (path and source)."""
+    return ResolvedModel(
+        "instantid",
+        parts["ipadapter"].path,
+        parts["ipadapter"].source,
+        "instantid",
+        None,
+        {part: resolved.path for part, resolved in parts.items()},
+    )
 
 
 def _instantid_folder(folder: Path, source: str) -> ResolvedModel:

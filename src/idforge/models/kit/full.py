@@ -24,9 +24,10 @@ import torch
 from idforge.models import fullsize
 
 from .builders import save_diffusers, save_transformers
-from .common import save_bin, write_json, write_readme
+from .common import save_bin, write_readme
 from .depth import write_depth
 from .faces import write_face_packs
+from .pipeline import write_pipeline_files
 from .sdxl import MODEL_INDEX, SCHEDULER_CONFIG
 
 SDXL_FOLDER = "diffusers/stable-diffusion-xl-base-1.0"
@@ -62,9 +63,7 @@ def full_parts(
         shipped = shipped_config_dir("sdxl")  # the published tokenizer files (CLIP BPE vocabulary, 49408)
         for name in ("tokenizer", "tokenizer_2"):
             shutil.copytree(shipped / name, root / name)
-        write_json(root / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-        write_json(root / "model_index.json", MODEL_INDEX)
-        write_readme(root, f"SDXL base pipeline folder. {NOTE}", seed)
+        write_pipeline_files(root, SCHEDULER_CONFIG, MODEL_INDEX, f"SDXL base pipeline folder. {NOTE}", seed)
         return {"sdxl": SDXL_FOLDER}
 
     def write_identitynet(kit_dir: Path, seed: int) -> dict[str, str]:

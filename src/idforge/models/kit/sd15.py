@@ -16,49 +16,29 @@ from .builders import (
     save_diffusers,
     save_transformers,
 )
-from .common import write_json, write_readme
-from .sdxl import DIFFUSERS_VERSION, TEXT_WIDTH, text_config, vae_config
+from .pipeline import model_index, scheduler_config, write_pipeline_files
+from .sdxl import TEXT_WIDTH, UNET_VALUES, text_config, vae_config
 
 FOLDER = "diffusers/tiny-sd15"
 CROSS_WIDTH = TEXT_WIDTH  # 64, SD1.5: 768
 
 # Values of SD1.5's scheduler/scheduler_config.json.
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": DIFFUSERS_VERSION,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+SCHEDULER_CONFIG = scheduler_config("PNDMScheduler")
 
-MODEL_INDEX: dict[str, Any] = {
-    "_class_name": "StableDiffusionPipeline",
-    "_diffusers_version": DIFFUSERS_VERSION,
-    "feature_extractor": [None, None],
-    "image_encoder": [None, None],
-    "requires_safety_checker": False,
-    "safety_checker": [None, None],
-    "scheduler": ["diffusers", "PNDMScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
+MODEL_INDEX = model_index(
+    "StableDiffusionPipeline",
+    "PNDMScheduler",
+    requires_safety_checker=False,
+    safety_checker=[None, None],
+)
 
 
 def unet_config() -> dict[str, Any]:
     """SD1.5's UNet config with toy widths (SD1.5: channels 320/640/1280/1280, 8 heads, cross width 768)."""
     return {
-        "act_fn": "silu",
+        **UNET_VALUES,
         "attention_head_dim": 2,
         "block_out_channels": [32, 32, 64, 64],
-        "center_input_sample": False,
         "cross_attention_dim": CROSS_WIDTH,
         "down_block_types": [
             "CrossAttnDownBlock2D",
@@ -66,16 +46,6 @@ def unet_config() -> dict[str, Any]:
             "CrossAttnDownBlock2D",
             "DownBlock2D",
         ],
-        "downsample_padding": 1,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "in_channels": 4,
-        "layers_per_block": 2,
-        "mid_block_scale_factor": 1,
-        "norm_eps": 1e-05,
-        "norm_num_groups": 32,
-        "out_channels": 4,
-        "sample_size": 8,
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     }
 
@@ -97,9 +67,11 @@ def write_sd15(kit_dir: Path, seed: int) -> dict[str, str]:
         root / "text_encoder",
     )
     tokenizer.write_tokenizer(root / "tokenizer")
-    write_json(root / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-    write_json(root / "model_index.json", MODEL_INDEX)
-    write_readme(
-        root, "Tiny SD1.5 (StableDiffusionPipeline folder, no safety checker, cross width 64).", seed
+    write_pipeline_files(
+        root,
+        SCHEDULER_CONFIG,
+        MODEL_INDEX,
+        "Tiny SD1.5 (StableDiffusionPipeline folder, no safety checker, cross width 64).",
+        seed,
     )
     return {"sd15": FOLDER}

@@ -21,60 +21,56 @@ from .builders import (
     save_diffusers,
     save_transformers,
 )
-from .common import write_json, write_readme
+from .pipeline import model_index, scheduler_config, write_pipeline_files
 
 FOLDER = "diffusers/tiny-sdxl"
 TEXT_WIDTH = 64  # each text encoder; the UNet sees both concatenated
 CROSS_WIDTH = 2 * TEXT_WIDTH  # 128, SDXL: 768 + 1280 = 2048
 POOLED_WIDTH = 64  # text_encoder_2 projection_dim, SDXL: 1280
 TIME_EMBED_DIM = 8  # addition_time_embed_dim, SDXL: 256
-DIFFUSERS_VERSION = "0.42.1"
 
 # Values of SDXL base 1.0's scheduler/scheduler_config.json.
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "EulerDiscreteScheduler",
-    "_diffusers_version": DIFFUSERS_VERSION,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
+SCHEDULER_CONFIG = scheduler_config(
+    "EulerDiscreteScheduler",
+    interpolation_type="linear",
+    prediction_type="epsilon",
+    sample_max_value=1.0,
+    timestep_spacing="leading",
+    use_karras_sigmas=False,
+)
+
+
+# The UNet values the SD1.5 and SDXL kits share (as the published UNets do): 4 latent channels, two layers a
+# block, GroupNorm 32, and the sample size of a 64-pixel image.
+UNET_VALUES: dict[str, Any] = {
+    "act_fn": "silu",
+    "center_input_sample": False,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 8,
 }
 
 
 def unet_config() -> dict[str, Any]:
     """SDXL's UNet config with toy widths (SDXL: channels 320/640/1280, transformer depths 1/2/10)."""
     return {
-        "act_fn": "silu",
+        **UNET_VALUES,
         "addition_embed_type": "text_time",
         "addition_embed_type_num_heads": 64,
         "addition_time_embed_dim": TIME_EMBED_DIM,
         "attention_head_dim": [2, 4, 4],
         "block_out_channels": [32, 64, 64],
-        "center_input_sample": False,
         "cross_attention_dim": CROSS_WIDTH,
         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "downsample_padding": 1,
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "in_channels": 4,
-        "layers_per_block": 2,
-        "mid_block_scale_factor": 1,
         "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "norm_eps": 1e-05,
-        "norm_num_groups": 32,
-        "out_channels": 4,
         "projection_class_embeddings_input_dim": 6 * TIME_EMBED_DIM + POOLED_WIDTH,
-        "sample_size": 8,
         "transformer_layers_per_block": [1, 1, 2],
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
         "use_linear_projection": True,
@@ -126,21 +122,14 @@ def random_unet(seed: int) -> UNet2DConditionModel:
     return random_diffusers_model(UNet2DConditionModel, unet_config(), seed, "sdxl/unet")
 
 
-MODEL_INDEX: dict[str, Any] = {
-    "_class_name": "StableDiffusionXLPipeline",
-    "_diffusers_version": DIFFUSERS_VERSION,
-    "add_watermarker": None,
-    "feature_extractor": [None, None],
-    "force_zeros_for_empty_prompt": True,
-    "image_encoder": [None, None],
-    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "tokenizer_2": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet2DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
+MODEL_INDEX = model_index(
+    "StableDiffusionXLPipeline",
+    "EulerDiscreteScheduler",
+    add_watermarker=None,
+    force_zeros_for_empty_prompt=True,
+    text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+    tokenizer_2=["transformers", "CLIPTokenizer"],
+)
 
 
 def write_sdxl(kit_dir: Path, seed: int) -> dict[str, str]:
@@ -160,9 +149,11 @@ def write_sdxl(kit_dir: Path, seed: int) -> dict[str, str]:
     )
     tokenizer.write_tokenizer(root / "tokenizer")
     tokenizer.write_tokenizer(root / "tokenizer_2", pad_token="!")
-    write_json(root / "scheduler" / "scheduler_config.json", SCHEDULER_CONFIG)
-    write_json(root / "model_index.json", MODEL_INDEX)
-    write_readme(
-        root, "Tiny SDXL (StableDiffusionXLPipeline folder, SDXL block structure, cross width 128).", seed
+    write_pipeline_files(
+        root,
+        SCHEDULER_CONFIG,
+        MODEL_INDEX,
+        "Tiny SDXL (StableDiffusionXLPipeline folder, SDXL block structure, cross width 128).",
+        seed,
     )
     return {"sdxl": FOLDER}
