@@ -25,6 +25,7 @@ from idforge.methods.persons import (
     check_persons,
     decode_persons,
     mask_box,
+    names_persons,
     person_params,
     person_regions,
 )
@@ -57,6 +58,17 @@ def adapter_person_params(
             raise ParameterError(person_input(index, "cn_strength"), f"{no_controlnet}; leave it out")
         resolved.append(person_params(person, person_input(index), defaults, ADAPTER_PERSON_FIELDS))
     return resolved
+
+
+def check_adapter_call(
+    call: Any, build_request: Callable[[Any], Any], check_request: Callable[[Any], Any]
+) -> None:
+    """An adapter method's `check` (a MethodCall): one reference face, or persons whose parameters and (when the
+    size is given) regions are checked, before anything is queued or charged."""
+    if names_persons(call):
+        request = build_request(call)
+        check_request(request)
+        check_regions_at_given_size(request.persons, request.generation)
 
 
 def decode_adapter_persons(persons: Sequence[Person], generation: GenerationParams) -> list[Person]:

@@ -158,6 +158,19 @@ class RecipeCall:
     given: Mapping[str, Any]  # reproduce()'s image arguments by name: faces, pose, mask, attn_mask, ...
     finder: _InputFinder
 
+    def request(self, request_class: type, **fields_: Any) -> Any:
+        """A method's request with what every recipe records filled in where the request takes it (the reference
+        faces, the sampler settings, the base and the face pack), plus `fields_`."""
+        names = {item.name for item in fields(request_class)}
+        shared: dict[str, Callable[[], Any]] = {
+            "faces": self.faces,
+            "generation": lambda: self.generation,
+            "base": lambda: self.model("base"),
+            "face_models": lambda: self.model("face_models"),
+        }
+        filled = {name: value() for name, value in shared.items() if name in names and name not in fields_}
+        return request_class(**(filled | fields_))
+
     def params(self, params_class: type, values: Mapping[str, Any] | None = None) -> Any:
         """A parameter object from the recorded parameters (`values`: a section's own)."""
         return _params(params_class, self.recipe.params if values is None else values)

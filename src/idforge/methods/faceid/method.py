@@ -29,14 +29,10 @@ def build_request(call: MethodCall) -> Any:
 
 def check(call: MethodCall) -> None:
     """A reference face, or persons (regions checked when the size is given): before anything is queued."""
-    from idforge.methods.adapter_persons import check_regions_at_given_size
+    from idforge.methods.adapter_persons import check_adapter_call
     from idforge.methods.faceid.persons import check_faceid_persons
-    from idforge.methods.persons import names_persons
 
-    if names_persons(call):
-        request = build_request(call)
-        check_faceid_persons(request)
-        check_regions_at_given_size(request.persons, request.generation)
+    check_adapter_call(call, build_request, check_faceid_persons)
 
 
 def from_recipe(call: Any) -> Any:
@@ -48,17 +44,14 @@ def from_recipe(call: Any) -> Any:
     instantid = None
     if call.recipe.method == "instantid+faceid":
         instantid = instantid_from_recipe(call, call.recipe.sections.get("instantid") or {})
-    return FaceIDRequest(
-        faces=call.faces(),
-        generation=call.generation,
+    return call.request(
+        FaceIDRequest,
         faceid=call.params(FaceIDParams),
         negative_image=call.image("negative_image"),
         attn_mask=call.image("attn_mask"),
         adapter=call.model("ip_adapter"),
         lora=None if lora in (None, "embedded") else call.model("lora"),
         clip_vision=call.model("clip_vision"),
-        base=call.model("base"),
-        face_models=call.model("face_models"),
         instantid=instantid,
     )
 

@@ -38,16 +38,14 @@ def from_recipe(call: Any) -> Any:
     recorded = inputs.get("faces") or [{"image": inputs.get("face")}]
     given = call.given.get("faces")
     face = call.finder.faces(recorded[:1], None if given is None else list(given)[:1], "faces")[0]
-    return InstaDepthRequest(
+    return call.request(
+        InstaDepthRequest,
         face=face,
         pose=call.image("pose", required=True),
-        generation=call.generation,
         instantid=call.params(InstantIDParams),
         depth=call.params(InstaDepthParams),
         depth_map=call.image("depth_map"),
-        base=call.model("base"),
         instantid_model=call.instantid_folder(),
-        face_models=call.model("face_models"),
         depth_controlnet=call.model("depth_controlnet"),
         depth_estimator=call.model("depth_estimator"),
     )

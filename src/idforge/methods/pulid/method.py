@@ -22,30 +22,23 @@ def build_request(call: MethodCall) -> Any:
 
 def check(call: MethodCall) -> None:
     """face_image or persons (regions checked when the size is given), before anything is queued or charged."""
-    from idforge.methods.adapter_persons import check_regions_at_given_size
-    from idforge.methods.persons import names_persons
+    from idforge.methods.adapter_persons import check_adapter_call
     from idforge.methods.pulid.persons import check_pulid_persons
 
-    if names_persons(call):
-        request = build_request(call)
-        check_pulid_persons(request)
-        check_regions_at_given_size(request.persons, request.generation)
+    check_adapter_call(call, build_request, check_pulid_persons)
 
 
 def from_recipe(call: Any) -> Any:
     """The request a recipe records (methods/reproduce.py)."""
     from idforge.methods.pulid.core import PulidParams, PulidRequest
 
-    return PulidRequest(
-        faces=call.faces(),
-        generation=call.generation,
+    return call.request(
+        PulidRequest,
         pulid=call.params(PulidParams),
         attn_mask=call.image("attn_mask"),
         model=call.model("pulid"),
         eva_clip=call.model("eva_clip"),
         face_parser=call.model("face_parser"),
-        base=call.model("base"),
-        face_models=call.model("face_models"),
     )
 
 
