@@ -31,7 +31,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -42,7 +42,9 @@ from idforge.engine.result import GenerationResult, read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import InputImageError, ParameterError
 
-METHODS = ("instantid", "faceid", "instantid+faceid", "insta_depth", "pulid")
+if TYPE_CHECKING:
+    from idforge.methods.instantid.core import InstantIDRequest
+
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -122,106 +124,8 @@ def reproduce(
     if engine is None:
         engine = _engine_for(recipe, models_dirs, offline, device, differences)
     gen, index = _generation(recipe)
-    params = recipe.params
-    models = recipe.models
-
-    if recipe.method == "instantid":
-        from idforge.methods.instantid.core import InstantIDRequest
-        from idforge.methods.instantid.generate import generate_instantid
-        from idforge.methods.instantid.params import InstantIDParams
-
-        inputs = recipe.inputs
-        request = InstantIDRequest(
-            faces=finder.faces(inputs.get("faces"), faces, "faces"),
-            generation=gen,
-            instantid=_params(InstantIDParams, params),
-            pose=finder.one("pose", inputs, pose),
-            kps_image=finder.one("kps_image", inputs, kps_image),
-            mask=finder.one("mask", inputs, mask),
-            pose_fallback=True,  # a pose without a face only ran (on the reference keypoints) with the fallback
-            base=_model_spec(models.get("base")),
-            instantid_model=_instantid_spec(models),
-            face_models=_model_spec(models.get("face_models")),
-        )
-        result = generate_instantid(engine, request, progress)
-    elif recipe.method in ("faceid", "instantid+faceid"):
-        from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
-        from idforge.methods.faceid.generate import generate_faceid
-
-        inputs = recipe.inputs
-        lora = (models.get("lora") or {}).get("source")
-        faceid_request = FaceIDRequest(
-            faces=finder.faces(inputs.get("faces"), faces, "faces"),
-            generation=gen,
-            faceid=_params(FaceIDParams, params),
-            negative_image=finder.one("negative_image", inputs, negative_image),
-            attn_mask=finder.one("attn_mask", inputs, attn_mask),
-            adapter=_model_spec(models.get("ip_adapter")),
-            lora=None if lora in (None, "embedded") else _model_spec(models.get("lora")),
-            clip_vision=_model_spec(models.get("clip_vision")),
-            base=_model_spec(models.get("base")),
-            face_models=_model_spec(models.get("face_models")),
-        )
-        instantid = None
-        if recipe.method == "instantid+faceid":
-            from idforge.methods.instantid.core import InstantIDRequest
-            from idforge.methods.instantid.params import InstantIDParams
-
-            part = recipe.sections.get("instantid") or {}
-            part_inputs = part.get("inputs") or {}
-            instantid = InstantIDRequest(
-                faces=finder.faces(part_inputs.get("faces"), instantid_faces, "instantid_faces"),
-                instantid=_params(InstantIDParams, part.get("params") or {}),
-                pose=finder.one("pose", part_inputs, pose),
-                kps_image=finder.one("kps_image", part_inputs, kps_image),
-                mask=finder.one("mask", part_inputs, mask),
-                pose_fallback=True,
-                instantid_model=_instantid_spec(part.get("models") or {}),
-                face_models=_model_spec((part.get("models") or {}).get("face_models")),
-            )
-        result = generate_faceid(engine, faceid_request, progress, instantid=instantid)
-    elif recipe.method == "pulid":
-        from idforge.methods.pulid.core import PulidParams, PulidRequest
-        from idforge.methods.pulid.generate import generate_pulid
-
-        inputs = recipe.inputs
-        pulid_request = PulidRequest(
-            faces=finder.faces(inputs.get("faces"), faces, "faces"),
-            generation=gen,
-            pulid=_params(PulidParams, params),
-            attn_mask=finder.one("attn_mask", inputs, attn_mask),
-            model=_model_spec(models.get("pulid")),
-            eva_clip=_model_spec(models.get("eva_clip")),
-            face_parser=_model_spec(models.get("face_parser")),
-            base=_model_spec(models.get("base")),
-            face_models=_model_spec(models.get("face_models")),
-        )
-        result = generate_pulid(engine, pulid_request, progress)
-    else:
-        from idforge.methods.insta_depth.generate import (
-            InstaDepthParams,
-            InstaDepthRequest,
-            generate_insta_depth,
-        )
-        from idforge.methods.instantid.params import InstantIDParams
-
-        inputs = recipe.inputs
-        recorded_faces = inputs.get("faces") or [{"image": inputs.get("face")}]
-        face = finder.faces(recorded_faces[:1], None if faces is None else list(faces)[:1], "faces")[0]
-        depth_request = InstaDepthRequest(
-            face=face,
-            pose=finder.required("pose", inputs, pose),
-            generation=gen,
-            instantid=_params(InstantIDParams, params),
-            depth=_params(InstaDepthParams, params),
-            depth_map=finder.one("depth_map", inputs, depth_map),
-            base=_model_spec(models.get("base")),
-            instantid_model=_instantid_spec(models),
-            face_models=_model_spec(models.get("face_models")),
-            depth_controlnet=_model_spec(models.get("depth_controlnet")),
-            depth_estimator=_model_spec(models.get("depth_estimator")),
-        )
-        result = generate_insta_depth(engine, depth_request, progress)
+    given = _Given(faces, pose, kps_image, mask, negative_image, attn_mask, depth_map, instantid_faces)
+    result = _RUNS[recipe.method](_Rebuild(recipe, gen, finder, given), engine, progress)
 
     new = Recipe.from_dict(result.recipe)
     differences += _model_differences(recipe.models, new.models)
@@ -233,6 +137,164 @@ def reproduce(
         differences += _runtime_differences(recipe.runtime.to_dict(), new.runtime.to_dict())
     index = min(index, len(result.images) - 1)
     return Reproduction(result.images[index], result, recipe, index, differences)
+
+
+# ---- one request per method ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Given:
+    """The input images passed to `reproduce`: each wins over the one the recipe names."""
+
+    faces: Sequence[ImageSource] | None
+    pose: ImageSource | None
+    kps_image: ImageSource | None
+    mask: ImageSource | None
+    negative_image: ImageSource | None
+    attn_mask: ImageSource | None
+    depth_map: ImageSource | None
+    instantid_faces: Sequence[ImageSource] | None
+
+
+@dataclass(frozen=True)
+class _Rebuild:
+    """What every method's request is rebuilt from: the recipe, the generation to run, the inputs."""
+
+    recipe: Recipe
+    generation: GenerationParams
+    finder: _InputFinder
+    given: _Given
+
+    def faces(self) -> list[ImageSource]:
+        return self.finder.faces(self.recipe.inputs.get("faces"), self.given.faces, "faces")
+
+    def model(self, role: str) -> str | None:
+        return _model_spec(self.recipe.models.get(role))
+
+
+def _instantid_request(
+    rebuild: _Rebuild,
+    section: Mapping[str, Any],
+    faces: list[ImageSource],
+    generation: GenerationParams | None = None,
+    base: str | None = None,
+) -> InstantIDRequest:
+    """InstantID's request from a recipe section (the recipe, or FaceID + InstantID's `instantid` part, which
+    records no generation or base of its own)."""
+    from idforge.methods.instantid.core import InstantIDRequest
+    from idforge.methods.instantid.params import InstantIDParams
+
+    inputs, models = section.get("inputs") or {}, section.get("models") or {}
+    finder, given = rebuild.finder, rebuild.given
+    return InstantIDRequest(
+        faces=faces,
+        generation=generation or GenerationParams(),
+        instantid=_params(InstantIDParams, section.get("params") or {}),
+        pose=finder.one("pose", inputs, given.pose),
+        kps_image=finder.one("kps_image", inputs, given.kps_image),
+        mask=finder.one("mask", inputs, given.mask),
+        pose_fallback=True,  # a pose without a face only ran (on the reference keypoints) with the fallback
+        base=base,
+        instantid_model=_instantid_spec(models),
+        face_models=_model_spec(models.get("face_models")),
+    )
+
+
+def _run_instantid(rebuild: _Rebuild, engine: Engine, progress: ProgressCallback | None) -> GenerationResult:
+    from idforge.methods.instantid.generate import generate_instantid
+
+    recipe = rebuild.recipe
+    section = {"inputs": recipe.inputs, "params": recipe.params, "models": recipe.models}
+    request = _instantid_request(rebuild, section, rebuild.faces(), rebuild.generation, rebuild.model("base"))
+    return generate_instantid(engine, request, progress)
+
+
+def _run_faceid(rebuild: _Rebuild, engine: Engine, progress: ProgressCallback | None) -> GenerationResult:
+    """FaceID, alone or with InstantID's half (its own faces, parameters and models in the `instantid` part)."""
+    from idforge.methods.faceid.core import FaceIDParams, FaceIDRequest
+    from idforge.methods.faceid.generate import generate_faceid
+
+    recipe, finder, given = rebuild.recipe, rebuild.finder, rebuild.given
+    lora = (recipe.models.get("lora") or {}).get("source")
+    request = FaceIDRequest(
+        faces=rebuild.faces(),
+        generation=rebuild.generation,
+        faceid=_params(FaceIDParams, recipe.params),
+        negative_image=finder.one("negative_image", recipe.inputs, given.negative_image),
+        attn_mask=finder.one("attn_mask", recipe.inputs, given.attn_mask),
+        adapter=rebuild.model("ip_adapter"),
+        lora=None if lora in (None, "embedded") else rebuild.model("lora"),
+        clip_vision=rebuild.model("clip_vision"),
+        base=rebuild.model("base"),
+        face_models=rebuild.model("face_models"),
+    )
+    instantid = None
+    if recipe.method == "instantid+faceid":
+        part = recipe.sections.get("instantid") or {}
+        recorded = (part.get("inputs") or {}).get("faces")
+        faces = finder.faces(recorded, given.instantid_faces, "instantid_faces")
+        instantid = _instantid_request(rebuild, part, faces)
+    return generate_faceid(engine, request, progress, instantid=instantid)
+
+
+def _run_pulid(rebuild: _Rebuild, engine: Engine, progress: ProgressCallback | None) -> GenerationResult:
+    from idforge.methods.pulid.core import PulidParams, PulidRequest
+    from idforge.methods.pulid.generate import generate_pulid
+
+    recipe = rebuild.recipe
+    request = PulidRequest(
+        faces=rebuild.faces(),
+        generation=rebuild.generation,
+        pulid=_params(PulidParams, recipe.params),
+        attn_mask=rebuild.finder.one("attn_mask", recipe.inputs, rebuild.given.attn_mask),
+        model=rebuild.model("pulid"),
+        eva_clip=rebuild.model("eva_clip"),
+        face_parser=rebuild.model("face_parser"),
+        base=rebuild.model("base"),
+        face_models=rebuild.model("face_models"),
+    )
+    return generate_pulid(engine, request, progress)
+
+
+def _run_insta_depth(
+    rebuild: _Rebuild, engine: Engine, progress: ProgressCallback | None
+) -> GenerationResult:
+    """Insta Depth: one face (older recipes recorded it as `face`), a pose it cannot run without."""
+    from idforge.methods.insta_depth.generate import (
+        InstaDepthParams,
+        InstaDepthRequest,
+        generate_insta_depth,
+    )
+    from idforge.methods.instantid.params import InstantIDParams
+
+    recipe, finder, given = rebuild.recipe, rebuild.finder, rebuild.given
+    inputs = recipe.inputs
+    recorded_faces = inputs.get("faces") or [{"image": inputs.get("face")}]
+    first_given = None if given.faces is None else list(given.faces)[:1]
+    request = InstaDepthRequest(
+        face=finder.faces(recorded_faces[:1], first_given, "faces")[0],
+        pose=finder.required("pose", inputs, given.pose),
+        generation=rebuild.generation,
+        instantid=_params(InstantIDParams, recipe.params),
+        depth=_params(InstaDepthParams, recipe.params),
+        depth_map=finder.one("depth_map", inputs, given.depth_map),
+        base=rebuild.model("base"),
+        instantid_model=_instantid_spec(recipe.models),
+        face_models=rebuild.model("face_models"),
+        depth_controlnet=rebuild.model("depth_controlnet"),
+        depth_estimator=rebuild.model("depth_estimator"),
+    )
+    return generate_insta_depth(engine, request, progress)
+
+
+_RUNS: dict[str, Callable[[_Rebuild, Engine, ProgressCallback | None], GenerationResult]] = {
+    "instantid": _run_instantid,
+    "faceid": _run_faceid,
+    "instantid+faceid": _run_faceid,
+    "insta_depth": _run_insta_depth,
+    "pulid": _run_pulid,
+}
+METHODS = tuple(_RUNS)
 
 
 # ---- the pieces ---------------------------------------------------------------------------------------------------
