@@ -26,6 +26,7 @@ _UNET_RESNET = {
     "conv2": "out_layers.3",
     "conv_shortcut": "skip_connection",
 }
+_VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
@@ -55,13 +56,13 @@ def unet_name_to_ldm(name: str, layers_per_block: int, up_blocks_with_attention:
         if name == diffusers_name or name.startswith(diffusers_name + "."):
             return ldm_name + name[len(diffusers_name) :]
 
-    m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.?(.*)$", name)
+    m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.?(.*)$", name)
     if m:
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = 1 + i * (n + 1) + j
-        if kind == "resnets":
-            return f"input_blocks.{index}.0.{_resnet_rest(rest, _UNET_RESNET)}".rstrip(".")
-        return f"input_blocks.{index}.1.{rest}".rstrip(".")
+        i, j = int(m[2]), int(m[4])
+        block = (
+            f"input_blocks.{1 + i * (n + 1) + j}" if m[1] == "down" else f"output_blocks.{i * (n + 1) + j}"
+        )
+        return _unet_layer(block, m[3], m[5])
     m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.?(.*)$", name)
     if m:
         return f"input_blocks.{(int(m[1]) + 1) * (n + 1)}.0.op.{m[2]}".rstrip(".")
@@ -73,19 +74,19 @@ def unet_name_to_ldm(name: str, layers_per_block: int, up_blocks_with_attention:
             return f"middle_block.{2 * j}.{_resnet_rest(rest, _UNET_RESNET)}".rstrip(".")
         return f"middle_block.1.{rest}".rstrip(".")
 
-    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.?(.*)$", name)
-    if m:
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        index = i * (n + 1) + j
-        if kind == "resnets":
-            return f"output_blocks.{index}.0.{_resnet_rest(rest, _UNET_RESNET)}".rstrip(".")
-        return f"output_blocks.{index}.1.{rest}".rstrip(".")
     m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.?(.*)$", name)
     if m:
         i = int(m[1])
         slot = 2 if i in up_blocks_with_attention else 1
         return f"output_blocks.{i * (n + 1) + n}.{slot}.conv.{m[2]}".rstrip(".")
     raise KeyError(f"no LDM name for UNet parameter {name!r}")
+
+
+def _unet_layer(block: str, kind: str, rest: str) -> str:
+    """An LDM input or output block holds one layer: its resnet in slot 0, its transformer (if any) in slot 1."""
+    if kind == "resnets":
+        return f"{block}.0.{_resnet_rest(rest, _UNET_RESNET)}".rstrip(".")
+    return f"{block}.1.{rest}".rstrip(".")
 
 
 def up_blocks_with_attention(names: list[str] | set[str]) -> set[int]:
@@ -108,7 +109,7 @@ def vae_name_to_ldm(name: str, num_up_blocks: int) -> str:
     """Map a diffusers AutoencoderKL parameter name to its LDM name (without prefix)."""
     m = re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)$", name)
     if m:
-        rest = _resnet_rest(m[3], {"conv_shortcut": "nin_shortcut"})
+        rest = _resnet_rest(m[3], _VAE_RESNET)
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{rest}"
     m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)$", name)
     if m:
@@ -118,19 +119,12 @@ def vae_name_to_ldm(name: str, num_up_blocks: int) -> str:
                 rest = ldm_part + rest[len(diffusers_part) :]
                 break
         return f"{m[1]}.mid.attn_1.{rest}"
-    m = re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)$", name)
+    m = re.match(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.resnets\.(\d+)\.(.*)$", name)
     if m:
-        return f"encoder.down.{m[1]}.block.{m[2]}.{_resnet_rest(m[3], {'conv_shortcut': 'nin_shortcut'})}"
-    m = re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)$", name)
-    if m:
-        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
-    m = re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)$", name)
-    if m:
-        level = num_up_blocks - 1 - int(m[1])
-        return f"decoder.up.{level}.block.{m[2]}.{_resnet_rest(m[3], {'conv_shortcut': 'nin_shortcut'})}"
-    m = re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)$", name)
-    if m:
-        return f"decoder.up.{num_up_blocks - 1 - int(m[1])}.upsample.conv.{m[2]}"
+        return f"{_vae_level(m[1], m[2], num_up_blocks)}.block.{m[3]}.{_resnet_rest(m[4], _VAE_RESNET)}"
+    m = re.match(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.(down|up)samplers\.0\.conv\.(.*)$", name)
+    if m and m[1].endswith(m[3]):  # encoder levels downsample, decoder levels upsample
+        return f"{_vae_level(m[1], m[2], num_up_blocks)}.{m[3]}sample.conv.{m[4]}"
     m = re.match(r"(encoder|decoder)\.conv_norm_out\.(.*)$", name)
     if m:
         return f"{m[1]}.norm_out.{m[2]}"
@@ -140,6 +134,12 @@ def vae_name_to_ldm(name: str, num_up_blocks: int) -> str:
     ):
         return name
     raise KeyError(f"no LDM name for VAE parameter {name!r}")
+
+
+def _vae_level(side: str, index: str, num_up_blocks: int) -> str:
+    """A VAE level's LDM name: the encoder's levels count as in diffusers, the decoder's from the other end."""
+    level = int(index) if side == "encoder.down" else num_up_blocks - 1 - int(index)
+    return f"{side}.{level}"
 
 
 def vae_to_ldm(state: dict[str, torch.Tensor], num_up_blocks: int) -> dict[str, torch.Tensor]:

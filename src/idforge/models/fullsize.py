@@ -196,7 +196,7 @@ class FullModels:
     tokenizer: Any
     tokenizer_2: Any
     scheduler: Any
-    identitynet: Any | None
+    identitynet: Any | None = None
     depth: dict[str, Any] = field(default_factory=dict)  # size -> ControlNetModel
     instantid_adapter: dict | None = None  # {"image_proj", "ip_adapter"} state dicts
     faceid_adapter: dict | None = None
@@ -277,45 +277,38 @@ def build_full_models(
             progress(f"built {name} ({size}{seconds[name]} s)")
         return value
 
-    unet = timed("unet", lambda: build_unet(configs.unet, dtype, device))
-    vae = timed("vae", lambda: build_vae(configs.vae, dtype, device))
-    te1 = timed("text_encoder", lambda: build_text_encoder(configs.text_encoder, False, dtype, device, 2))
-    te2 = timed("text_encoder_2", lambda: build_text_encoder(configs.text_encoder_2, True, dtype, device, 3))
-    tok1, tok2 = sdxl_tokenizers()
-    net = (
-        timed("identitynet", lambda: build_controlnet(configs.identitynet, dtype, device, 4))
-        if identitynet
-        else None
-    )
-    depth_nets = {
-        size: timed(
-            f"depth_{size}", lambda size=size: build_controlnet(configs.depth[size], dtype, device, 7)
-        )
-        for size in depth
+    # Each network by its FullModels field (depth ControlNets: `depth_<size>`), built in this order and timed by name.
+    built: dict[str, Any] = {}
+    makers: dict[str, Callable[[], Any]] = {
+        "unet": lambda: build_unet(configs.unet, dtype, device),
+        "vae": lambda: build_vae(configs.vae, dtype, device),
+        "text_encoder": lambda: build_text_encoder(configs.text_encoder, False, dtype, device, 2),
+        "text_encoder_2": lambda: build_text_encoder(configs.text_encoder_2, True, dtype, device, 3),
     }
-    iid = fid = None
+    if identitynet:
+        makers["identitynet"] = lambda: build_controlnet(configs.identitynet, dtype, device, 4)
+    for size in depth:
+        makers[f"depth_{size}"] = lambda size=size: build_controlnet(configs.depth[size], dtype, device, 7)
     if instantid:
-        iid = timed(
-            "instantid_adapter", lambda: instantid_adapter_state(unet, configs.adapters["instantid"], dtype)
+        makers["instantid_adapter"] = lambda: instantid_adapter_state(
+            built["unet"], configs.adapters["instantid"], dtype
         )
     if faceid:
-        fid = timed(
-            "faceid_adapter", lambda: faceid_sdxl_adapter_state(unet, configs.adapters["faceid_sdxl"], dtype)
+        makers["faceid_adapter"] = lambda: faceid_sdxl_adapter_state(
+            built["unet"], configs.adapters["faceid_sdxl"], dtype
         )
-    pulid_parts = timed("pulid", lambda: pulid_full_parts(unet)) if pulid else None
+    if pulid:
+        makers["pulid"] = lambda: pulid_full_parts(built["unet"])
+    for name, make in makers.items():
+        built[name] = timed(name, make)
+    depth_nets = {size: built.pop(f"depth_{size}") for size in depth}
+    tokenizer, tokenizer_2 = sdxl_tokenizers()
     return FullModels(
-        unet=unet,
-        vae=vae,
-        text_encoder=te1,
-        text_encoder_2=te2,
-        tokenizer=tok1,
-        tokenizer_2=tok2,
+        **built,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
         scheduler=sdxl_scheduler(),
-        identitynet=net,
         depth=depth_nets,
-        instantid_adapter=iid,
-        faceid_adapter=fid,
-        pulid=pulid_parts,
         build_seconds=seconds,
     )
 
