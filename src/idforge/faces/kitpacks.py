@@ -85,6 +85,12 @@ class _Graph:
         return output
 
 
+def _positions(g: _Graph, like: str, axis: int) -> str:
+    """0, 1, 2, ... along `axis`, shaped like `like`: the running count of ones, minus one."""
+    ones = g.op("Add", [g.op("Mul", [like, g.const(0.0)]), g.const(1.0)])
+    return g.op("Sub", [g.op("CumSum", [ones, g.const(axis, np.int64)]), g.const(1.0)])
+
+
 def _run_edges(g: _Graph, dark_pad: str, axis: int, stride: int, reach: int) -> tuple[str, str]:
     """(before, after): distances from each anchor to the first dark pixel before / after it along `axis`.
 
@@ -112,19 +118,7 @@ def _run_edges(g: _Graph, dark_pad: str, axis: int, stride: int, reach: int) -> 
     pads_after = [0, 0, 0, reach - 1] if axis == 3 else [0, 0, reach - 1, 0]
 
     # Positions along the axis: 0, 1, 2, ... (the leading pad is position 0 in `before_map`).
-    ramp_b = g.op(
-        "Sub",
-        [
-            g.op(
-                "CumSum",
-                [
-                    g.op("Add", [g.op("Mul", [before_map, g.const(0.0)]), g.const(1.0)]),
-                    g.const(axis, np.int64),
-                ],
-            ),
-            g.const(1.0),
-        ],
-    )
+    ramp_b = _positions(g, before_map, axis)
     # Dark pixels keep their position, bright ones drop to -BIG; the window max is the last dark position.
     last_dark = g.op(
         "MaxPool",
@@ -136,19 +130,7 @@ def _run_edges(g: _Graph, dark_pad: str, axis: int, stride: int, reach: int) -> 
     anchor_b = g.op("MaxPool", [ramp_b], kernel_shape=kernel, pads=pads_before, strides=[stride, stride])
     before = g.op("Sub", [g.op("Sub", [anchor_b, last_dark]), g.const(1.0)])
 
-    ramp_a = g.op(
-        "Sub",
-        [
-            g.op(
-                "CumSum",
-                [
-                    g.op("Add", [g.op("Mul", [after_map, g.const(0.0)]), g.const(1.0)]),
-                    g.const(axis, np.int64),
-                ],
-            ),
-            g.const(1.0),
-        ],
-    )
+    ramp_a = _positions(g, after_map, axis)
     neg_first_dark = g.op(
         "MaxPool",
         [g.op("Sub", [g.op("Mul", [after_map, g.op("Sub", [big, ramp_a])]), big])],
