@@ -42,7 +42,13 @@ def _run(engine, request, progress) -> GenerationResult:
     size = (generation.width or 64, generation.height or 64)
     colour = (params["shade"],) * 3 if params["tint"] == "grey" else (params["shade"], 0, 0)
     progress(1, 1)
-    recipe = {"method": "dummy", "params": {"shade": params["shade"], "tint": params["tint"]}}
+    recipe = {
+        "method": "dummy",
+        "params": {"shade": params["shade"], "tint": params["tint"]},
+        "seed": generation.seed or 0,
+        "width": size[0],
+        "height": size[1],
+    }
     return GenerationResult(
         images=[Image.new("RGB", size, colour)], seeds=[generation.seed or 0], recipe=recipe
     )
@@ -219,3 +225,30 @@ def test_insta_depth_takes_the_same_controls_from_the_cli_and_http(tiny_kit, tmp
     cli_jpeg = np.asarray(Image.open(io.BytesIO(encode_jpeg(Image.open(out)))).convert("RGB"))
     diff = {k: (v, http["params"].get(k)) for k, v in cli["params"].items() if http["params"].get(k) != v}
     assert np.array_equal(served, cli_jpeg), (diff, cli.get("runtime"), http.get("runtime"))
+
+
+def test_a_registered_method_with_from_recipe_is_reproduced_from_its_recipe():
+    """`idforge reproduce` reads the registry: a method that declares `from_recipe` is reproducible with no
+    change to methods/reproduce.py, and an unknown recipe method names the reproducible ones."""
+    from dataclasses import replace
+
+    from idforge.errors import ParameterError
+    from idforge.methods.reproduce import reproduce
+
+    def from_recipe(call) -> dict:
+        values = {"shade": call.recipe.params["shade"], "tint": call.recipe.params["tint"]}
+        return {"params": values, "generation": call.generation, "face": None}
+
+    register(replace(DUMMY, from_recipe=from_recipe))
+    try:
+        original = _run(
+            None, {"params": {"shade": 40, "tint": "red"}, "generation": GenerationParams()}, print
+        )
+        recipe = original.recipe
+        again = reproduce(recipe, progress=lambda step, total: None)
+        assert np.array_equal(np.asarray(again.image), np.asarray(original.images[0]))
+        assert np.asarray(again.image)[0, 0].tolist() == [40, 0, 0]
+        with pytest.raises(ParameterError, match="'nobody' cannot be reproduced .*dummy"):
+            reproduce(recipe | {"method": "nobody"})
+    finally:
+        unregister("dummy")
