@@ -13,7 +13,7 @@ from idforge.engine.params import SCHEDULERS, GenerationParams, LoraSpec
 
 
 def add_generation_arguments(
-    parser: argparse.ArgumentParser, *, steps: int = 30, guidance: float = 5.0
+    parser: argparse.ArgumentParser, *, steps: int = 30, guidance: float = 5.0, lora_flag: str = "--lora"
 ) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--prompt", required=True, help="what the image shows")
@@ -49,7 +49,12 @@ def add_generation_arguments(
     group.add_argument("--height", type=int, default=None)
     group.add_argument("--num-images", type=int, default=1)
     group.add_argument(
-        "--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="extra LoRA, e.g. LCM-LoRA"
+        lora_flag,
+        dest="lora",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="extra LoRA, e.g. LCM-LoRA (repeatable)",
     )
     identity = parser.add_argument_group("identity score")
     identity.add_argument(

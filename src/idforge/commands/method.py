@@ -108,7 +108,7 @@ def add_method_command(subparsers: argparse._SubParsersAction, method: Method) -
             )
     steps = method.body.model_fields["num_inference_steps"].default
     guidance = method.body.model_fields["guidance_scale"].default
-    add_generation_arguments(parser, steps=steps, guidance=guidance)
+    add_generation_arguments(parser, steps=steps, guidance=guidance, lora_flag=method.cli.lora_flag)
     if method.cli.person_strengths:
         add_person_argument(parser, method.cli.person_strengths)
     if method.cli.pick:

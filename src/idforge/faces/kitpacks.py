@@ -117,30 +117,23 @@ def _run_edges(g: _Graph, dark_pad: str, axis: int, stride: int, reach: int) -> 
     pads_before = [0, reach - 1, 0, 0] if axis == 3 else [reach - 1, 0, 0, 0]
     pads_after = [0, 0, 0, reach - 1] if axis == 3 else [0, 0, reach - 1, 0]
 
+    def window_max(value: str, pads: list[int]) -> str:
+        return g.op("MaxPool", [value], kernel_shape=kernel, pads=pads, strides=[stride, stride])
+
     # Positions along the axis: 0, 1, 2, ... (the leading pad is position 0 in `before_map`).
     ramp_b = _positions(g, before_map, axis)
     # Dark pixels keep their position, bright ones drop to -BIG; the window max is the last dark position.
-    last_dark = g.op(
-        "MaxPool",
-        [g.op("Sub", [g.op("Mul", [before_map, g.op("Add", [ramp_b, big])]), big])],
-        kernel_shape=kernel,
-        pads=pads_before,
-        strides=[stride, stride],
+    last_dark = window_max(
+        g.op("Sub", [g.op("Mul", [before_map, g.op("Add", [ramp_b, big])]), big]), pads_before
     )
-    anchor_b = g.op("MaxPool", [ramp_b], kernel_shape=kernel, pads=pads_before, strides=[stride, stride])
+    anchor_b = window_max(ramp_b, pads_before)
     before = g.op("Sub", [g.op("Sub", [anchor_b, last_dark]), g.const(1.0)])
 
     ramp_a = _positions(g, after_map, axis)
-    neg_first_dark = g.op(
-        "MaxPool",
-        [g.op("Sub", [g.op("Mul", [after_map, g.op("Sub", [big, ramp_a])]), big])],
-        kernel_shape=kernel,
-        pads=pads_after,
-        strides=[stride, stride],
+    neg_first_dark = window_max(
+        g.op("Sub", [g.op("Mul", [after_map, g.op("Sub", [big, ramp_a])]), big]), pads_after
     )
-    neg_anchor = g.op(
-        "MaxPool", [g.op("Neg", [ramp_a])], kernel_shape=kernel, pads=pads_after, strides=[stride, stride]
-    )
+    neg_anchor = window_max(g.op("Neg", [ramp_a]), pads_after)
     after = g.op("Sub", [neg_anchor, neg_first_dark])
     limit = g.const(float(reach))
     return g.op("Min", [before, limit]), g.op("Min", [after, limit])

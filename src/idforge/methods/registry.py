@@ -123,6 +123,7 @@ class CommandLine:
     after: Callable[[argparse.Namespace, Any], None] | None = None
     person_strengths: str | None = None
     pick: bool = False
+    lora_flag: str = "--lora"  # the flag of extra LoRAs (FaceID's --lora is its own LoRA: --extra-lora there)
     flags: Mapping[str, str] = field(default_factory=dict)  # body field -> flag when not --field-name
     skip: frozenset[str] = frozenset()  # body fields with no flag (HTTP-only)
     help: str = ""

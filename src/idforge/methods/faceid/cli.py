@@ -30,14 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="FaceID LoRA file (default: embedded keys or <adapter>_lora)",
     )
     parser.add_argument(
-        "--extra-lora",
-        dest="lora",
-        action="append",
-        default=[],
-        metavar="PATH[:STRENGTH]",
-        help="another LoRA, e.g. LCM-LoRA (repeatable)",
-    )
-    parser.add_argument(
         "--clip-vision", default=None, metavar="PATH|ID", help="CLIP ViT-H image encoder (plus models)"
     )
     parser.add_argument(
@@ -97,6 +89,7 @@ COMMAND_LINE = CommandLine(
     model_choices=model_choices,
     after=after,
     person_strengths="ip_weight (the FaceID weight)",
+    lora_flag="--extra-lora",
     pick=True,
     skip=frozenset({"adapter"}),
     help="generate with IP-Adapter FaceID (identity from face photos; --batch: one output per face)",
