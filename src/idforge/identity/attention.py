@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -238,6 +239,29 @@ def _project_out(
         gate = scores.softmax(dim=-1).mean(dim=1)[:, :, :ORTHO_V2_GATE_TOKENS].sum(dim=-1, keepdim=True)
         result = ip + (gate.float() - 1.0) * projection
     return result.to(ip_out.dtype)
+
+
+def attach_prepared(
+    attention: IdentityAttention,
+    name: str,
+    ip_layers: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+    prepared: Any,
+    params: Any,
+    mask: np.ndarray | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """One adapter of an adapter method (FaceID's adapter, PuLID's ID branch) on the identity attention: its
+    prepared tokens moved to where the UNet runs, its optional mask (a region, (H, W)) and how it acts
+    (`params.adapter_inputs()`). The single-image path attaches one; several people one per person."""
+    attention.add_adapter(name, ip_layers)
+    attention.set_adapter_inputs(
+        name,
+        cond_tokens=prepared.cond_tokens.to(device=device, dtype=dtype),
+        uncond_tokens=prepared.uncond_tokens.to(device=device, dtype=dtype),
+        mask=None if mask is None else torch.from_numpy(mask),
+        **params.adapter_inputs(),
+    )
 
 
 class IdentityAttention:

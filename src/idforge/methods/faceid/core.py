@@ -114,6 +114,15 @@ class FaceIDParams:
         self.pick = check_pick(self.pick)
         check_range("det_size", self.det_size, 64, 2048)
 
+    def adapter_inputs(self) -> dict[str, Any]:
+        """How its adapter acts on the IP attention (`IdentityAttention.set_adapter_inputs`)."""
+        window = {"start_at": self.start_at, "end_at": self.end_at}
+        return {
+            "weight": self.weight,
+            "weight_type": self.weight_type,
+            "scaling": self.embeds_scaling,
+        } | window
+
     def with_preset(self, preset: str | None) -> FaceIDParams:
         """A copy whose unset weight is the few-step preset's faceid_weight (or the default)."""
         return replace(self, weight=identity_strength("faceid_weight", self.weight, preset))
@@ -487,30 +496,4 @@ def faceid_recipe(
             ),
         },
         sections={"adapter_kind": models.adapter.kind},
-    )
-
-
-def attach_faceid_adapter(
-    attention: Any,
-    name: str,
-    ip_layers: Any,
-    prepared: PreparedFaceID,
-    params: FaceIDParams,
-    mask: np.ndarray | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> None:
-    """Register one FaceID adapter (its tokens, weights, window and optional mask) on the IP attention: the single
-    image path uses it once, several people once per person."""
-    attention.add_adapter(name, ip_layers)
-    attention.set_adapter_inputs(
-        name,
-        cond_tokens=prepared.cond_tokens.to(device=device, dtype=dtype),
-        uncond_tokens=prepared.uncond_tokens.to(device=device, dtype=dtype),
-        weight=params.weight,
-        weight_type=params.weight_type,
-        scaling=params.embeds_scaling,
-        start_at=params.start_at,
-        end_at=params.end_at,
-        mask=None if mask is None else torch.from_numpy(mask),
     )

@@ -19,10 +19,10 @@ from idforge.engine.session import Engine
 from idforge.errors import (
     ParameterError,
 )
+from idforge.identity.attention import attach_prepared
 from idforge.imageio import load_mask
 from idforge.methods.faceid.core import (
     FaceIDRequest,
-    attach_faceid_adapter,
     decode_inputs,
     faceid_output_size,
     faceid_recipe,
@@ -106,9 +106,7 @@ def generate_faceid(
 
     attention = IdentityAttention(base.unet)
     mask = load_mask(request.attn_mask, (width, height)) if request.attn_mask is not None else None
-    attach_faceid_adapter(
-        attention, "faceid", models.adapter.ip_layers, prepared, params, mask, device, dtype
-    )
+    attach_prepared(attention, "faceid", models.adapter.ip_layers, prepared, params, mask, device, dtype)
     controls: list[ControlUnit] = []
     if iid is not None:
         from idforge.methods.instantid.core import attach_instantid

@@ -23,6 +23,7 @@ from idforge.engine.result import GenerationResult
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import ParameterError
+from idforge.identity.attention import attach_prepared
 from idforge.methods.adapter_persons import (
     adapter_person_params,
     adapter_persons_result,
@@ -33,7 +34,6 @@ from idforge.methods.faceid.core import (
     FaceIDParams,
     FaceIDRequest,
     ProgressCallback,
-    attach_faceid_adapter,
     faceid_output_size,
     faceid_recipe,
     load_faceid_models,
@@ -89,7 +89,7 @@ def generate_faceid_persons(
     attention = IdentityAttention(base.unet)
     for index, (part, params, region) in enumerate(zip(prepared, params_list, regions, strict=True), start=1):
         name = adapter_name(index)
-        attach_faceid_adapter(attention, name, models.adapter.ip_layers, part, params, region, device, dtype)
+        attach_prepared(attention, name, models.adapter.ip_layers, part, params, region, device, dtype)
     latents, images = sample_with_faceid_lora(
         engine, models, gen, seeds, (width, height), attention, (), progress, request.faceid.lora_strength
     )

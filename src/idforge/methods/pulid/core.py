@@ -105,6 +105,15 @@ class PulidParams:
     def zero_tokens(self) -> int:
         return self.fidelity if self.fidelity is not None else METHOD_SETTINGS[self.method][1]
 
+    def adapter_inputs(self) -> dict[str, Any]:
+        """How its ID branch acts on the identity attention (`IdentityAttention.set_adapter_inputs`)."""
+        window = {"start_at": self.start_at, "end_at": self.end_at}
+        return {
+            "weight": self.weight,
+            "projection": self.projection_mode,
+            "zero_tokens": self.zero_tokens,
+        } | window
+
     def with_preset(self, preset: str | None) -> PulidParams:
         """A copy whose unset weight is the few-step preset's pulid_weight (or the official 0.8)."""
         return replace(self, weight=identity_strength("pulid_weight", self.weight, preset))
@@ -308,31 +317,6 @@ def pulid_output_size(gen: GenerationParams, version: str) -> tuple[int, int]:
     if gen.width is not None or gen.height is not None:
         raise ParameterError("width/height", "give both width and height, or neither")
     return DEFAULT_SIZE[version]
-
-
-def attach_pulid(
-    attention: Any,
-    name: str,
-    ip_layers: Any,
-    prepared: PreparedPulid,
-    params: PulidParams,
-    mask: np.ndarray | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> None:
-    """One PuLID ID branch on the identity attention (one per person with several people)."""
-    attention.add_adapter(name, ip_layers)
-    attention.set_adapter_inputs(
-        name,
-        cond_tokens=prepared.cond_tokens.to(device=device, dtype=dtype),
-        uncond_tokens=prepared.uncond_tokens.to(device=device, dtype=dtype),
-        weight=params.weight,
-        start_at=params.start_at,
-        end_at=params.end_at,
-        mask=None if mask is None else torch.from_numpy(mask),
-        projection=params.projection_mode,
-        zero_tokens=params.zero_tokens,
-    )
 
 
 def pulid_model_entries(engine: Engine, request: PulidRequest, models: PulidModels) -> dict[str, Any]:

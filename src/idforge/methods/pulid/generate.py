@@ -12,11 +12,11 @@ from idforge.engine.sampling import sample_and_decode
 from idforge.engine.scoring import attach_identity
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
+from idforge.identity.attention import attach_prepared
 from idforge.imageio import load_mask
 from idforge.methods.pulid.core import (
     ProgressCallback,
     PulidRequest,
-    attach_pulid,
     decode_inputs,
     load_pulid_models,
     prepare_pulid,
@@ -54,7 +54,7 @@ def generate_pulid(
 
     attention = IdentityAttention(base.unet)
     mask = load_mask(request.attn_mask, (width, height)) if request.attn_mask is not None else None
-    attach_pulid(
+    attach_prepared(
         attention,
         "pulid",
         models.checkpoint.ip_layers,

@@ -19,6 +19,7 @@ from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
+from idforge.identity.attention import attach_prepared
 from idforge.methods.adapter_persons import (
     adapter_person_params,
     adapter_persons_result,
@@ -30,7 +31,6 @@ from idforge.methods.pulid.core import (
     ProgressCallback,
     PulidParams,
     PulidRequest,
-    attach_pulid,
     load_pulid_models,
     prepare_pulid,
     pulid_output_size,
@@ -72,7 +72,7 @@ def generate_pulid_persons(
     seeds = image_seeds(seed, gen.num_images)
     attention = IdentityAttention(base.unet)
     for index, (part, params, region) in enumerate(zip(prepared, params_list, regions, strict=True), start=1):
-        attach_pulid(
+        attach_prepared(
             attention,
             adapter_name(index),
             models.checkpoint.ip_layers,
