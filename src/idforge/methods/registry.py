@@ -3,8 +3,9 @@ studio, previews, pricing, batching and the warm-up.
 
 A `Method` carries its parameter model (the one vocabulary of the CLI flags and the HTTP body), how its image
 inputs appear on the command line, how a call becomes its engine request, how it runs, how many images a body
-generates (pricing), its batching key, its warm-up body and which previews it needs. Adding a method is one new
-package under `methods/` that builds a `Method`, plus one line in `BUILTIN`.
+generates (pricing), its batching key, its warm-up body, which previews it needs and how its request is rebuilt
+from a recipe (`idforge reproduce`). Adding a method is one new package under `methods/` that builds a `Method`,
+plus one line in `BUILTIN`.
 """
 
 from __future__ import annotations
