@@ -172,6 +172,15 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
     return value
 
 
+def finished_result(client, url: str, timeout: float = 300.0) -> dict:
+    """A v2 job's result (or status) body once it is COMPLETED or FAILED: `url` is its response_url or status_url."""
+    return wait_for(
+        lambda: (body := client.get(url).json())["status"] in ("COMPLETED", "FAILED") and body,
+        timeout=timeout,
+        interval=0.2,
+    )
+
+
 @contextmanager
 def running_server(db: Path, generator=None, **config):
     """A real uvicorn server on loopback with its own key store; yields (url, keys)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from typing import Literal
 
 import httpx
@@ -22,7 +21,7 @@ from idforge.engine.result import GenerationResult, read_recipe
 from idforge.methods.body import MethodBody
 from idforge.methods.instantid.core import InstantIDRequest
 from idforge.methods.registry import ImageInput, Method, MethodCall, register, unregister
-from server_fixtures import b64, face_b64, running_server
+from server_fixtures import b64, face_b64, finished_result, running_server
 
 
 class DummyBody(MethodBody):
@@ -115,12 +114,7 @@ def test_a_registered_method_is_served_documented_and_runs_as_a_job(dummy, tmp_p
             json={"prompt": "x", "face_image": face_b64(), "shade": 40, "width": 64, "height": 64, "seed": 5},
         )
         assert job.status_code == 202, job.text
-        deadline = time.monotonic() + 300
-        while True:
-            result = client.get(job.json()["response_url"]).json()
-            if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        result = finished_result(client, job.json()["response_url"])
         assert result["status"] == "COMPLETED", result
         assert (result["recipe"]["params"]["shade"], result["recipe"]["params"]["tint"]) == (40, "grey")
         assert keys.get(record.id).balance == 10 - result["credits"]
@@ -154,12 +148,7 @@ def test_a_preset_gives_the_same_strengths_from_cli_python_and_http(tiny_kit, tm
             body = {"prompt": "p", "face_image": b64(face.read_bytes()), "preset": preset}
             response = client.post("/v2/instantid", json=body | {"width": 64, "height": 64, "seed": 1})
             assert response.status_code == 202, response.text
-            deadline = time.monotonic() + 300
-            while True:
-                result = client.get(response.json()["response_url"]).json()
-                if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            result = finished_result(client, response.json()["response_url"])
     assert result["status"] == "COMPLETED", json.dumps(result)[:500]
     http = result["recipe"]["params"]
     for name in ("ip_weight", "cn_strength"):
@@ -170,12 +159,7 @@ def test_a_preset_gives_the_same_strengths_from_cli_python_and_http(tiny_kit, tm
 def _v2_result(client: httpx.Client, slug: str, body: dict) -> dict:
     response = client.post(f"/v2/{slug}", json=body)
     assert response.status_code == 202, response.text
-    deadline = time.monotonic() + 300
-    while True:
-        result = client.get(response.json()["response_url"]).json()
-        if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
+    return finished_result(client, response.json()["response_url"])
 
 
 def test_insta_depth_takes_the_same_controls_from_the_cli_and_http(tiny_kit, tmp_path):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from server_fixtures import b64, dark_png, face_b64, running_server, wait_for
+from server_fixtures import b64, dark_png, face_b64, finished_result, running_server
 
 WIDTH, HEIGHT = 128, 64
 
@@ -67,10 +67,7 @@ def test_v2_instantid_with_persons_records_every_person(server):
     )
     assert accepted.status_code == 202, accepted.text
     job = accepted.json()
-    state = wait_for(
-        lambda: (s := client.get(job["status_url"]).json())["status"] in ("COMPLETED", "FAILED") and s,
-        timeout=300,
-    )
+    state = finished_result(client, job["status_url"])
     assert state["status"] == "COMPLETED", state
     recipe = client.get(job["response_url"]).json()["recipe"]
     first, second = recipe["persons"]
@@ -134,10 +131,7 @@ def test_v2_faceid_with_persons_records_every_person(server):
     accepted = client.post("/v2/faceid", json=body(two(end_at=0.7), adapter="faceid-sdxl"))
     assert accepted.status_code == 202, accepted.text
     job = accepted.json()
-    state = wait_for(
-        lambda: (s := client.get(job["status_url"]).json())["status"] in ("COMPLETED", "FAILED") and s,
-        timeout=300,
-    )
+    state = finished_result(client, job["status_url"])
     assert state["status"] == "COMPLETED", state
     recipe = client.get(job["response_url"]).json()["recipe"]
     first, second = recipe["persons"]

@@ -481,11 +481,10 @@ def test_best_of_two_returns_the_better_candidate(engine, faces):
 
 def test_http_v2_pulid_runs_as_a_job_after_a_warm_up(tiny_kit, faces, tmp_path):
     import base64
-    import time
 
     import httpx
 
-    from server_fixtures import running_server
+    from server_fixtures import finished_result, running_server
 
     face = base64.b64encode(faces[0].read_bytes()).decode()
     with running_server(tmp_path / "s.db", None, models_dirs=[str(tiny_kit)], warm_up=("pulid",)) as (
@@ -513,12 +512,7 @@ def test_http_v2_pulid_runs_as_a_job_after_a_warm_up(tiny_kit, faces, tmp_path):
             }
             response = client.post("/v2/pulid", json=body | {"model": "pulid-v1", "method": "neutral"})
             assert response.status_code == 202, response.text
-            deadline = time.monotonic() + 300
-            while True:
-                result = client.get(response.json()["response_url"]).json()
-                if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            result = finished_result(client, response.json()["response_url"])
             assert result["status"] == "COMPLETED", json.dumps(result)[:500]
             assert result["recipe"]["method"] == "pulid"
             assert result["recipe"]["params"]["method"] == "neutral"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -25,7 +24,7 @@ from idforge.workflow.plan import UnsupportedNodesError
 from idforge.workflow.run import execute, open_workflow, prepare
 from idforge.workflow.widgets import widget_inputs
 from instantid_fixtures import square_face
-from server_fixtures import WebhookReceiver, b64, running_server, wait_for
+from server_fixtures import WebhookReceiver, b64, finished_result, running_server, wait_for
 
 DATA = Path(__file__).parent / "data" / "workflows"
 UI04 = DATA / "instantid_advanced_ui04.json"
@@ -327,12 +326,7 @@ def test_v2_workflow_is_a_priced_job_with_results_per_output_node(tiny_kit, face
                 canceled = client.post("/v2/workflow", json=body | {"webhook_url": None})
                 cancel = client.post(canceled.json()["cancel_url"]).json()
                 assert cancel["action"] in ("removed", "stopped")
-                deadline = time.monotonic() + 300
-                while True:
-                    result = client.get(accepted.json()["response_url"]).json()
-                    if result["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.2)
+                result = finished_result(client, accepted.json()["response_url"])
                 assert result["status"] == "COMPLETED", json.dumps(result)[:500]
                 assert result["method"] == "workflow" and result["credits_charged"] == 1
                 assert list(result["output"]["nodes"]) == ["12"] and len(result["output"]["nodes"]["12"]) == 1
