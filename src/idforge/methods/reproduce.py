@@ -45,6 +45,8 @@ from idforge.errors import InputImageError, ParameterError
 from idforge.methods.registry import Method, methods
 
 ProgressCallback = Callable[[int, int], None]
+# recipe inputs that are not one image of that name (faces: a list; the others: facts about the inputs)
+NOT_IMAGES = frozenset({"faces", "pixels_sha256", "batch_references", "kps_source"})
 
 
 @dataclass
@@ -159,16 +161,24 @@ class RecipeCall:
     finder: _InputFinder
 
     def request(self, request_class: type, **fields_: Any) -> Any:
-        """A method's request with what every recipe records filled in where the request takes it (the reference
-        faces, the sampler settings, the base and the face pack), plus `fields_`."""
-        names = {item.name for item in fields(request_class)}
-        shared: dict[str, Callable[[], Any]] = {
-            "faces": self.faces,
-            "generation": lambda: self.generation,
-            "base": lambda: self.model("base"),
-            "face_models": lambda: self.model("face_models"),
-        }
-        filled = {name: value() for name, value in shared.items() if name in names and name not in fields_}
+        """A method's request with what the recipe records under the request's own field names filled in: the
+        reference faces, the sampler settings, each model role (base, face_models, eva_clip, ...) and each input
+        image (mask, pose, attn_mask, ...) of a field's name. `fields_` gives the rest: fields the recipe names
+        otherwise or that are derived (they win over a recorded name)."""
+        images = set(self.recipe.inputs) | {name for name, value in self.given.items() if value is not None}
+        filled: dict[str, Any] = {}
+        for item in fields(request_class):
+            name = item.name
+            if name in fields_:
+                continue
+            if name == "faces":
+                filled[name] = self.faces()
+            elif name == "generation":
+                filled[name] = self.generation
+            elif name in self.recipe.models:
+                filled[name] = self.model(name)
+            elif name in images and name not in NOT_IMAGES:
+                filled[name] = self.image(name)
         return request_class(**(filled | fields_))
 
     def params(self, params_class: type, values: Mapping[str, Any] | None = None) -> Any:

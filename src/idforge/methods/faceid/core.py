@@ -30,7 +30,7 @@ from PIL import Image
 from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
-from idforge.engine.params import GenerationParams, check_pick
+from idforge.engine.params import GenerationParams
 from idforge.engine.recipe import PassLayout, Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice
 from idforge.engine.session import Engine, image_digest
@@ -43,7 +43,6 @@ from idforge.errors import (
     ParameterError,
     check_choice,
     check_range,
-    check_window,
     face_input,
 )
 from idforge.identity.attention import SCALING_MODES
@@ -51,8 +50,8 @@ from idforge.identity.embeds import FACEID_COMBINE_MODES
 from idforge.identity.weight_types import WEIGHT_TYPES
 from idforge.imageio import load_mask
 from idforge.methods.body import sampler_defaults
+from idforge.methods.controls import IdentityControls
 from idforge.methods.faceid.body import FaceIDBody
-from idforge.methods.presets import identity_strength
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -82,8 +81,10 @@ def _normalise_scaling(name: str) -> str:
 
 
 @dataclass
-class FaceIDParams:
+class FaceIDParams(IdentityControls):
     """Every control of ComfyUI's IPAdapter FaceID (Batch) node (seed 001) plus our batch/face options."""
+
+    PRESET_STRENGTHS = {"weight": "faceid_weight"}
 
     weight: float | None = None  # None: the few-step preset's faceid_weight, else 1.0 (methods/presets.py)
     weight_faceidv2: float = 1.0
@@ -106,26 +107,19 @@ class FaceIDParams:
         self.combine_embeds = check_choice(
             "combine_embeds", _normalise(self.combine_embeds), FACEID_COMBINE_MODES
         )
-        check_window(self.start_at, self.end_at)
+        self.check_controls()
         self.embeds_scaling = check_choice(
             "embeds_scaling", _normalise_scaling(self.embeds_scaling), SCALING_MODES
         )
         check_range("lora_strength", self.lora_strength, -4.0, 4.0)
-        self.pick = check_pick(self.pick)
-        check_range("det_size", self.det_size, 64, 2048)
 
     def adapter_inputs(self) -> dict[str, Any]:
         """How its adapter acts on the IP attention (`IdentityAttention.set_adapter_inputs`)."""
-        window = {"start_at": self.start_at, "end_at": self.end_at}
         return {
             "weight": self.weight,
             "weight_type": self.weight_type,
             "scaling": self.embeds_scaling,
-        } | window
-
-    def with_preset(self, preset: str | None) -> FaceIDParams:
-        """A copy whose unset weight is the few-step preset's faceid_weight (or the default)."""
-        return replace(self, weight=identity_strength("faceid_weight", self.weight, preset))
+        } | self.window()
 
 
 @dataclass

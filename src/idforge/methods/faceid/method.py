@@ -47,11 +47,8 @@ def from_recipe(call: Any) -> Any:
     return call.request(
         FaceIDRequest,
         faceid=call.params(FaceIDParams),
-        negative_image=call.image("negative_image"),
-        attn_mask=call.image("attn_mask"),
         adapter=call.model("ip_adapter"),
-        lora=None if lora in (None, "embedded") else call.model("lora"),
-        clip_vision=call.model("clip_vision"),
+        lora=None if lora in (None, "embedded") else call.model("lora"),  # embedded: the adapter file's own
         instantid=instantid,
     )
 

@@ -44,10 +44,7 @@ def from_recipe(call: Any) -> Any:
         pose=call.image("pose", required=True),
         instantid=call.params(InstantIDParams),
         depth=call.params(InstaDepthParams),
-        depth_map=call.image("depth_map"),
         instantid_model=call.instantid_folder(),
-        depth_controlnet=call.model("depth_controlnet"),
-        depth_estimator=call.model("depth_estimator"),
     )
 
 

@@ -7,11 +7,11 @@ nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from idforge.engine.params import check_pick
-from idforge.errors import check_choice, check_range, check_window
+from idforge.errors import check_choice, check_range
 from idforge.identity.embeds import INSTANTID_COMBINE_MODES
+from idforge.methods.controls import IdentityControls
 
 INSTANTID_COMBINE = INSTANTID_COMBINE_MODES
 
@@ -22,8 +22,10 @@ def _normalise_combine(name: str) -> str:
 
 
 @dataclass
-class InstantIDParams:
+class InstantIDParams(IdentityControls):
     """Every control of ComfyUI's "Apply InstantID Advanced" (seed 000) plus the official demo's extras."""
+
+    PRESET_STRENGTHS = {"ip_weight": "ip_weight", "cn_strength": "cn_strength"}
 
     # None: the few-step preset's recommendation, else 0.8 (methods/presets.py; the request resolves them)
     ip_weight: float | None = None
@@ -41,22 +43,10 @@ class InstantIDParams:
             check_range("ip_weight", self.ip_weight, 0.0, 3.0)
         if self.cn_strength is not None:
             check_range("cn_strength", self.cn_strength, 0.0, 10.0)
-        check_window(self.start_at, self.end_at)
+        self.check_controls()
         check_range("noise", self.noise, 0.0, 1.0)
         self.combine_embeds = check_choice(
             "combine_embeds", _normalise_combine(self.combine_embeds), INSTANTID_COMBINE
-        )
-        self.pick = check_pick(self.pick)
-        check_range("det_size", self.det_size, 64, 2048)
-
-    def with_preset(self, preset: str | None) -> InstantIDParams:
-        """A copy whose unset strengths are the preset's recommendation (or the defaults)."""
-        from idforge.methods.presets import identity_strength
-
-        return replace(
-            self,
-            ip_weight=identity_strength("ip_weight", self.ip_weight, preset),
-            cn_strength=identity_strength("cn_strength", self.cn_strength, preset),
         )
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
-from idforge.engine.params import GenerationParams, check_pick
+from idforge.engine.params import GenerationParams
 from idforge.engine.recipe import PassLayout, Recipe, build_recipe, input_digests
 from idforge.engine.scoring import reference_advice
 from idforge.engine.session import Engine, image_digest
@@ -40,12 +40,11 @@ from idforge.errors import (
     ParameterError,
     check_choice,
     check_range,
-    check_window,
     face_input,
 )
 from idforge.imageio import load_mask
 from idforge.methods.body import sampler_defaults
-from idforge.methods.presets import identity_strength
+from idforge.methods.controls import IdentityControls
 from idforge.methods.pulid.body import PulidBody
 
 if TYPE_CHECKING:
@@ -69,8 +68,10 @@ MODEL_FILES = {
 
 
 @dataclass
-class PulidParams:
+class PulidParams(IdentityControls):
     """cubiq's ApplyPulid / ApplyPulidAdvanced controls with the official defaults."""
+
+    PRESET_STRENGTHS = {"weight": "pulid_weight"}
 
     method: str = "fidelity"
     weight: float | None = None  # id_scale; None: the preset's pulid_weight, else 0.8 (the official default)
@@ -87,15 +88,13 @@ class PulidParams:
         self.method = check_choice("method", self.method, tuple(METHOD_SETTINGS))
         if self.weight is not None:
             check_range("weight", self.weight, -1.0, 5.0)
-        check_window(self.start_at, self.end_at)
+        self.check_controls()
         if self.projection is not None:
             self.projection = check_choice("projection", self.projection, PROJECTIONS)
         if self.fidelity is not None:
             check_range("fidelity", self.fidelity, 0, 32)
             self.fidelity = int(self.fidelity)
         check_range("noise", self.noise, 0.0, 1.0)
-        self.pick = check_pick(self.pick)
-        check_range("det_size", self.det_size, 64, 2048)
 
     @property
     def projection_mode(self) -> str:
@@ -107,16 +106,11 @@ class PulidParams:
 
     def adapter_inputs(self) -> dict[str, Any]:
         """How its ID branch acts on the identity attention (`IdentityAttention.set_adapter_inputs`)."""
-        window = {"start_at": self.start_at, "end_at": self.end_at}
         return {
             "weight": self.weight,
             "projection": self.projection_mode,
             "zero_tokens": self.zero_tokens,
-        } | window
-
-    def with_preset(self, preset: str | None) -> PulidParams:
-        """A copy whose unset weight is the few-step preset's pulid_weight (or the official 0.8)."""
-        return replace(self, weight=identity_strength("pulid_weight", self.weight, preset))
+        } | (self.window())
 
     def recipe_extras(self) -> dict[str, Any]:
         return {"resolved_projection": self.projection_mode, "resolved_zero_tokens": self.zero_tokens}

@@ -29,17 +29,11 @@ def check(call: MethodCall) -> None:
 
 
 def from_recipe(call: Any) -> Any:
-    """The request a recipe records (methods/reproduce.py)."""
+    """The request a recipe records (methods/reproduce.py): its models and mask by the request's names, the
+    PuLID checkpoint as role `pulid`."""
     from idforge.methods.pulid.core import PulidParams, PulidRequest
 
-    return call.request(
-        PulidRequest,
-        pulid=call.params(PulidParams),
-        attn_mask=call.image("attn_mask"),
-        model=call.model("pulid"),
-        eva_clip=call.model("eva_clip"),
-        face_parser=call.model("face_parser"),
-    )
+    return call.request(PulidRequest, pulid=call.params(PulidParams), model=call.model("pulid"))
 
 
 METHOD = Method(
