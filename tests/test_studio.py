@@ -733,6 +733,33 @@ def test_dropping_an_idforge_png_restores_its_parameters(page, studio, tiny_kit,
     page.wait_for_function("document.querySelector('#error').textContent.includes('no idforge recipe')")
 
 
+def test_a_cli_png_of_any_method_opens_the_method_its_recipe_names(page, studio, tmp_path):
+    """A CLI recipe has no API body: the page finds the method by the recipe `method` names the registry declares
+    (PuLID's included), and says when only a part of a combined recipe is restored."""
+    from idforge.engine.result import save_png_with_recipe
+
+    pulid = {
+        "method": "pulid",
+        "seed": 31,
+        "params": {"prompt": "a pulid portrait", "steps": 9, "weight": 0.65},
+    }
+    save_png_with_recipe(Image.new("RGB", (8, 8)), tmp_path / "pulid.png", pulid)
+    choose(page, "instantid")
+    drop_file(page, (tmp_path / "pulid.png").read_bytes(), "pulid.png")
+    page.wait_for_function("document.querySelector('input[name=method][value=pulid]').checked")
+    assert page.input_value("#prompt") == "a pulid portrait" and page.input_value("#param-seed") == "31"
+    assert (
+        page.input_value("#param-num_inference_steps") == "9" and page.input_value("#param-weight") == "0.65"
+    )
+
+    both = {"method": "instantid+faceid", "seed": 5, "params": {"prompt": "both", "weight": 0.9}}
+    save_png_with_recipe(Image.new("RGB", (8, 8)), tmp_path / "both.png", both)
+    drop_file(page, (tmp_path / "both.png").read_bytes(), "both.png")
+    page.wait_for_function("document.querySelector('input[name=method][value=faceid]').checked")
+    assert page.input_value("#param-weight") == "0.9"
+    assert "made as instantid+faceid" in page.inner_text("#job-status")
+
+
 def test_a_registered_method_appears_in_the_form_with_its_fields(browser, console, tmp_path):
     """The registry is the studio's only list of methods: a method registered on the server gets its radio and
     a form built from its body, with nothing changed in the page."""

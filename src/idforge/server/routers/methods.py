@@ -35,9 +35,14 @@ DISCONNECT_POLL_S = 0.25  # how often a waiting /v1 request checks that its clie
 
 
 def _about(name: str) -> dict[str, Any]:
-    """What the studio needs to offer a method: its title and previews (the x-idforge-method extension)."""
+    """What the studio needs to offer a method (the x-idforge-method extension): its title, its previews, and the
+    recipe `method` names it rebuilds (a dropped PNG's recipe opens that method's form)."""
     method = get_method(name)
-    return {"title": method.title, "previews": list(method.previews)}
+    return {
+        "title": method.title,
+        "previews": list(method.previews),
+        "recipe_methods": list(method.recipe_names),
+    }
 
 
 def served_methods() -> Sequence[tuple[str, str, type[BaseModel], str]]:

@@ -9,8 +9,10 @@ import { imageRecipe, recipeToForm, summaryLine } from "./recipe.js";
 import { history } from "./history.js";
 
 const $ = (selector) => document.querySelector(selector);
-// slug -> title, filled from the server's method registry (the x-idforge-method of each /v2/<slug> operation)
+// slug -> title and slug -> {title, previews, recipe_methods}: the server's method registry (the x-idforge-method
+// of each /v2/<slug> operation); the page names no method itself
 const METHOD_NAMES = {};
+const METHOD_INFO = {};
 const ZONES = [
   { field: "face_image", label: "Reference face(s)", multiple: true, help: "One or several photos of the same person.", helpOne: "A photo of the person." },
   { field: "pose_image", label: "Pose image", help: "The photo whose face position (and depth) the result follows." },
@@ -158,6 +160,7 @@ function renderMethodChoices() {
     if (!path.startsWith("/v2/") || !info) continue;
     const slug = path.slice(4);
     METHOD_NAMES[slug] = info.title;
+    METHOD_INFO[slug] = info;
     const label = document.createElement("label");
     const radio = document.createElement("input");
     radio.type = "radio";
@@ -438,7 +441,7 @@ async function runPreview() {
     const notes = [...result.problems.map((p) => `Generation would fail: ${p}`), ...result.warnings];
     const kind = result.problems.length ? "problem" : result.warnings.length ? "warning" : "muted";
     setPreviewStatus(notes.length ? notes.join(" ") : "Faces found. Ready to generate.", kind);
-    if (state.slug === "insta-depth" && state.images.pose_image) {
+    if ((METHOD_INFO[state.slug].previews || []).includes("depth") && state.images.pose_image) {
       const depthBody = { pose_image: state.images.pose_image.data };
       if (body.width) { depthBody.width = body.width; depthBody.height = body.height; }
       const depth = await api.post("v1/preview/depth", depthBody);
@@ -543,7 +546,7 @@ async function addResult(slug, recipeBody, result) {
   const images = result.output.images || [result.output.image];
   const created = Date.now();
   for (let index = 0; index < images.length; index++) {
-    const recipe = imageRecipe({ slug, request: recipeBody, result, index, version: state.version });
+    const recipe = imageRecipe({ slug, request: recipeBody, result, index, version: state.version, methods: METHOD_INFO });
     const identity = recipe.identity && recipe.identity.images ? recipe.identity.images[0] : null;
     const item = {
       id: `${result.request_id || created}-${index}`,
@@ -743,7 +746,7 @@ async function restoreFrom(file) {
   let recipe;
   try { recipe = JSON.parse(texts.idforge); } catch { showError(`${file.name}: its idforge recipe is not valid JSON.`); return; }
   try {
-    const { slug, values, ignored, notes } = recipeToForm(recipe, (s) => fieldsFor(state.schema, s).all);
+    const { slug, values, ignored, notes } = recipeToForm(recipe, (s) => fieldsFor(state.schema, s).all, METHOD_INFO);
     applyValues(slug, values);
     const restored = Object.keys(values).length;
     const extra = ignored.length ? ` Not used by ${METHOD_NAMES[slug]}: ${ignored.join(", ")}.` : "";

@@ -4,7 +4,6 @@
 // engine's names, models, timings), plus `request`: the exact API body that made it, images left out. Restoring
 // prefers `request`; a CLI PNG has only `params`, whose engine names are mapped to the API's.
 
-const METHOD_SLUGS = { instantid: "instantid", insta_depth: "insta-depth", "insta-depth": "insta-depth", faceid: "faceid", "instantid+faceid": "faceid" };
 const ENGINE_TO_API = { steps: "num_inference_steps", guidance: "guidance_scale", attn_mask: "mask_image" };
 
 function copy(value) {
@@ -12,10 +11,11 @@ function copy(value) {
 }
 
 // The recipe of image `index` of a result alone: its own seed, one image (as engine/result.py image_recipe).
-export function imageRecipe({ slug, request, result, index, version }) {
+// `methods`: slug -> the server's x-idforge-method (title, previews, recipe_methods).
+export function imageRecipe({ slug, request, result, index, version, methods }) {
   const seeds = result.seeds || [result.seed];
   const seed = seeds[index];
-  const recipe = copy(result.recipe) && Object.keys(result.recipe).length ? copy(result.recipe) : fallbackRecipe(slug, request, result, version);
+  const recipe = copy(result.recipe) && Object.keys(result.recipe).length ? copy(result.recipe) : fallbackRecipe(slug, request, result, version, methods);
   recipe.seed = seed;
   recipe.batch_seed = seeds[0];
   recipe.batch_index = index;
@@ -38,12 +38,12 @@ export function imageRecipe({ slug, request, result, index, version }) {
 }
 
 // Only when the server sent no recipe: the request in the engine's vocabulary, so the PNG is still complete.
-function fallbackRecipe(slug, request, result, version) {
+function fallbackRecipe(slug, request, result, version, methods) {
   const params = {};
   const reverse = Object.fromEntries(Object.entries(ENGINE_TO_API).map(([k, v]) => [v, k]));
   for (const [name, value] of Object.entries(request)) params[reverse[name] || name] = value;
   return {
-    method: slug === "insta-depth" ? "insta_depth" : slug,
+    method: recipeMethods(methods, slug)[0] || slug, // the name the CLI's recipes give the method
     idforge_version: version,
     width: request.width ?? null,
     height: request.height ?? null,
@@ -72,13 +72,22 @@ function adapterFromRecipe(recipe) {
   return file.replace(/^ip-adapter-/, "").replace(/_/g, "-");
 }
 
+function recipeMethods(methods, slug) {
+  return (methods && methods[slug] && methods[slug].recipe_methods) || [];
+}
+
+// The method (slug) whose recipes are named `name` (a recipe's `method`), from the server's registry.
+function slugOfRecipe(methods, name) {
+  return Object.keys(methods || {}).find((slug) => recipeMethods(methods, slug).includes(name) || slug === name);
+}
+
 // {slug, values, ignored, notes} for a recipe: the method's tab and the API field values to put in the form.
-export function recipeToForm(recipe, fieldsForSlug) {
+export function recipeToForm(recipe, fieldsForSlug, methods) {
   const notes = [];
   let slug = recipe.request && recipe.request.method;
   let source = recipe.request && recipe.request.body;
   if (!slug || !source) {
-    slug = METHOD_SLUGS[recipe.method];
+    slug = slugOfRecipe(methods, recipe.method);
     source = {};
     for (const [name, value] of Object.entries(recipe.params || {})) source[ENGINE_TO_API[name] || name] = value;
     const adapter = adapterFromRecipe(recipe);
@@ -86,7 +95,8 @@ export function recipeToForm(recipe, fieldsForSlug) {
     if (recipe.width && source.width == null) source.width = recipe.width;
     if (recipe.height && source.height == null) source.height = recipe.height;
     if (recipe.seed !== undefined) source.seed = recipe.seed;
-    if (recipe.method === "instantid+faceid") notes.push("made by FaceID with InstantID (CLI only): the FaceID part is restored");
+    const [own] = recipeMethods(methods, slug);
+    if (slug && own && recipe.method !== own) notes.push(`made as ${recipe.method} (CLI only): the ${methods[slug].title} part is restored.`);
   }
   if (!slug) throw new Error(`unknown method ${JSON.stringify(recipe.method)} in this recipe`);
   const fields = fieldsForSlug(slug);
