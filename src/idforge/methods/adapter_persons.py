@@ -1,27 +1,35 @@
 """Several people in one image for the adapter-only methods (FaceID, PuLID): what their flows share.
 
 Such a method puts one identity adapter per person on the shared `IdentityAttention`, each masked to its region,
-and denoises once (methods/faceid/persons.py, methods/pulid/persons.py keep their models, adapters and sampling).
-Both refuse the same things, check the regions before any model loads when the size is known, prepare each
-person's faces with the person's own parameters, and record the same per-person recipe entry: that is here.
+and denoises once. The flow is written once, `generate_adapter_persons`; methods/faceid/persons.py and
+methods/pulid/persons.py declare what differs (an `AdapterPersonsFlow`: their checks, models, towers, adapters,
+sampling and recipe). Both refuse the same things, check the regions before any model loads when the size is known,
+prepare each person's faces with the person's own parameters, and record the same per-person recipe entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 from PIL import Image
 
+from idforge.engine.memory import on_device, park_on_cpu
 from idforge.engine.params import GenerationParams
-from idforge.engine.recipe import Recipe
+from idforge.engine.recipe import PassLayout, Recipe
 from idforge.engine.result import GenerationResult
+from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import InputName, NoFaceError, ParameterError, person_input
+from idforge.identity.attention import IdentityAttention, attach_prepared
 from idforge.methods.person_scores import score_persons
 from idforge.methods.persons import (
     Person,
+    adapter_name,
     check_persons,
     decode_persons,
     mask_box,
@@ -31,9 +39,103 @@ from idforge.methods.persons import (
 )
 
 Prepared = TypeVar("Prepared")
+ProgressCallback = Callable[[int, int], None]
 
 # A person's own strengths in an adapter method: `ip_weight` is the adapter's weight.
 ADAPTER_PERSON_FIELDS = {"ip_weight": "weight", "start_at": "start_at", "end_at": "end_at"}
+
+
+def _no_extra_inputs(request: Any) -> Any:
+    return request
+
+
+def _no_warnings(models: Any) -> Sequence[str]:
+    return ()
+
+
+@dataclass(frozen=True)
+class AdapterPersonsFlow:
+    """What an adapter method's several-people flow does its own way; `generate_adapter_persons` is the rest.
+    `request`, `models`, `params` and a prepared part are the method's own types."""
+
+    # the request -> each person's parameters, after refusing what does not apply
+    check: Callable[[Any], list[Any]]
+    load_models: Callable[[Engine, Any], Any]
+    # (generation, models) -> (width, height)
+    output_size: Callable[[GenerationParams, Any], tuple[int, int]]
+    # models -> the feature towers a person's faces go through (on the device while preparing)
+    towers: Callable[[Any], Sequence[torch.nn.Module | None]]
+    # (engine, request, models, person, the person's params) -> the person's prepared part
+    prepare: Callable[[Engine, Any, Any, Person, Any], Any]
+    # models -> the IP weights every person's adapter shares
+    ip_layers: Callable[[Any], Mapping[int, tuple[torch.Tensor, torch.Tensor]]]
+    # (engine, request, models, seeds, size, attention, progress) -> (latents, images)
+    sample: Callable[
+        [Engine, Any, Any, list[int], tuple[int, int], IdentityAttention, ProgressCallback | None],
+        tuple[torch.Tensor, list[Image.Image]],
+    ]
+    # (engine, request, models, the first person's part, layout) -> the recipe
+    recipe: Callable[[Engine, Any, Any, Any, PassLayout], Recipe]
+    # the request -> which output face a person's score takes
+    pick: Callable[[Any], str | int]
+    # the face pack that scores when the request names none
+    default_pack: str
+    # the request with its own inputs beside the persons decoded
+    decode: Callable[[Any], Any] = _no_extra_inputs
+    # models -> what loading them warned
+    warnings: Callable[[Any], Sequence[str]] = _no_warnings
+
+
+def generate_adapter_persons(
+    engine: Engine,
+    request: Any,
+    flow: AdapterPersonsFlow,
+    progress: ProgressCallback | None = None,
+) -> GenerationResult:
+    """Several people in one image of an adapter method, end to end: every input checked and decoded before any
+    model loads, each person prepared with its own parameters, one adapter per person on one attention, one
+    pass."""
+    started = time.perf_counter()
+    params_list = flow.check(request)
+    gen = request.generation
+    request = replace(request, persons=decode_adapter_persons(request.persons, gen))
+    request = flow.decode(request)
+    models = flow.load_models(engine, request)
+    width, height = flow.output_size(gen, models)
+    regions = person_regions(request.persons, (width, height))
+
+    towers = flow.towers(models)
+    park_on_cpu(towers, engine.device, gen.cpu_offload)
+    with on_device(towers, engine.device, gen.cpu_offload):
+        prepared = prepare_each_person(
+            request.persons,
+            params_list,
+            lambda person, params: flow.prepare(engine, request, models, person, params),
+        )
+
+    seeds = image_seeds(resolve_seed(gen.seed), gen.num_images)
+    unet, ip_layers = models.base.unet, flow.ip_layers(models)
+    attention = IdentityAttention(unet)
+    for index, (part, params, region) in enumerate(zip(prepared, params_list, regions, strict=True), start=1):
+        attach_prepared(
+            attention, adapter_name(index), ip_layers, part, params, region, engine.device, unet.dtype
+        )
+    latents, images = flow.sample(engine, request, models, seeds, (width, height), attention, progress)
+
+    layout = PassLayout(seeds, width, height, started)
+    recipe = flow.recipe(engine, request, models, prepared[0], layout)
+    return adapter_persons_result(
+        engine,
+        request,
+        params_list,
+        regions,
+        prepared,
+        (latents, images, seeds),
+        recipe,
+        pick=flow.pick(request),
+        default_pack=flow.default_pack,
+        warnings=flow.warnings(models),
+    )
 
 
 def check_adapter_persons(persons: Sequence[Person], faces: Sequence[Any], attn_mask: Any) -> None:

@@ -13,34 +13,28 @@ its window and its region; `cn_strength` is refused. Flow:
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 from idforge.engine.inputs import load_named
-from idforge.engine.memory import on_device, park_on_cpu
-from idforge.engine.recipe import PassLayout
 from idforge.engine.result import GenerationResult
-from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
 from idforge.errors import ParameterError
-from idforge.identity.attention import attach_prepared
 from idforge.methods.adapter_persons import (
+    AdapterPersonsFlow,
+    ProgressCallback,
     adapter_person_params,
-    adapter_persons_result,
-    decode_adapter_persons,
-    prepare_each_person,
+    generate_adapter_persons,
 )
 from idforge.methods.faceid.core import (
     FaceIDParams,
     FaceIDRequest,
-    ProgressCallback,
     faceid_output_size,
     faceid_recipe,
     load_faceid_models,
     prepare_faceid,
     sample_with_faceid_lora,
 )
-from idforge.methods.persons import adapter_name, person_regions
+from idforge.methods.persons import Person
 
 
 def check_faceid_persons(request: FaceIDRequest) -> list[FaceIDParams]:
@@ -52,59 +46,42 @@ def check_faceid_persons(request: FaceIDRequest) -> list[FaceIDParams]:
     )
 
 
+def _decode_negative_image(request: FaceIDRequest) -> FaceIDRequest:
+    """Plus models' negative image (CLIP's uncond input) is an input too: decoded before any model loads."""
+    if request.negative_image is None:
+        return request
+    return replace(request, negative_image=load_named(request.negative_image, "negative image"))
+
+
+def _prepare_person(engine, request: FaceIDRequest, models, person: Person, params: FaceIDParams):
+    person_request = replace(request, faces=person.faces, faceid=params)
+    return prepare_faceid(engine, person_request, models, request.generation.num_images)
+
+
+def _sample(engine, request: FaceIDRequest, models, seeds, size, attention, progress):
+    """The FaceID LoRA once for all persons, at the request's strength."""
+    gen, strength = request.generation, request.faceid.lora_strength
+    return sample_with_faceid_lora(engine, models, gen, seeds, size, attention, (), progress, strength)
+
+
+FACEID_PERSONS = AdapterPersonsFlow(
+    check=check_faceid_persons,
+    decode=_decode_negative_image,
+    load_models=load_faceid_models,
+    output_size=lambda gen, models: faceid_output_size(gen, models.base.family),
+    towers=lambda models: [models.clip[0] if models.clip is not None else None],  # CLIP: plus models only
+    prepare=_prepare_person,
+    ip_layers=lambda models: models.adapter.ip_layers,
+    sample=_sample,
+    recipe=faceid_recipe,
+    pick=lambda request: request.faceid.pick,
+    default_pack="buffalo_l",
+    warnings=lambda models: models.warnings,
+)
+
+
 def generate_faceid_persons(
     engine: Engine, request: FaceIDRequest, progress: ProgressCallback | None = None
 ) -> GenerationResult:
     """Several people in one FaceID image, end to end."""
-    started = time.perf_counter()
-    params_list = check_faceid_persons(request)
-    gen = request.generation
-    negative = request.negative_image
-    request = replace(
-        request,
-        persons=decode_adapter_persons(request.persons, gen),
-        negative_image=load_named(negative, "negative image") if negative is not None else None,
-    )
-    models = load_faceid_models(engine, request)
-    base = models.base
-    width, height = faceid_output_size(gen, base.family)
-    regions = person_regions(request.persons, (width, height))
-
-    clip_model = models.clip[0] if models.clip is not None else None
-    park_on_cpu([clip_model], engine.device, gen.cpu_offload)
-    with on_device([clip_model], engine.device, gen.cpu_offload):
-        prepared = prepare_each_person(
-            request.persons,
-            params_list,
-            lambda person, params: prepare_faceid(
-                engine, replace(request, faces=person.faces, faceid=params), models, gen.num_images
-            ),
-        )
-
-    from idforge.identity.attention import IdentityAttention
-
-    seed = resolve_seed(gen.seed)
-    seeds = image_seeds(seed, gen.num_images)
-    dtype, device = base.unet.dtype, engine.device
-    attention = IdentityAttention(base.unet)
-    for index, (part, params, region) in enumerate(zip(prepared, params_list, regions, strict=True), start=1):
-        name = adapter_name(index)
-        attach_prepared(attention, name, models.adapter.ip_layers, part, params, region, device, dtype)
-    latents, images = sample_with_faceid_lora(
-        engine, models, gen, seeds, (width, height), attention, (), progress, request.faceid.lora_strength
-    )
-
-    layout = PassLayout(seeds, width, height, started)
-    recipe = faceid_recipe(engine, request, models, prepared[0], layout)
-    return adapter_persons_result(
-        engine,
-        request,
-        params_list,
-        regions,
-        prepared,
-        (latents, images, seeds),
-        recipe,
-        pick=request.faceid.pick,
-        default_pack="buffalo_l",
-        warnings=models.warnings,
-    )
+    return generate_adapter_persons(engine, request, FACEID_PERSONS, progress)

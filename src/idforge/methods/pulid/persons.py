@@ -10,25 +10,19 @@ references' two-person InstantID workflow (one identity branch per person, each 
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
-from idforge.engine.memory import on_device, park_on_cpu
-from idforge.engine.recipe import PassLayout
 from idforge.engine.result import GenerationResult
 from idforge.engine.sampling import sample_and_decode
-from idforge.engine.seeds import image_seeds, resolve_seed
 from idforge.engine.session import Engine
-from idforge.identity.attention import attach_prepared
 from idforge.methods.adapter_persons import (
-    adapter_person_params,
-    adapter_persons_result,
-    decode_adapter_persons,
-    prepare_each_person,
-)
-from idforge.methods.persons import adapter_name, person_regions
-from idforge.methods.pulid.core import (
+    AdapterPersonsFlow,
     ProgressCallback,
+    adapter_person_params,
+    generate_adapter_persons,
+)
+from idforge.methods.persons import Person
+from idforge.methods.pulid.core import (
     PulidParams,
     PulidRequest,
     load_pulid_models,
@@ -44,55 +38,27 @@ def check_pulid_persons(request: PulidRequest) -> list[PulidParams]:
     )
 
 
+def _prepare_person(engine, request: PulidRequest, models, person: Person, params: PulidParams):
+    return prepare_pulid(engine, replace(request, faces=person.faces, pulid=params), models)
+
+
+PULID_PERSONS = AdapterPersonsFlow(
+    check=check_pulid_persons,
+    load_models=load_pulid_models,
+    output_size=lambda gen, models: pulid_output_size(gen, models.checkpoint.version),
+    towers=lambda models: [models.eva, models.parser, models.encoder],
+    prepare=_prepare_person,
+    ip_layers=lambda models: models.checkpoint.ip_layers,
+    sample=lambda engine, request, models, seeds, size, attention, progress: sample_and_decode(
+        engine, models.base, request.generation, seeds, size, attention, (), progress
+    ),
+    recipe=pulid_recipe,
+    pick=lambda request: request.pulid.pick,
+    default_pack="antelopev2",
+)
+
+
 def generate_pulid_persons(
     engine: Engine, request: PulidRequest, progress: ProgressCallback | None = None
 ) -> GenerationResult:
-    started = time.perf_counter()
-    params_list = check_pulid_persons(request)
-    gen = request.generation
-    request = replace(request, persons=decode_adapter_persons(request.persons, gen))
-    models = load_pulid_models(engine, request)
-    base = models.base
-    width, height = pulid_output_size(gen, models.checkpoint.version)
-    regions = person_regions(request.persons, (width, height))
-    towers = [models.eva, models.parser, models.encoder]
-    park_on_cpu(towers, engine.device, gen.cpu_offload)
-    with on_device(towers, engine.device, gen.cpu_offload):
-        prepared = prepare_each_person(
-            request.persons,
-            params_list,
-            lambda person, params: prepare_pulid(
-                engine, replace(request, faces=person.faces, pulid=params), models
-            ),
-        )
-
-    from idforge.identity.attention import IdentityAttention
-
-    seed = resolve_seed(gen.seed)
-    seeds = image_seeds(seed, gen.num_images)
-    attention = IdentityAttention(base.unet)
-    for index, (part, params, region) in enumerate(zip(prepared, params_list, regions, strict=True), start=1):
-        attach_prepared(
-            attention,
-            adapter_name(index),
-            models.checkpoint.ip_layers,
-            part,
-            params,
-            region,
-            engine.device,
-            base.unet.dtype,
-        )
-    latents, images = sample_and_decode(engine, base, gen, seeds, (width, height), attention, (), progress)
-    layout = PassLayout(seeds, width, height, started)
-    recipe = pulid_recipe(engine, request, models, prepared[0], layout)
-    return adapter_persons_result(
-        engine,
-        request,
-        params_list,
-        regions,
-        prepared,
-        (latents, images, seeds),
-        recipe,
-        pick=request.pulid.pick,
-        default_pack="antelopev2",
-    )
+    return generate_adapter_persons(engine, request, PULID_PERSONS, progress)
