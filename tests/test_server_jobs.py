@@ -296,6 +296,10 @@ def test_bad_webhook_urls_are_400_naming_the_field(server, path, webhook_url, pr
         ("faceid", {"batch": True, "best_of": 2}, "best_of", "best-of-N cannot be combined with batch mode"),
         ("faceid", {"batch": True}, None, ""),
         ("instantid", {"best_of": 2}, None, ""),  # the batch rule is FaceID's alone
+        ("faceid", {"start_at": 0.6, "end_at": 0.2}, "end_at", "end_at: 0.2 is before start_at 0.6"),
+        ("pulid", {"start_at": 0.6, "end_at": 0.2}, "end_at", "end_at: 0.2 is before start_at 0.6"),
+        ("instantid", {"start_at": 0.6, "end_at": 0.2}, "end_at", "end_at: 0.2 is before start_at 0.6"),
+        ("instantid", {"start_at": 0.6, "end_at": 0.6}, None, ""),
     ],
 )
 def test_method_rules_are_400_naming_the_field_before_anything_is_queued(

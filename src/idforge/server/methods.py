@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from PIL import Image
 
-from idforge.errors import IdforgeError, ModelFormatError, ModelNotFoundError, ParameterError
+from idforge.errors import (
+    IdforgeError,
+    ModelFormatError,
+    ModelNotFoundError,
+    ParameterError,
+    check_window,
+)
 from idforge.methods.registry import (
     GENERATION_FIELDS,
     Method,
@@ -80,8 +86,8 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
         get_style(body.style)  # an unknown name is a 400 that lists the known ones
     check_identity_options(body)
     start, end = getattr(body, "start_at", None), getattr(body, "end_at", None)
-    if start is not None and end is not None and end < start:
-        raise ParameterError("end_at", f"{end} is before start_at {start}")
+    if start is not None and end is not None:
+        check_window(start, end)  # the params check it too, but only when the worker builds the request
     if not body.base64 and output_count(method, body) > 1:
         raise ParameterError("base64", "several images need base64 true (a JPEG body holds one image)")
     registered = get_method(method)
