@@ -14,11 +14,12 @@ proves the pipeline. With real models and a real photo it gives the table users 
         --score-models buffalo_l
 `none` is the plain 30-step Euler baseline.
 
-`--compare-methods instantid,faceid,pulid` runs the methods instead of the grid: the same reference, prompt, size,
-seeds and preset for each, every method at its defaults (InstantID ip 0.8 / IdentityNet 0.8, FaceID plusv2 weight
-1.0, PuLID v1.1 fidelity id_scale 0.8; `--pulid-model` for v1 / ComfyUI's file), all scored with one pack
-(`--score-models`, default buffalo_l: InstantID and PuLID condition on antelopev2, so buffalo_l is the independent
-pack for them; it is FaceID's own, which flatters FaceID: pass antelopev2 to see the other side).
+`--compare-methods instantid,faceid,pulid` runs the methods instead of the grid: any registered method that takes a
+`face_image` (an unknown name lists the registered ones), each built through its registry `Method` at its body's
+defaults (what an HTTP body that sets nothing gets), with the same reference, prompt, size, seeds, sampler and preset
+for each (`--faceid-adapter` sets FaceID's command-line adapter, `--pulid-model` PuLID's body field `model`), all
+scored with one pack (`--score-models`, default buffalo_l: InstantID and PuLID condition on antelopev2, so buffalo_l
+is the independent pack for them; it is FaceID's own, which flatters FaceID: pass antelopev2 to see the other side).
 
     .venv/bin/python benchmarks/identity.py --models ~/ComfyUI/models --face me.jpg --device cuda --size 1024 \
         --compare-methods instantid,faceid,pulid --presets none --seeds 8 Scoring with another pack than the one that conditioned the
@@ -34,13 +35,18 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from idforge.demo.samples import synthetic_face
 from idforge.engine.params import GenerationParams
 from idforge.engine.session import Engine, ModelChoice
+from idforge.errors import ParameterError
 from idforge.methods.instantid.core import InstantIDRequest
 from idforge.methods.instantid.generate import generate_instantid
 from idforge.methods.instantid.params import InstantIDParams
+from idforge.methods.registry import Method, MethodCall, call_params, get_method, methods
 
 PROMPT = "a portrait photo of a person"
 
@@ -93,25 +99,58 @@ def run_cell(engine: Engine, args, face: str, preset: str, ip_weight: float) -> 
     }
 
 
-def method_request(method: str, face: str, gen: GenerationParams, args):
-    """The run of one method at its defaults (the benchmark's `--compare-methods`)."""
-    if method == "instantid":
-        return generate_instantid, InstantIDRequest(faces=[face], generation=gen)
-    if method == "faceid":
-        from idforge.methods.faceid.core import FaceIDRequest
-        from idforge.methods.faceid.generate import generate_faceid
-
-        return generate_faceid, FaceIDRequest(faces=[face], generation=gen, adapter=args.faceid_adapter)
-    if method == "pulid":
-        from idforge.methods.pulid.core import PulidRequest
-        from idforge.methods.pulid.generate import generate_pulid
-
-        return generate_pulid, PulidRequest(faces=[face], generation=gen, model=args.pulid_model)
-    raise SystemExit(f"unknown method {method!r} (instantid, faceid, pulid)")
+def face_methods() -> list[str]:
+    """The registered methods `--compare-methods` can run: those that take a reference face."""
+    return [method.name for method in methods() if "face_image" in {image.field for image in method.images}]
 
 
-def run_method_cell(engine: Engine, args, face: str, method: str, preset: str) -> dict:
+def compared_method(name: str) -> Method:
+    """The registered method `name`, checked before any model loads; an exit listing the usable ones otherwise."""
+    try:
+        method = get_method(name)
+    except ParameterError as exc:
+        raise SystemExit(f"--compare-methods: {exc.problem}") from None
+    if method.name not in face_methods():
+        raise SystemExit(
+            f"--compare-methods: {name} takes no face_image (methods: {', '.join(face_methods())})"
+        )
+    return method
+
+
+def method_settings(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """What this benchmark's method flags set: method name -> (body fields, command-line options). The adapter is
+    FaceID's command-line option, not its body field, so it takes files and hub ids too, and unset means the base
+    family's default, as in `idforge faceid`."""
+    return {"faceid": ({}, {"adapter": args.faceid_adapter}), "pulid": ({"model": args.pulid_model}, {})}
+
+
+def method_request(
+    method: Method, face: str, gen: GenerationParams, fields: dict[str, Any], options: dict[str, Any]
+) -> Any:
+    """One method's engine request at its body's defaults plus `fields`, built as the CLI and HTTP build theirs
+    (body, MethodCall, check, build_request). `face` fills face_image and the other images a plain run on one face
+    needs (the method's warm-up images: Insta Depth takes it as its pose too); `gen` replaces the body's sampler
+    settings, so every method runs the same sampler."""
+    filled = {"face_image", *method.warm_up_images}
+    try:
+        body = method.body(prompt=gen.prompt, **{name: face for name in filled}, **fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise SystemExit(f"{method.name}: {'.'.join(map(str, error['loc']))}: {error['msg']}") from None
+    images: dict[str, Any] = {}
+    for image in method.images:
+        images[image.field] = face if image.field in filled else None
+        if image.extra:
+            images[image.extra] = []
+    call = MethodCall(params=call_params(body), images=images, generation=gen, options=options)
+    if method.check is not None:
+        method.check(call)
+    return method.build_request(call)
+
+
+def run_method_cell(engine: Engine, args, face: str, method: Method, preset: str) -> dict:
     """All seeds of one (method, preset) cell, every method scored with the same pack."""
+    fields, options = method_settings(args).get(method.name, ({}, {}))
     scores, seconds = [], []
     for seed in range(args.seed, args.seed + args.seeds):
         gen = GenerationParams(
@@ -122,13 +161,13 @@ def run_method_cell(engine: Engine, args, face: str, method: str, preset: str) -
             preset=None if preset == "none" else preset,
             score_models=args.score_models or "buffalo_l",
         )
-        generate, request = method_request(method, face, gen, args)
+        request = method_request(method, face, gen, fields, options)
         started = time.perf_counter()
-        result = generate(engine, request)
+        result = method.run(engine, request, None)
         seconds.append(time.perf_counter() - started)
         scores.append(result.scores[0])
     return {
-        "method": method,
+        "method": method.name,
         "preset": preset,
         "seeds": list(range(args.seed, args.seed + args.seeds)),
         "scores": scores,
@@ -224,11 +263,13 @@ def main() -> None:
     parser.add_argument(
         "--compare-methods",
         default=None,
-        help="e.g. instantid,faceid,pulid: methods on the same references/seeds",
+        help="e.g. instantid,faceid,pulid: registered methods on the same references/seeds",
     )
     parser.add_argument("--faceid-adapter", default=None, help="FaceID adapter for --compare-methods")
     parser.add_argument("--pulid-model", default="pulid-v1.1", help="pulid-v1.1 | pulid-v1 | pulid-comfyui")
     args = parser.parse_args()
+    names = [m.strip() for m in (args.compare_methods or "").split(",") if m.strip()]
+    compared = [compared_method(name) for name in names]  # a wrong name fails before any model loads
 
     face = args.face
     if face is None:
@@ -243,14 +284,15 @@ def main() -> None:
         flush=True,
     )
     cells = []
-    if args.compare_methods:
+    if compared:
         for preset in presets:
-            for method in [m.strip() for m in args.compare_methods.split(",") if m.strip()]:
+            for method in compared:
                 cell = run_method_cell(engine, args, face, method, preset)
                 stats = cell["stats"]
                 mean = f"{stats['mean']:.3f}" if stats["scored"] else "-"
                 print(
-                    f"{method:>10} {preset:>14} scored {stats['scored']}/{stats['n']} mean {mean}", flush=True
+                    f"{method.name:>10} {preset:>14} scored {stats['scored']}/{stats['n']} mean {mean}",
+                    flush=True,
                 )
                 cells.append(cell)
         out = Path(

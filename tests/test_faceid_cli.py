@@ -142,6 +142,23 @@ def test_errors_are_one_line(tiny_kit, face_dir, tmp_path, capsys, extra, messag
     assert not (tmp_path / "x.png").exists()
 
 
+def test_best_of_with_batch_is_refused_before_an_engine_is_made(
+    tiny_kit, face_dir, tmp_path, capsys, monkeypatch
+):
+    """FaceID's check refuses it on the command line as over HTTP: the same message, before any model loads."""
+    import idforge.commands.method as method_command
+
+    monkeypatch.setattr(method_command, "make_engine", lambda *a, **k: pytest.fail("an engine was made"))
+    faces = ["--face", str(face_dir), "--batch", "--best-of", "2"]
+    code = main(args(tiny_kit, *faces, "-o", str(tmp_path / "out")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [
+        "idforge: error: best_of: best-of-N cannot be combined with batch mode (one output per face)"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
 def test_batch_face_without_face_fails_or_is_skipped(tiny_kit, face_dir, tmp_path, capsys):
     dark = tmp_path / "dark.png"
     Image.new("RGB", (80, 80), (5, 5, 5)).save(dark)

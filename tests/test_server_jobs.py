@@ -290,6 +290,38 @@ def test_bad_webhook_urls_are_400_naming_the_field(server, path, webhook_url, pr
     assert keys.get(record.id).balance == 5
 
 
+@pytest.mark.parametrize(
+    ("method", "change", "field", "words"),
+    [
+        ("faceid", {"batch": True, "best_of": 2}, "best_of", "best-of-N cannot be combined with batch mode"),
+        ("faceid", {"batch": True}, None, ""),
+        ("instantid", {"best_of": 2}, None, ""),  # the batch rule is FaceID's alone
+        ("faceid", {"start_at": 0.6, "end_at": 0.2}, "end_at", "end_at: 0.2 is before start_at 0.6"),
+        ("pulid", {"start_at": 0.6, "end_at": 0.2}, "end_at", "end_at: 0.2 is before start_at 0.6"),
+        ("instantid", {"start_at": 0.6, "end_at": 0.2}, "end_at", "end_at: 0.2 is before start_at 0.6"),
+        ("instantid", {"start_at": 0.6, "end_at": 0.6}, None, ""),
+    ],
+)
+def test_method_rules_are_400_naming_the_field_before_anything_is_queued(
+    server, fake, method, change, field, words
+):
+    """Rules across fields (a method's own, or the schedule window) refuse the body before it is queued or charged;
+    a body that keeps them is queued (field None)."""
+    url, keys = server
+    record, token = keys.create_key(20)
+    prompt = f"rules {method} {sorted(change.items())}"
+    body = {"prompt": prompt, "face_image": face_b64(), "num_inference_steps": 4, "width": 64, "height": 64}
+    for path in (f"/v1/{method}", f"/v2/{method}"):
+        response = httpx.post(url + path, json=body | change, headers={"x-api-key": token}, timeout=60)
+        if field is None:
+            assert response.status_code in (200, 202), response.text
+            continue
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == field and words in response.json()["error"]
+    if field is not None:
+        assert keys.get(record.id).balance == 20 and prompt not in fake.started
+
+
 def instantid_body(**overrides):
     body = {
         "prompt": "a photo",

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from PIL import Image
 
-from idforge.errors import IdforgeError, ModelFormatError, ModelNotFoundError, ParameterError
+from idforge.errors import (
+    IdforgeError,
+    ModelFormatError,
+    ModelNotFoundError,
+    ParameterError,
+    check_window,
+)
 from idforge.methods.registry import (
     GENERATION_FIELDS,
     Method,
@@ -59,19 +65,15 @@ def billed_steps(body: Any) -> int:
     return body.num_inference_steps
 
 
-def check_identity_options(method: str, body: Any) -> None:
-    """best_of / preset rules the schema cannot express, checked before anything is queued or charged."""
+def check_identity_options(body: Any) -> None:
+    """best_of / preset rules every method shares that the schema cannot express, checked before anything is
+    queued or charged (a method's own rules are its `Method.check`, run at the end of `build_spec`)."""
     if body.preset is not None:
         from idforge.engine.fewstep import get_few_step_preset
 
         get_few_step_preset(body.preset)  # unknown: 400 naming preset, listing the known ones
-    if body.best_of > 1:
-        if getattr(body, "num_images", 1) != 1:
-            raise ParameterError("best_of", f"best-of-{body.best_of} returns one image; num_images must be 1")
-        if method == "faceid" and body.batch:
-            raise ParameterError(
-                "best_of", "best-of-N cannot be combined with batch mode (one output per face)"
-            )
+    if body.best_of > 1 and getattr(body, "num_images", 1) != 1:
+        raise ParameterError("best_of", f"best-of-{body.best_of} returns one image; num_images must be 1")
 
 
 def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
@@ -82,10 +84,10 @@ def build_spec(method: str, body: Any, policy: ImagePolicy) -> JobSpec:
         )
     if body.style is not None:
         get_style(body.style)  # an unknown name is a 400 that lists the known ones
-    check_identity_options(method, body)
+    check_identity_options(body)
     start, end = getattr(body, "start_at", None), getattr(body, "end_at", None)
-    if start is not None and end is not None and end < start:
-        raise ParameterError("end_at", f"{end} is before start_at {start}")
+    if start is not None and end is not None:
+        check_window(start, end)  # the params check it too, but only when the worker builds the request
     if not body.base64 and output_count(method, body) > 1:
         raise ParameterError("base64", "several images need base64 true (a JPEG body holds one image)")
     registered = get_method(method)

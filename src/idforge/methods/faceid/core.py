@@ -122,6 +122,13 @@ class FaceIDParams(IdentityControls):
         } | self.window()
 
 
+def check_best_of(best_of: int, batch: bool) -> None:
+    """Best-of-N keeps one image of N candidates, batch mode one output per reference: they cannot combine. The
+    registry's `check` (CLI and HTTP, before anything is queued or charged) and `generate_faceid` both ask here."""
+    if best_of > 1 and batch:
+        raise ParameterError("best_of", "best-of-N cannot be combined with batch mode (one output per face)")
+
+
 @dataclass
 class FaceIDRequest:
     """One FaceID call: reference faces (files, images or folders of images), parameters and models."""

@@ -23,6 +23,7 @@ from idforge.identity.attention import attach_prepared
 from idforge.imageio import load_mask
 from idforge.methods.faceid.core import (
     FaceIDRequest,
+    check_best_of,
     decode_inputs,
     faceid_output_size,
     faceid_recipe,
@@ -51,10 +52,7 @@ def generate_faceid(
     started = time.perf_counter()
     gen, params = request.generation, request.faceid
     if gen.best_of > 1:
-        if params.batch:
-            raise ParameterError(
-                "best_of", "best-of-N cannot be combined with batch mode (one output per face)"
-            )
+        check_best_of(gen.best_of, params.batch)
         from idforge.methods.best_of import generate_best_of
 
         def one_run(engine: Engine, request: FaceIDRequest, progress: ProgressCallback | None):

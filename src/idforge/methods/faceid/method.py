@@ -28,10 +28,13 @@ def build_request(call: MethodCall) -> Any:
 
 
 def check(call: MethodCall) -> None:
-    """A reference face, or persons (regions checked when the size is given): before anything is queued."""
+    """Best-of-N not in batch mode, and a reference face or persons (regions checked when the size is given):
+    before anything is queued or charged, from the CLI and HTTP alike."""
     from idforge.methods.adapter_persons import check_adapter_call
+    from idforge.methods.faceid.core import check_best_of
     from idforge.methods.faceid.persons import check_faceid_persons
 
+    check_best_of(call.generation.best_of, call.params["batch"])
     check_adapter_call(call, build_request, check_faceid_persons)
 
 
