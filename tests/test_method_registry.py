@@ -236,3 +236,28 @@ def test_a_registered_method_with_from_recipe_is_reproduced_from_its_recipe():
             reproduce(recipe | {"method": "nobody"})
     finally:
         unregister("dummy")
+
+
+def test_by_default_the_server_warms_up_every_registered_method(dummy, tmp_path, monkeypatch):
+    """No --warm-up: every method's models load before ready, a registered one's and PuLID's included (the
+    default was once a hand-written list that missed PuLID)."""
+    from idforge.engine.session import ModelChoice
+    from idforge.methods.registry import method_names
+    from idforge.server.app import create_app
+    from idforge.server.config import ServerConfig
+    from idforge.server.methods import EngineGenerator
+    from server_fixtures import FakeGenerator
+
+    args = build_parser().parse_args(["serve"])
+    assert args.warm_up is None and not args.no_warm_up
+    app = create_app(ServerConfig(db_path=tmp_path / "s.db"), generator=FakeGenerator())
+    try:
+        assert app.state.server.queue.worker.warm_up is True  # the generator's own list: every method
+    finally:
+        app.state.server.store.close()
+
+    generator = EngineGenerator(ModelChoice())
+    warmed: list[str] = []
+    monkeypatch.setattr(generator, "generate", lambda spec, progress: warmed.append(spec.method))
+    assert generator.warm_up(lambda what: None) == {}
+    assert warmed == list(method_names()) and {"pulid", "dummy"} <= set(warmed)

@@ -300,6 +300,13 @@ def test_bad_webhook_urls_are_400_naming_the_field(server, path, webhook_url, pr
         ("pulid", {"start_at": 0.6, "end_at": 0.2}, "end_at", "end_at: 0.2 is before start_at 0.6"),
         ("instantid", {"start_at": 0.6, "end_at": 0.2}, "end_at", "end_at: 0.2 is before start_at 0.6"),
         ("instantid", {"start_at": 0.6, "end_at": 0.6}, None, ""),
+        (
+            "insta-depth",
+            {"pose_image": face_b64(), "depth_start_at": 0.7, "depth_end_at": 0.3},
+            "depth_end_at",
+            "depth_end_at: 0.3 is before depth_start_at 0.7",
+        ),
+        ("insta-depth", {"pose_image": face_b64(), "depth_start_at": 0.3, "depth_end_at": 0.7}, None, ""),
     ],
 )
 def test_method_rules_are_400_naming_the_field_before_anything_is_queued(

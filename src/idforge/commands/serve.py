@@ -118,9 +118,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--warm-up",
-        default="insta-depth,instantid,faceid",
+        default=None,
         metavar="METHODS",
-        help="methods whose models load before the server reports ready (comma-separated; default all)",
+        help="methods whose models load before the server reports ready (comma-separated; default: every method)",
     )
     parser.add_argument(
         "--no-warm-up",
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.webhook_timeout,
             retry_for=args.webhook_retry_for,
         ),
-        warm_up=() if args.no_warm_up else _methods(args.warm_up),
+        warm_up=() if args.no_warm_up else None if args.warm_up is None else _methods(args.warm_up),
         lease_s=args.lease_s,
         max_attempts=args.max_attempts,
         max_batch=args.max_batch,

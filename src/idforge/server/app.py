@@ -100,7 +100,7 @@ def build_state(
                 max_attempts=config.max_attempts,
                 max_batch=config.max_batch,
             ),
-            warm_up=config.warm_up,
+            warm_up=True if config.warm_up is None else config.warm_up,
         )
     policy = config.webhook_policy
     outbox = WebhookOutbox(store.outbox_repo)

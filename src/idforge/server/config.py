@@ -36,11 +36,8 @@ class ServerConfig:
     trust_proxy: bool = False  # honour X-Forwarded-Proto / X-Forwarded-Host
     result_ttl: float = 3600.0  # seconds a finished /v2 job's result is kept
     webhooks: WebhookPolicy | None = None  # None: the image URL allow-list, default timings
-    warm_up: tuple[str, ...] = (
-        "insta-depth",
-        "instantid",
-        "faceid",
-    )  # methods whose models load before ready
+    # methods whose models load before ready; None: every registered method (a plugin's too)
+    warm_up: tuple[str, ...] | None = None
     lease_s: float = 30.0  # a worker that stops renewing for this long loses its job to another worker
     max_attempts: int = 3  # runs of one job (its workers died) before it is failed and refunded
     max_batch: int = 1  # queued jobs a worker may run in one denoising pass (server/batching.py)

@@ -203,11 +203,6 @@ def make_generator(config: Any) -> EngineGenerator:
     )
 
 
-def instantid_request(spec: JobSpec):
-    """The engine's InstantIDRequest for an InstantID job (one person, or several with `persons`)."""
-    return get_method("instantid").build_request(method_call(spec))
-
-
 def _job_error(exc: Exception, method: str) -> Exception:
     """Bad input found while generating (no face, out-of-range combination) is a 400 naming the field; a set-up
     problem of the server (missing or wrong models) and anything else stays as it is (500, logged)."""

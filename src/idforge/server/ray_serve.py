@@ -71,7 +71,9 @@ class ModelReplica:
             max_attempts=config.max_attempts,
             max_batch=config.max_batch,
         )
-        self.worker = Worker(self.store, generator, worker_config, warm_up=config.warm_up).start()
+        self.worker = Worker(
+            self.store, generator, worker_config, warm_up=True if config.warm_up is None else config.warm_up
+        ).start()
         log.info(
             "model replica started",
             extra={"fields": {"replica": self.name, "pid": os.getpid(), "host": socket.gethostname()}},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from idforge.errors import check_window
 from idforge.methods.insta_depth.body import InstaDepthBody
 from idforge.methods.insta_depth.cli import COMMAND_LINE
 from idforge.methods.registry import ImageInput, Method, MethodCall, lazy
@@ -20,6 +21,14 @@ def build_request(call: MethodCall) -> Any:
         instantid=call.parameters(InstantIDParams),
         depth=call.parameters(InstaDepthParams),
         depth_map=call.image("depth_map"),
+    )
+
+
+def check(call: MethodCall) -> None:
+    """The depth ControlNet's window in order, before anything is queued or charged (the server's own window check
+    is the identity's start_at/end_at)."""
+    check_window(
+        call.params["depth_start_at"], call.params["depth_end_at"], ("depth_start_at", "depth_end_at")
     )
 
 
@@ -66,6 +75,7 @@ METHOD = Method(
     build_request=build_request,
     run=lazy("idforge.methods.insta_depth.generate", "generate_insta_depth"),
     cli=COMMAND_LINE,
+    check=check,
     extras=extras,
     warm_up_images=("face_image", "pose_image"),
     previews=("faces", "keypoints", "depth"),
