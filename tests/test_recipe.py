@@ -259,3 +259,67 @@ def test_faceid_with_instantid_regenerates_bit_for_bit(engine, faces, tiny_kit, 
     done = reproduce(png, models_dirs=[tiny_kit])
     assert done.differences == []
     assert np.array_equal(pixels(done.image), pixels(png))
+
+
+def test_instantid_persons_regenerate_bit_for_bit_with_their_box_and_mask_regions(
+    engine, faces, tiny_kit, tmp_path
+):
+    """Two people, one by box with its own strength and window, one by mask image: each one's faces and mask are
+    found by their recorded names and checked; a person's value equal to the request's stays the request's."""
+    from idforge.methods.persons import Person
+
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (40, 0, SIZE, SIZE))
+    mask_path = tmp_path / "right.png"
+    mask.save(mask_path)
+    request = InstantIDRequest(
+        persons=[
+            Person([faces[0]], box=(0, 0, 32, SIZE), cn_strength=0.5, start_at=0.1),
+            Person([faces[1]], mask=str(mask_path), ip_weight=0.9),  # 0.9: the request's, recorded per person
+        ],
+        generation=GenerationParams(
+            prompt="two people", steps=2, guidance=4.0, seed=17, width=SIZE, height=SIZE
+        ),
+        instantid=InstantIDParams(ip_weight=0.9),
+    )
+    result = generate_instantid(engine, request)
+    assert result.recipe["persons"][1]["region"]["mask_sha256"] == image_digest(
+        Image.open(mask_path).convert("RGB")
+    )
+    [png] = result.save(tmp_path / "two.png")
+    done = reproduce(png, models_dirs=[tiny_kit])
+    assert done.differences == []
+    assert np.array_equal(pixels(done.image), pixels(png))
+    assert done.result.recipe["persons"] == result.recipe["persons"]
+
+    Image.new("L", (SIZE, SIZE), 255).save(mask_path)  # the mask changed since
+    with pytest.raises(InputImageError, match="not the image this recipe was made from"):
+        reproduce(png, models_dirs=[tiny_kit])
+    with pytest.raises(ParameterError, match="each person's"):
+        reproduce(png, faces=[faces[0]], models_dirs=[tiny_kit])
+
+
+def test_faceid_persons_regenerate_bit_for_bit_and_a_lost_face_says_where_it_was_looked_for(
+    engine, faces, tiny_kit, tmp_path
+):
+    from idforge.methods.persons import Person
+
+    request = FaceIDRequest(
+        persons=[Person([faces[0]], region="left", ip_weight=0.6), Person([faces[1]], region="right")],
+        generation=GenerationParams(
+            prompt="two people", steps=2, guidance=5.0, seed=3, width=SIZE, height=SIZE
+        ),
+        faceid=FaceIDParams(weight=0.8, lora_strength=0.3),
+        adapter="ip-adapter-faceid_sd15.bin",
+    )
+    result = generate_faceid(engine, request)
+    [png] = result.save(tmp_path / "pair.png")
+    done = reproduce(png, models_dirs=[tiny_kit])
+    assert done.differences == []
+    assert np.array_equal(pixels(done.image), pixels(png))
+
+    lost = read_recipe(png)
+    lost["persons"][1]["faces"][0]["image"] = str(tmp_path / "gone" / "b.png")
+    with pytest.raises(InputImageError, match="search folder") as caught:
+        reproduce(lost, models_dirs=[tiny_kit])
+    assert "pass it as" not in str(caught.value)  # a person's faces cannot be passed: only found

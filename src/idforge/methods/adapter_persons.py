@@ -32,10 +32,10 @@ from idforge.methods.persons import (
     adapter_name,
     check_persons,
     decode_persons,
-    mask_box,
     names_persons,
     person_params,
     person_regions,
+    region_record,
 )
 
 Prepared = TypeVar("Prepared")
@@ -264,11 +264,7 @@ def _person_recipes(
             "weight": params.weight,
             "start_at": params.start_at,
             "end_at": params.end_at,
-            "region": {
-                "given": person.region_text(),
-                "box": list(mask_box(region)),
-                "pixels": int((region > 0).sum()),
-            },
+            "region": region_record(person, region),
         }
         for index, (person, params, region, part) in enumerate(
             zip(persons, params_list, regions, prepared, strict=True), start=1

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
+from idforge.engine.recipe import pixels_digest
 from idforge.engine.sizing import instantid_size
 from idforge.errors import InputName, ParameterError, check_choice, check_range, face_input, person_input
 from idforge.imageio import load_mask
@@ -202,6 +203,30 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows = np.nonzero(mask.any(axis=1))[0]
     cols = np.nonzero(mask.any(axis=0))[0]
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def region_record(person: Person, region: np.ndarray) -> dict[str, Any]:
+    """A person's region in its recipe: as given (`Person.region_text`), where it fell, and a mask image's
+    pixels_sha256, so that a reproduction finds and checks the mask as it does every input image."""
+    record: dict[str, Any] = {
+        "given": person.region_text(),
+        "box": list(mask_box(region)),
+        "pixels": int(np.count_nonzero(region)),
+    }
+    if person.mask is not None:
+        record["mask_sha256"] = pixels_digest(person.mask)
+    return record
+
+
+def region_given(text: str) -> dict[str, Any]:
+    """The Person fields of a region as `Person.region_text` wrote it: {"region": "left"}, {"box": (...)} or
+    {"mask": name} (the mask image's recorded name, still to be found)."""
+    kind, _, rest = text.partition(" ")
+    if kind == "box":
+        return {"box": tuple(int(value) for value in rest.split(":"))}
+    if kind == "mask":
+        return {"mask": rest}
+    return {"region": text}
 
 
 def check_disjoint(labels: Sequence[str], masks: Sequence[np.ndarray], persons: Sequence[Person]) -> None:

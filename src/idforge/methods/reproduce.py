@@ -22,8 +22,10 @@ On the same machine, with the same models and inputs, the image is bit-for-bit t
 `Reproduction.differences` lists what was not the same (models whose sha256 changed, device, dtype, switches,
 scheduler, torch/diffusers versions): any of them may change pixels. Methods: every registered method with a
 `from_recipe` (the request a recipe records, from a `RecipeCall`; each method keeps its own in its method.py):
-instantid, faceid (also batch mode, and FaceID + InstantID), insta_depth, pulid. Several people (persons) are refused; a job that shared a server batch pass
-(`batch` section) is regenerated alone, which can differ by float rounding.
+instantid, faceid (also batch mode, and FaceID + InstantID), insta_depth, pulid. Several people (a `persons`
+section): each person's faces and mask image are found by their recorded names (they cannot be passed) and checked,
+its region and strengths are as recorded. A job that shared a server batch pass (`batch` section) is regenerated
+alone, which can differ by float rounding.
 """
 
 from __future__ import annotations
@@ -42,9 +44,17 @@ from idforge.engine.recipe import Recipe, pixels_digest
 from idforge.engine.result import GenerationResult, read_recipe
 from idforge.engine.session import Engine, ModelChoice
 from idforge.errors import InputImageError, ParameterError
+from idforge.methods.persons import Person, region_given
 from idforge.methods.registry import Method, methods
 
 ProgressCallback = Callable[[int, int], None]
+# a Person's strengths and window -> the name an adapter method's person recipe gives it (InstantID's: the same)
+PERSON_RECORDS = {
+    "ip_weight": "weight",
+    "cn_strength": "cn_strength",
+    "start_at": "start_at",
+    "end_at": "end_at",
+}
 # recipe inputs that are not one image of that name (faces: a list; the others: facts about the inputs)
 NOT_IMAGES = frozenset({"faces", "pixels_sha256", "batch_references", "kps_source"})
 
@@ -112,8 +122,11 @@ def reproduce(
     if isinstance(source, str | Path) and Path(source).exists():
         folders.insert(0, Path(source).resolve().parent)
     _method_for(recipe.method)  # an unknown method fails before any file is looked up
-    if recipe.sections.get("persons"):
-        raise ParameterError("recipe", "several people in one image cannot be reproduced from a recipe yet")
+    if recipe.sections.get("persons") and faces is not None:
+        raise ParameterError(
+            "faces",
+            "a several-people recipe's faces are each person's: they are found by their recorded names",
+        )
     differences: list[str] = []
     if recipe.sections.get("batch"):
         differences.append("made in a server batch pass with other jobs: regenerated alone (float rounding)")
@@ -166,13 +179,16 @@ class RecipeCall:
         image (mask, pose, attn_mask, ...) of a field's name. `fields_` gives the rest: fields the recipe names
         otherwise or that are derived (they win over a recorded name)."""
         images = set(self.recipe.inputs) | {name for name, value in self.given.items() if value is not None}
+        several = bool(self.recipe.sections.get("persons"))
         filled: dict[str, Any] = {}
         for item in fields(request_class):
             name = item.name
             if name in fields_:
                 continue
             if name == "faces":
-                filled[name] = self.faces()
+                filled[name] = [] if several else self.faces()
+            elif name == "persons":
+                filled[name] = self.persons() if several else []
             elif name == "generation":
                 filled[name] = self.generation
             elif name in self.recipe.models:
@@ -180,6 +196,27 @@ class RecipeCall:
             elif name in images and name not in NOT_IMAGES:
                 filled[name] = self.image(name)
         return request_class(**(filled | fields_))
+
+    def persons(self) -> list[Person]:
+        """The people of a several-people recipe (its `persons` section) as they ran: each one's faces and mask
+        image found by their recorded names and checked, its region as given, and the strengths and window it had
+        apart from the request's (a value equal to the request's is left to the request, as it was given)."""
+        people = []
+        for index, entry in enumerate(self.recipe.sections.get("persons") or []):
+            label = f"persons[{index}]"
+            region = region_given(entry["region"]["given"])
+            if "mask" in region:
+                digest = entry["region"].get("mask_sha256")
+                region["mask"] = self.finder.found(region["mask"], digest, f"{label} mask", None)
+            own = {}
+            for name, recorded in PERSON_RECORDS.items():
+                key = recorded if recorded in entry else name
+                value = entry.get(key)
+                if value is not None and value != self.recipe.params.get(key):
+                    own[name] = value
+            faces = self.finder.faces(entry.get("faces"), None, f"{label}.faces", passable=False)
+            people.append(Person(faces=faces, **region, **own))
+        return people
 
     def params(self, params_class: type, values: Mapping[str, Any] | None = None) -> Any:
         """A parameter object from the recorded parameters (`values`: a section's own)."""
@@ -290,8 +327,14 @@ class _InputFinder:
         self.differences = differences
 
     def faces(
-        self, recorded: Sequence[Mapping[str, Any]] | None, given: Sequence[ImageSource] | None, argument: str
+        self,
+        recorded: Sequence[Mapping[str, Any]] | None,
+        given: Sequence[ImageSource] | None,
+        argument: str,
+        passable: bool = True,
     ) -> list[ImageSource]:
+        """Reference faces: `given` (checked), else found by their recorded names. `passable`: whether `argument`
+        is one the caller can pass (a person's faces are not: they are only found)."""
         recorded = list(recorded or [])
         if given is not None:
             given = list(given)
@@ -306,7 +349,12 @@ class _InputFinder:
         if not recorded:
             raise ParameterError(argument, "the recipe records no reference faces; pass them")
         return [
-            self._found(entry.get("image"), entry.get("pixels_sha256"), f"face image {i}", argument)
+            self.found(
+                entry.get("image"),
+                entry.get("pixels_sha256"),
+                f"face image {i}",
+                argument if passable else None,
+            )
             for i, entry in enumerate(recorded)
         ]
 
@@ -321,9 +369,11 @@ class _InputFinder:
             if required:
                 raise ParameterError(role, "the recipe records no name for this image; pass it")
             return None
-        return self._found(name, digest, role.replace("_", " "), role)
+        return self.found(name, digest, role.replace("_", " "), role)
 
-    def _found(self, name: str | None, digest: str | None, label: str, argument: str) -> ImageSource:
+    def found(self, name: str | None, digest: str | None, label: str, argument: str | None) -> ImageSource:
+        """The recorded image `name`: as recorded, then in each folder (relative, then by file name), checked
+        against `digest`. `argument`: the reproduce() argument that could pass it instead (None: none can)."""
         candidates: list[Path] = []
         if name and not name.startswith("<"):
             recorded = Path(name)
@@ -336,11 +386,11 @@ class _InputFinder:
             if path.is_file():
                 return self._checked(str(path), digest, str(path))
         where = ", ".join(dict.fromkeys(str(p) for p in candidates)) or "nowhere (it was given in memory)"
-        raise InputImageError(
-            name or label,
-            f"the recipe's {label} is not found (looked in: {where}); pass it as `{argument}` (CLI: --"
-            f"{argument.replace('_', '-').removesuffix('s')})",
-        )
+        if argument is None:
+            how = "put it beside the image or in a search folder (search_dirs; CLI: --search DIR)"
+        else:
+            how = f"pass it as `{argument}` (CLI: --{argument.replace('_', '-').removesuffix('s')})"
+        raise InputImageError(name or label, f"the recipe's {label} is not found (looked in: {where}); {how}")
 
     def _checked(self, source: ImageSource, digest: str | None, name: str) -> ImageSource:
         if digest is None:

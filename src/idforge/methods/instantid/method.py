@@ -47,19 +47,24 @@ def from_recipe(call: Any, part: Mapping[str, Any] | None = None) -> Any:
     from idforge.methods.instantid.core import InstantIDRequest
     from idforge.methods.instantid.params import InstantIDParams
 
-    inputs = None if part is None else part.get("inputs") or {}
-    models = None if part is None else part.get("models") or {}
-    whole = {} if part is not None else {"generation": call.generation, "base": call.model("base")}
+    pose_fallback = True  # a pose without a face only ran (on the reference keypoints) with the fallback
+    if part is None:
+        return call.request(
+            InstantIDRequest,
+            instantid=call.params(InstantIDParams),
+            pose_fallback=pose_fallback,
+            instantid_model=call.instantid_folder(),
+        )
+    inputs, models = part.get("inputs") or {}, part.get("models") or {}
     return InstantIDRequest(
-        faces=call.faces("faces" if part is None else "instantid_faces", inputs),
-        instantid=call.params(InstantIDParams, None if part is None else part.get("params") or {}),
+        faces=call.faces("instantid_faces", inputs),
+        instantid=call.params(InstantIDParams, part.get("params") or {}),
         pose=call.image("pose", inputs),
         kps_image=call.image("kps_image", inputs),
         mask=call.image("mask", inputs),
-        pose_fallback=True,  # a pose without a face only ran (on the reference keypoints) with the fallback
+        pose_fallback=pose_fallback,
         instantid_model=call.instantid_folder(models),
         face_models=call.model("face_models", models),
-        **whole,
     )
 
 

@@ -55,6 +55,7 @@ from idforge.methods.persons import (
     person_params,
     person_regions,
     pick_in_region,
+    region_record,
 )
 
 
@@ -247,11 +248,7 @@ def person_recipe(person: PreparedPerson) -> dict[str, Any]:
         "cn_strength": person.params.cn_strength,
         "start_at": person.params.start_at,
         "end_at": person.params.end_at,
-        "region": {
-            "given": person.person.region_text(),
-            "box": list(person.region_box),
-            "pixels": int(np.count_nonzero(person.region)),
-        },
+        "region": region_record(person.person, person.region),
         "kps": {"source": person.kps_source},
     }
     if person.prepared.face_box is not None:
