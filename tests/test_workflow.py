@@ -15,14 +15,14 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from idforge.cli import main
+from idforge.comfy.formats import resolve_modes
+from idforge.comfy.plan import UnsupportedNodesError
+from idforge.comfy.widgets import widget_inputs
 from idforge.engine.recipe import Recipe
 from idforge.engine.result import read_recipe
 from idforge.errors import ParameterError
 from idforge.models.store import ModelStore
-from idforge.workflow.formats import load_workflow, resolve_modes
-from idforge.workflow.plan import UnsupportedNodesError
-from idforge.workflow.run import execute, open_workflow, prepare
-from idforge.workflow.widgets import widget_inputs
+from idforge.workflow.run import execute, load_workflow, open_workflow, prepare
 from instantid_fixtures import square_face
 from server_fixtures import WebhookReceiver, b64, finished_result, running_server, wait_for
 
