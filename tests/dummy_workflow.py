@@ -17,7 +17,6 @@ from idforge.comfy.widgets import Widget
 class DummyPatch(IdentityPatch):
     kind: ClassVar[str] = "Dummy"
 
-    face: ImageRef
     shade: float
     palette: str
 
@@ -29,10 +28,12 @@ NODES = NodeTable()
 def _paint(ctx: NodeContext) -> tuple[Any, ...]:
     model = ctx.get("model", Model)
     patch = DummyPatch(
-        ctx.node_id,
-        ctx.get("image", ImageRef),
-        ctx.number("shade", 128),
-        ctx.text("palette", "palette.safetensors"),
+        node=ctx.node_id,
+        class_type=ctx.class_type,
+        faces=(ctx.get("image", ImageRef),),
+        mask=None,
+        shade=ctx.number("shade", 128),
+        palette=ctx.text("palette", "palette.safetensors"),
     )
     return (replace(model, patches=(*model.patches, patch)),)
 
@@ -40,7 +41,7 @@ def _paint(ctx: NodeContext) -> tuple[Any, ...]:
 def apply_dummy(inputs: SamplerInputs, gen: PlannedGeneration, patches: list[DummyPatch]) -> None:
     patch = patches[0]
     inputs.set("shade", int(patch.shade), patch.node, "shade")
-    gen.images["face_image"] = patch.face
+    gen.images["face_image"] = patch.faces[0]
     gen.models["palette"] = PlannedModel(patch.node, "palette", patch.palette, "lora", "palette")
 
 

@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from idforge.comfy.nodes import NodeContext, NodeTable
+from idforge.comfy.nodes import Handler, NodeContext, NodeTable
 from idforge.comfy.values import (
     Clip,
     Conditioning,
     ControlApply,
     ControlNet,
     Decoded,
+    FaceAnalysis,
     ImageList,
     ImageRef,
     Latent,
@@ -117,11 +118,20 @@ def _load_image(ctx: NodeContext) -> tuple[Any, ...]:
 
 @CORE.node("ImageBatch")
 def _image_batch(ctx: NodeContext) -> tuple[Any, ...]:
-    images: list[ImageRef] = []
-    for name in ("image1", "image2"):
-        value = ctx.get(name, (ImageRef, ImageList))
-        images.extend(value.images if isinstance(value, ImageList) else [value])
-    return (ImageList(tuple(images)),)
+    return (ImageList((*ctx.images("image1"), *ctx.images("image2"))),)
+
+
+def insightface_loader(pack: str | None = None) -> Handler:
+    """The handler of a node pack's InsightFace loader (InstantID's, IP-Adapter's, PuLID's): its provider is
+    ignored, idforge finds faces on the engine's device (with `pack`, the face pack the method uses)."""
+    said = "ignored: idforge runs face analysis on the engine's device" + (f" (pack {pack})" if pack else "")
+
+    def load(ctx: NodeContext) -> tuple[Any, ...]:
+        provider = ctx.text("provider", "CPU")
+        ctx.note("provider", said, provider)
+        return (FaceAnalysis(ctx.node_id, provider),)
+
+    return load
 
 
 @CORE.node("ControlNetLoader")

@@ -119,15 +119,29 @@ def mask_png(mask: Mask) -> bytes:
     return buffer.getvalue()
 
 
-def set_references(
+def add_person(
     inputs: SamplerInputs,
     gen: PlannedGeneration,
-    node: str,
-    faces: tuple[ImageRef, ...],
-    mask: Mask | None,
-    mask_input: str,
+    patch: IdentityPatch,
+    mask: Mask,
+    values: dict[str, Any],
+    said: str,
 ) -> None:
-    """One identity node's reference images (face_image + extra_face_images) and its mask (mask_image), noted."""
+    """One person of a several-people image (an identity node and its mask): its references, its region and its
+    own body values (`persons[i]`), noted as coming from the node's inputs `said` ("image/mask/weights")."""
+    faces = patch.faces
+    inputs.say(patch.node, said, f"persons[{len(gen.persons)}]", [f.filename for f in faces])
+    gen.persons.append(
+        PlannedPerson(faces=list(faces), mask_png=mask_png(mask), values=values, node=patch.node)
+    )
+
+
+def set_references(
+    inputs: SamplerInputs, gen: PlannedGeneration, patch: IdentityPatch, mask_input: str
+) -> None:
+    """One identity node's reference images (face_image + extra_face_images) and its mask (mask_image, from the
+    node's input `mask_input`), noted."""
+    node, faces, mask = patch.node, patch.faces, patch.mask
     gen.images["face_image"] = faces[0]
     gen.images["extra_face_images"] = list(faces[1:])
     target = "face_image" + (" (+ extra_face_images)" if len(faces) > 1 else "")

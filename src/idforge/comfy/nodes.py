@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from idforge.comfy.values import ImageList, ImageRef
 from idforge.comfy.widgets import Widget
 from idforge.errors import ParameterError
 
@@ -67,6 +68,11 @@ class NodeContext:
                 f"{self.node_id}.{name}", f"{value!r} is not text", field=f"{self.node_id}.{name}"
             )
         return value
+
+    def images(self, name: str) -> tuple[ImageRef, ...]:
+        """An IMAGE input as images: one LoadImage's, or an ImageBatch's in order."""
+        value = self.get(name, (ImageRef, ImageList))
+        return value.images if isinstance(value, ImageList) else (value,)
 
     def note(self, name: str, target: str, value: Any) -> None:
         self.notes.append((name, target, value))

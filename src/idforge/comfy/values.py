@@ -26,16 +26,20 @@ class ImageList:
     images: tuple[ImageRef, ...]
 
 
-def faces_of(value: ImageRef | ImageList) -> tuple[ImageRef, ...]:
-    return value.images if isinstance(value, ImageList) else (value,)
-
-
 @dataclass(frozen=True)
 class Mask:
     """A mask computed from SolidMask / MaskComposite / InvertMask: values 0..1, (height, width)."""
 
     array: np.ndarray = field(compare=False)
     nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file a loader node names (a method's loader subclasses it, so its Apply node takes only its own)."""
+
+    node: str
+    file: str
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,15 @@ class Lora:
 
 @dataclass(frozen=True)
 class IdentityPatch:
-    """A node that adds an identity to the model (and, for InstantID, to the conditioning). `kind` names its
-    nodes in messages ("InstantID")."""
+    """A node that adds an identity to the model (and, for InstantID, to the conditioning): its class, its
+    reference faces and the region it is masked to. `kind` names such nodes in messages ("InstantID")."""
 
     kind: ClassVar[str] = "identity"
 
     node: str
+    class_type: str
+    faces: tuple[ImageRef, ...]
+    mask: Mask | None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
 from idforge.comfy.catalog import ComfySupport, MethodRule
+from idforge.comfy.core_nodes import insightface_loader
 from idforge.comfy.generation import (
     ModelsHook,
     PlannedGeneration,
@@ -25,7 +26,7 @@ from idforge.comfy.generation import (
     set_references,
 )
 from idforge.comfy.nodes import NodeContext, NodeTable
-from idforge.comfy.values import FaceAnalysis, IdentityPatch, ImageList, ImageRef, Mask, Model, faces_of
+from idforge.comfy.values import FaceAnalysis, IdentityPatch, ImageRef, Mask, Model
 from idforge.comfy.widgets import Widget
 from idforge.methods.faceid.body import FACEID_ADAPTERS
 
@@ -44,11 +45,8 @@ class IPAdapter:
 class FaceIDPatch(IdentityPatch):
     kind: ClassVar[str] = "FaceID"
 
-    class_type: str
     adapter: IPAdapter
-    faces: tuple[ImageRef, ...]
     negative: ImageRef | None
-    mask: Mask | None
     values: tuple[tuple[str, Any], ...]  # weight, weight_faceidv2, weight_type, ... as the node says
 
     @property
@@ -91,13 +89,11 @@ def _model_loader(ctx: NodeContext) -> tuple[Any, ...]:
     return (IPAdapter(ctx.node_id, file=ctx.text("ipadapter_file")),)
 
 
-@NODES.node(
-    "IPAdapterInsightFaceLoader", widgets=(Widget("provider", "CPU"), Widget("model_name", "buffalo_l"))
+NODES.add(
+    "IPAdapterInsightFaceLoader",
+    insightface_loader(),
+    (Widget("provider", "CPU"), Widget("model_name", "buffalo_l")),
 )
-def _insightface(ctx: NodeContext) -> tuple[Any, ...]:
-    provider = ctx.text("provider", "CPU")
-    ctx.note("provider", "ignored: idforge runs face analysis on the engine's device", provider)
-    return (FaceAnalysis(ctx.node_id, provider),)
 
 
 @NODES.node("IPAdapterFaceID", "IPAAdapterFaceIDBatch", widgets=FACEID_WIDGETS)
@@ -115,7 +111,7 @@ def _apply(ctx: NodeContext) -> tuple[Any, ...]:
         node=ctx.node_id,
         class_type=ctx.class_type,
         adapter=adapter,
-        faces=faces_of(ctx.get("image", (ImageRef, ImageList))),
+        faces=ctx.images("image"),
         negative=ctx.get("image_negative", ImageRef, optional=True),
         mask=ctx.get("attn_mask", Mask, optional=True),
         values=values,
@@ -177,7 +173,7 @@ def apply_faceid(inputs: SamplerInputs, gen: PlannedGeneration, faceid: list[Fac
         )
     else:
         _adapter_file(inputs, gen, adapter)
-    set_references(inputs, gen, patch.node, patch.faces, patch.mask, "attn_mask")
+    set_references(inputs, gen, patch, "attn_mask")
     if patch.negative is not None:
         gen.images["negative_image"] = patch.negative
         inputs.say(patch.node, "image_negative", "negative_image", patch.negative.filename)

@@ -13,12 +13,12 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from idforge.comfy.catalog import ComfySupport, MethodRule
+from idforge.comfy.core_nodes import insightface_loader
 from idforge.comfy.generation import (
     PlannedGeneration,
     PlannedModel,
-    PlannedPerson,
     SamplerInputs,
-    mask_png,
+    add_person,
     node_error,
     set_references,
 )
@@ -28,32 +28,27 @@ from idforge.comfy.values import (
     ControlNet,
     FaceAnalysis,
     IdentityPatch,
-    ImageList,
     ImageRef,
     Mask,
     Model,
-    faces_of,
+    ModelFile,
 )
 from idforge.comfy.widgets import Widget
 
 
 @dataclass(frozen=True)
-class InstantIDModel:
-    node: str
-    file: str
+class InstantIDModel(ModelFile):
+    """InstantIDModelLoader's ip-adapter file."""
 
 
 @dataclass(frozen=True)
 class InstantIDPatch(IdentityPatch):
     kind: ClassVar[str] = "InstantID"
 
-    class_type: str
     instantid_file: str
     instantid_node: str
     control_net: ControlNet
-    faces: tuple[ImageRef, ...]
     image_kps: ImageRef | None
-    mask: Mask | None
     ip_weight: float
     cn_strength: float
     start_at: float
@@ -70,13 +65,7 @@ def _loader(ctx: NodeContext) -> tuple[Any, ...]:
     return (InstantIDModel(ctx.node_id, ctx.text("instantid_file")),)
 
 
-@NODES.node("InstantIDFaceAnalysis", widgets=(Widget("provider", "CPU"),))
-def _faces(ctx: NodeContext) -> tuple[Any, ...]:
-    provider = ctx.text("provider", "CPU")
-    ctx.note(
-        "provider", "ignored: idforge runs face analysis on the engine's device (pack antelopev2)", provider
-    )
-    return (FaceAnalysis(ctx.node_id, provider),)
+NODES.add("InstantIDFaceAnalysis", insightface_loader("antelopev2"), (Widget("provider", "CPU"),))
 
 
 def _apply(ctx: NodeContext, advanced: bool) -> tuple[Any, ...]:
@@ -99,7 +88,7 @@ def _apply(ctx: NodeContext, advanced: bool) -> tuple[Any, ...]:
         instantid_file=loader.file,
         instantid_node=loader.node,
         control_net=ctx.get("control_net", ControlNet),
-        faces=faces_of(ctx.get("image", (ImageRef, ImageList))),
+        faces=ctx.images("image"),
         image_kps=kps,
         mask=mask,
         ip_weight=ip_weight,
@@ -198,29 +187,22 @@ def apply_instantid(inputs: SamplerInputs, gen: PlannedGeneration, instantid: li
         identity_values(inputs, first)
         inputs.set("start_at", first.start_at, first.node, "start_at")
         inputs.set("end_at", first.end_at, first.node, "end_at")
-        set_references(inputs, gen, first.node, first.faces, first.mask, "mask")
+        set_references(inputs, gen, first, "mask")
         return
-    for index, patch in enumerate(instantid):
+    for patch in instantid:
         if patch.mask is None:
             raise node_error(
                 patch.node,
                 "mask",
                 "several InstantID nodes in one image need a mask each (one person's area)",
             )
-        gen.persons.append(
-            PlannedPerson(
-                faces=list(patch.faces),
-                mask_png=mask_png(patch.mask),
-                values={
-                    "ip_weight": patch.ip_weight,
-                    "cn_strength": patch.cn_strength,
-                    "start_at": patch.start_at,
-                    "end_at": patch.end_at,
-                },
-                node=patch.node,
-            )
-        )
-        inputs.say(patch.node, "image/mask/weights", f"persons[{index}]", [f.filename for f in patch.faces])
+        values = {
+            "ip_weight": patch.ip_weight,
+            "cn_strength": patch.cn_strength,
+            "start_at": patch.start_at,
+            "end_at": patch.end_at,
+        }
+        add_person(inputs, gen, patch, patch.mask, values, "image/mask/weights")
 
 
 COMFY = ComfySupport(MethodRule(InstantIDPatch, apply_instantid), NODES)

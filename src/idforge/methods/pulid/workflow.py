@@ -13,24 +13,23 @@ from pathlib import PurePath
 from typing import Any, ClassVar
 
 from idforge.comfy.catalog import ComfySupport, MethodRule
+from idforge.comfy.core_nodes import insightface_loader
 from idforge.comfy.generation import (
     PlannedGeneration,
     PlannedModel,
-    PlannedPerson,
     SamplerInputs,
-    mask_png,
+    add_person,
     node_error,
     set_references,
 )
 from idforge.comfy.nodes import NodeContext, NodeTable
-from idforge.comfy.values import FaceAnalysis, IdentityPatch, ImageList, ImageRef, Mask, Model, faces_of
+from idforge.comfy.values import FaceAnalysis, IdentityPatch, Mask, Model, ModelFile
 from idforge.comfy.widgets import Widget
 
 
 @dataclass(frozen=True)
-class PulidModel:
-    node: str
-    file: str
+class PulidModel(ModelFile):
+    """PulidModelLoader's PuLID file."""
 
 
 @dataclass(frozen=True)
@@ -42,10 +41,7 @@ class EvaClip:
 class PulidPatch(IdentityPatch):
     kind: ClassVar[str] = "PuLID"
 
-    class_type: str
     model: PulidModel
-    faces: tuple[ImageRef, ...]
-    mask: Mask | None
     values: tuple[
         tuple[str, Any], ...
     ]  # body parameters as the node says (method or projection/fidelity, ...)
@@ -65,13 +61,7 @@ def _eva_loader(ctx: NodeContext) -> tuple[Any, ...]:
     return (EvaClip(ctx.node_id),)
 
 
-@NODES.node("PulidInsightFaceLoader", widgets=(Widget("provider", "CPU"),))
-def _insightface(ctx: NodeContext) -> tuple[Any, ...]:
-    provider = ctx.text("provider", "CPU")
-    ctx.note(
-        "provider", "ignored: idforge runs face analysis on the engine's device (pack antelopev2)", provider
-    )
-    return (FaceAnalysis(ctx.node_id, provider),)
+NODES.add("PulidInsightFaceLoader", insightface_loader("antelopev2"), (Widget("provider", "CPU"),))
 
 
 def _apply(ctx: NodeContext, advanced: bool) -> tuple[Any, ...]:
@@ -92,7 +82,7 @@ def _apply(ctx: NodeContext, advanced: bool) -> tuple[Any, ...]:
         node=ctx.node_id,
         class_type=ctx.class_type,
         model=loader,
-        faces=faces_of(ctx.get("image", (ImageRef, ImageList))),
+        faces=ctx.images("image"),
         mask=ctx.get("attn_mask", Mask, optional=True),
         values=tuple(values.items()),
     )
@@ -149,29 +139,16 @@ def apply_pulid(inputs: SamplerInputs, gen: PlannedGeneration, pulid: list[Pulid
     if len(pulid) == 1:
         for name in ("weight", "start_at", "end_at"):
             inputs.set(name, dict(first.values)[name], first.node, name)
-        set_references(inputs, gen, first.node, first.faces, first.mask, "attn_mask")
+        set_references(inputs, gen, first, "attn_mask")
         return
-    for index, patch in enumerate(pulid):
+    for patch in pulid:
         if patch.mask is None:
             raise node_error(
                 patch.node, "attn_mask", "several ApplyPulid nodes in one image need an attn_mask each"
             )
         values = dict(patch.values)
-        gen.persons.append(
-            PlannedPerson(
-                faces=list(patch.faces),
-                mask_png=mask_png(patch.mask),
-                values={
-                    "ip_weight": values["weight"],
-                    "start_at": values["start_at"],
-                    "end_at": values["end_at"],
-                },
-                node=patch.node,
-            )
-        )
-        inputs.say(
-            patch.node, "image/attn_mask/weight", f"persons[{index}]", [f.filename for f in patch.faces]
-        )
+        person = {"ip_weight": values["weight"], "start_at": values["start_at"], "end_at": values["end_at"]}
+        add_person(inputs, gen, patch, patch.mask, person, "image/attn_mask/weight")
 
 
 COMFY = ComfySupport(MethodRule(PulidPatch, apply_pulid), NODES)
