@@ -1,5 +1,6 @@
 # make test: create .venv if missing, install idforge with pinned test deps, run the whole suite.
-# make lint: same install, then ruff (lint and format) and mypy on engine/, methods/ and server/ (config: pyproject.toml).
+# make lint: same install, then ruff (lint and format) and mypy on engine/, comfy/, methods/, workflow/ and
+# server/ (config: pyproject.toml).
 # make demo: same install, then build the tiny kit and run the demo jobs into outputs/.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -34,7 +35,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(VENV)/bin/mypy src/idforge/engine src/idforge/methods src/idforge/server
+	$(VENV)/bin/mypy src/idforge/engine src/idforge/comfy src/idforge/methods src/idforge/workflow src/idforge/server
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .mypy_cache

@@ -1,8 +1,10 @@
 """The package's import graph: no cycles between modules, and no import running up the layers.
 
 Layers, low to high (a module may import its own layer or lower ones, never a higher one):
-errors, imageio, styles, demo  <  faces  <  identity, control  <  models  <  engine  <  methods  <  workflow  <
-server  <  commands, cli. `engine/` is machinery only: it must not know any method.
+errors, imageio, styles, demo  <  faces  <  identity, control  <  models  <  engine  <  comfy  <  methods  <
+workflow  <  server  <  commands, cli. `engine/` is machinery only: it must not know any method; `comfy/` (the
+ComfyUI graph machinery) sits below `methods/` so that each method's ComfyUI nodes live in its package, and
+`workflow/` (which reads the method registry for them) above.
 Imports inside functions count too (they are how a cycle hides); `TYPE_CHECKING` blocks do not, nor does a
 module importing its own package (Python has run that package's `__init__` before the module anyway).
 """
@@ -25,12 +27,13 @@ LAYERS = {
     "control": 2,
     "models": 3,
     "engine": 4,
-    "methods": 5,
-    "workflow": 6,
-    "server": 7,
-    "commands": 8,
-    "cli": 8,
-    "__main__": 9,
+    "comfy": 5,
+    "methods": 6,
+    "workflow": 7,
+    "server": 8,
+    "commands": 9,
+    "cli": 9,
+    "__main__": 10,
 }
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from typing import Literal
 
 import httpx
@@ -261,3 +263,87 @@ def test_by_default_the_server_warms_up_every_registered_method(dummy, tmp_path,
     monkeypatch.setattr(generator, "generate", lambda spec, progress: warmed.append(spec.method))
     assert generator.warm_up(lambda what: None) == {}
     assert warmed == list(method_names()) and {"pulid", "dummy"} <= set(warmed)
+
+
+@dataclass
+class DummyRequest:
+    params: dict
+    generation: GenerationParams
+    face: object
+    base: str | None = None
+    palette: str | None = None  # a model file the dummy's workflow rule names
+
+
+def _build_dataclass(call: MethodCall) -> DummyRequest:
+    return DummyRequest(call.params, call.generation, call.image("face_image"))
+
+
+def _run_dataclass(engine, request: DummyRequest, progress) -> GenerationResult:
+    return _run(engine, {"params": request.params, "generation": request.generation}, progress)
+
+
+class _Store:
+    """A models store that finds every file, in a folder named after its role."""
+
+    def resolve(self, role, name, local_only=True):
+        return SimpleNamespace(path=f"/models/{role}/{name}")
+
+
+DUMMY_GRAPH = {
+    "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "base.safetensors"}},
+    "2": {"class_type": "LoadImage", "inputs": {"image": "face.png"}},
+    "3": {"class_type": "DummyPaint", "inputs": {"model": ["1", 0], "image": ["2", 0], "shade": 40}},
+    "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red square"}},
+    "5": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+    "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    "7": {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["3", 0],
+            "positive": ["4", 0],
+            "negative": ["5", 0],
+            "latent_image": ["6", 0],
+            "seed": 3,
+            "steps": 4,
+            "cfg": 3.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "denoise": 1.0,
+        },
+    },
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0]}},
+}
+
+
+def test_a_registered_method_brings_its_comfyui_nodes_to_the_workflow_importer(tmp_path):
+    """`Method.workflow` names the method's own ComfyUI module (tests/dummy_workflow.py): its node class, widget
+    order, rule and model file reach `idforge workflow` with no change to the workflow package, and leave with
+    the method."""
+    from idforge.comfy.plan import UnsupportedNodesError
+    from idforge.workflow.run import execute, load_workflow, open_workflow, prepare
+
+    method = replace(DUMMY, build_request=_build_dataclass, run=_run_dataclass, workflow="dummy_workflow")
+    register(method)
+    try:
+        plan = open_workflow(DUMMY_GRAPH, {"3.shade": 40})
+        (gen,) = plan.generations
+        assert gen.method == "dummy" and gen.params["shade"] == 40 and gen.sources["shade"] == "3.shade"
+        assert "shade = 40 -> shade" in plan.explain_text()
+        (item,) = prepare(plan, {"2": _face_file(tmp_path)}, _Store())
+        assert item.request.palette == "/models/lora/palette.safetensors"
+        assert item.request.base == "/models/base/base.safetensors"
+        (result,) = execute(None, plan, [item], lambda step, total: None)
+        assert result.images[0].getpixel((0, 0)) == (40, 40, 40)
+        assert result.recipe["workflow"]["method"] == "dummy"
+        ui = {
+            "nodes": [
+                {"id": 3, "type": "DummyPaint", "inputs": [], "widgets_values": [12, "other.safetensors"]}
+            ],
+            "links": [],
+        }
+        assert load_workflow(ui).graph["3"]["inputs"] == {"shade": 12, "palette": "other.safetensors"}
+    finally:
+        unregister("dummy")
+    with pytest.raises(UnsupportedNodesError, match=r"node 3 \(DummyPaint\)"):
+        open_workflow(DUMMY_GRAPH)

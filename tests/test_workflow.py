@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -15,14 +16,15 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from idforge.cli import main
+from idforge.comfy.formats import apply_overrides, resolve_modes
+from idforge.comfy.nodes import NodeTable
+from idforge.comfy.plan import UnsupportedNodesError
+from idforge.comfy.widgets import widget_inputs
 from idforge.engine.recipe import Recipe
 from idforge.engine.result import read_recipe
 from idforge.errors import ParameterError
 from idforge.models.store import ModelStore
-from idforge.workflow.formats import load_workflow, resolve_modes
-from idforge.workflow.plan import UnsupportedNodesError
-from idforge.workflow.run import execute, open_workflow, prepare
-from idforge.workflow.widgets import widget_inputs
+from idforge.workflow.run import execute, load_workflow, open_workflow, prepare
 from instantid_fixtures import square_face
 from server_fixtures import WebhookReceiver, b64, finished_result, running_server, wait_for
 
@@ -154,6 +156,30 @@ def test_unsupported_nodes_are_all_listed_with_id_title_and_hint(tmp_path, capsy
     code = main(["workflow", "run", str(path), "-o", str(tmp_path / "o.png"), "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("idforge: error:") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_the_rule_is_chosen_by_what_it_takes_never_by_order():
+    """Each method's rule declares its identity-node class and whether a ControlNet belongs to it: in any order
+    the methods come, InstantID with a depth ControlNet is Insta Depth, without one InstantID; a second rule
+    taking the same is refused."""
+    import importlib
+
+    from idforge.comfy.catalog import Catalog
+    from idforge.comfy.core_nodes import CORE
+    from idforge.comfy.plan import plan_workflow
+    from idforge.methods.registry import methods
+
+    supports = [(m.name, importlib.import_module(m.workflow).COMFY) for m in methods() if m.workflow]
+    for order in (supports, supports[::-1]):
+        known = Catalog.build(CORE, order)
+        depth = load_workflow(DEPTH)
+        apply_overrides(depth, {"7.mode": 4})
+        resolve_modes(depth)
+        assert [g.method for g in plan_workflow(depth, known).generations] == ["insta-depth"]
+        assert [g.method for g in plan_workflow(load_workflow(PERSONS), known).generations] == ["instantid"]
+    name, instantid = supports[0]
+    with pytest.raises(RuntimeError, match="'instantid' and 'copy' both take InstantIDPatch nodes"):
+        Catalog.build(CORE, [(name, instantid), ("copy", replace(instantid, nodes=NodeTable()))])
 
 
 def test_explain_names_the_idforge_parameter_of_each_value(tiny_kit, faces, tmp_path, capsys):

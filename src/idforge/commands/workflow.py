@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    from idforge.workflow.formats import parse_value
+    from idforge.comfy.formats import parse_value
 
     overrides: dict[str, Any] = {}
     for item in items:

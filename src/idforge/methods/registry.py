@@ -3,9 +3,9 @@ studio, previews, pricing, batching and the warm-up.
 
 A `Method` carries its parameter model (the one vocabulary of the CLI flags and the HTTP body), how its image
 inputs appear on the command line, how a call becomes its engine request, how it runs, how many images a body
-generates (pricing), its batching key, its warm-up body, which previews it needs and how its request is rebuilt
-from a recipe (`idforge reproduce`). Adding a method is one new package under `methods/` that builds a `Method`,
-plus one line in `BUILTIN`.
+generates (pricing), its batching key, its warm-up body, which previews it needs, how its request is rebuilt
+from a recipe (`idforge reproduce`) and which module holds its ComfyUI nodes (`idforge workflow`). Adding a method
+is one new package under `methods/` that builds a `Method`, plus one line in `BUILTIN`.
 """
 
 from __future__ import annotations
@@ -163,6 +163,9 @@ class Method:
     # `method` names it rebuilds (default: the method's name)
     from_recipe: Callable[[Any], Any] | None = None
     recipe_methods: tuple[str, ...] = ()
+    # ComfyUI workflows: the module whose `COMFY` (a comfy.catalog.ComfySupport) holds the method's node classes
+    # and its rule (imported by workflow/registry.py when a workflow is read; None: no ComfyUI nodes)
+    workflow: str | None = None
 
     @property
     def recipe_names(self) -> tuple[str, ...]:

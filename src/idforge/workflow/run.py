@@ -1,9 +1,11 @@
-"""Running a planned workflow through the method registry: the same path as the HTTP server and the generic CLI.
+"""Opening a workflow with the registry's catalog and running it through the method registry: the same path as
+the HTTP server and the generic CLI.
 
-`prepare` does everything that can fail cheaply, before any model loads: each planned generation's body is
+`open_workflow` reads the file with every registered method's widget orders, applies `--set`, drops muted and
+passes bypassed nodes, and plans it with every registered method's nodes and rules. `prepare` does everything that can fail cheaply, before any model loads: each planned generation's body is
 validated as an HTTP body is (errors name the node and input, e.g. "9.ip_weight"), its images are looked up by
-LoadImage node id, every model file the graph names goes through the ComfyUI folder resolver (models/store.py),
-the method's own cross-field check runs and its request is built (`get_method(name).build_request(MethodCall)`).
+LoadImage node id, every model file the graph names goes through the ComfyUI folder resolver (models/store.py) into
+the request field the method's rule gave it, the method's own cross-field check runs and its request is built (`get_method(name).build_request(MethodCall)`).
 `execute` then calls `method.run(engine, request, progress)` for each and adds the recipe's `workflow` section.
 """
 
@@ -17,14 +19,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from idforge.comfy import formats
+from idforge.comfy.formats import Workflow, apply_overrides, resolve_modes
+from idforge.comfy.generation import PlannedGeneration, PlannedModel
+from idforge.comfy.plan import Plan, plan_workflow
+from idforge.comfy.values import ImageRef
 from idforge.errors import ParameterError
 from idforge.methods.registry import Method, MethodCall, call_params, generation_from_params, get_method
-from idforge.workflow import nodes as N
-from idforge.workflow.formats import Workflow, apply_overrides, load_workflow, resolve_modes
-from idforge.workflow.plan import Plan, PlannedGeneration, plan_workflow
+from idforge.workflow.registry import catalog
 
 ProgressCallback = Callable[[int, int], None]
 PLACEHOLDER = "workflow-image"  # stands for an image while the body is validated (images are checked apart)
+
+
+def load_workflow(source: str | Path | bytes | Mapping[str, Any], name: str | None = None) -> Workflow:
+    """A workflow file as one API-format graph, its UI-format widgets read with every registered method's."""
+    return formats.load_workflow(source, name, catalog().nodes.widgets)
 
 
 def open_workflow(
@@ -37,10 +47,11 @@ def open_workflow(
     from idforge.errors import IdforgeError
 
     try:
-        workflow: Workflow = load_workflow(source, name)
+        known = catalog()
+        workflow = formats.load_workflow(source, name, known.nodes.widgets)
         apply_overrides(workflow, overrides or {})
         resolve_modes(workflow)
-        return plan_workflow(workflow)
+        return plan_workflow(workflow, known)
     except IdforgeError:
         raise
     except (
@@ -98,7 +109,7 @@ def validate_body(method: Method, gen: PlannedGeneration) -> Any:
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = [str(part) for part in error.get("loc", ())]
-        where = gen.sources.get(loc[0]) if loc else None
+        where = gen.sources.get(loc[0], "") if loc else ""
         if loc and loc[0] == "persons" and len(loc) > 2 and loc[1].isdigit():
             where = f"{gen.persons[int(loc[1])].node}.{loc[2]}"
         where = where or f"{gen.sampler}.{loc[0] if loc else 'inputs'}"
@@ -111,7 +122,7 @@ def validate_body(method: Method, gen: PlannedGeneration) -> Any:
         ) from None
 
 
-def _image(images: Mapping[str, Any], ref: N.ImageRef) -> Any:
+def _image(images: Mapping[str, Any], ref: ImageRef) -> Any:
     if ref.node not in images or images[ref.node] is None:
         raise ParameterError(
             f"{ref.node}.image",
@@ -121,60 +132,31 @@ def _image(images: Mapping[str, Any], ref: N.ImageRef) -> Any:
     return images[ref.node]
 
 
-def _resolve(store: Any, role: str, node: str, input_name: str, name: Any) -> str:
+def _resolve(store: Any, model: PlannedModel) -> str:
     from idforge.errors import ModelNotFoundError
 
     try:
-        return str(store.resolve(role, name, local_only=True).path)
+        return str(store.resolve(model.role, model.name, local_only=True).path)
     except ModelNotFoundError as exc:
-        raise ParameterError(f"{node}.{input_name}", str(exc), field=f"{node}.{input_name}") from None
+        where = f"{model.node}.{model.input}"
+        raise ParameterError(where, str(exc), field=where) from None
 
 
 def resolve_models(gen: PlannedGeneration, store: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """(request field -> model spec, role -> path) of the files the graph names, through the ComfyUI folders."""
+    """(request field -> path, recipe name -> path) of the files the graph names, through the ComfyUI folders;
+    a field "a.b" is key b of the request's field a."""
     request: dict[str, Any] = {}
     paths: dict[str, str] = {}
-    node, name = gen.models["base"]
-    paths["base"] = request["base"] = _resolve(store, "base", node, "ckpt_name", name)
-    if "instantid" in gen.models:
-        parts = gen.models["instantid"]
-        identitynet = _resolve(
-            store, "identitynet", parts["identitynet"][0], "control_net_name", parts["identitynet"][1]
-        )
-        ipadapter = _resolve(
-            store, "ipadapter", parts["ipadapter"][0], "instantid_file", parts["ipadapter"][1]
-        )
-        request["instantid_model"] = {"identitynet": identitynet, "ipadapter": ipadapter}
-        paths |= {"identitynet": identitynet, "instantid_ipadapter": ipadapter}
-    if "depth_controlnet" in gen.models:
-        node, name = gen.models["depth_controlnet"]
-        paths["depth_controlnet"] = request["depth_controlnet"] = _resolve(
-            store, "controlnet", node, "control_net_name", name
-        )
-    if "faceid_adapter" in gen.models:
-        node, name = gen.models["faceid_adapter"]
-        paths["faceid_adapter"] = request["adapter"] = _resolve(
-            store, "ipadapter", node, "ipadapter_file", name
-        )
-    if "pulid" in gen.models:
-        node, name = gen.models["pulid"]
-        paths["pulid"] = request["model"] = _resolve(store, "pulid", node, "pulid_file", name)
-    if "faceid_lora" in gen.models:
-        node, name = gen.models["faceid_lora"]
-        paths["faceid_lora"] = request["lora"] = _resolve(store, "lora", node, "lora_name", name)
+    for key, model in gen.models.items():
+        paths[key] = path = _resolve(store, model)
+        if model.field is None:
+            continue
+        head, _, part = model.field.partition(".")
+        if part:
+            request.setdefault(head, {})[part] = path
+        else:
+            request[head] = path
     return request, paths
-
-
-def _faceid_preset(gen: PlannedGeneration, base_path: str) -> None:
-    """The unified loader's preset -> the body's adapter name, for the base model's family."""
-    from idforge.models.comfy import pipeline_family
-    from idforge.workflow.plan import FACEID_PRESETS
-
-    node, preset = gen.models["faceid_preset"]
-    family = pipeline_family(Path(base_path)) or "sdxl"
-    name = FACEID_PRESETS[preset].format(family=family, portrait="sdxl" if family == "sdxl" else "v11-sd15")
-    gen.params["adapter"] = name
-    gen.sources["adapter"] = f"{node}.preset"
 
 
 def prepare(
@@ -188,8 +170,8 @@ def prepare(
     for gen in plan.generations:
         method = get_method(gen.method)
         overrides, paths = resolve_models(gen, store)
-        if "faceid_preset" in gen.models:
-            _faceid_preset(gen, paths["base"])
+        if gen.on_models is not None:
+            gen.on_models(gen, paths)
         body = validate_body(method, gen)
         params = call_params(body)
         params["persons"] = [p.values for p in gen.persons]
@@ -197,7 +179,7 @@ def prepare(
         for field_name, value in gen.images.items():
             if isinstance(value, list):
                 call_images[field_name] = [_image(images, ref) for ref in value]
-            elif isinstance(value, N.ImageRef):
+            elif isinstance(value, ImageRef):
                 call_images[field_name] = _image(images, value)
             else:
                 call_images[field_name] = value  # a computed mask (PNG bytes)
@@ -207,7 +189,8 @@ def prepare(
         ]
         loras = [
             LoraSpec(
-                path=_resolve(store, "lora", lora.node, "lora_name", lora.name), strength=lora.strength_model
+                path=_resolve(store, PlannedModel(lora.node, "lora_name", lora.name, "lora", None)),
+                strength=lora.strength_model,
             )
             for lora in gen.loras
         ]

@@ -84,6 +84,7 @@ METHOD = Method(
     outputs=outputs,
     from_recipe=from_recipe,
     recipe_methods=("faceid", "instantid+faceid"),
+    workflow="idforge.methods.faceid.workflow",
     previews=("faces",),
     face_search=FaceSearch(
         pack="buffalo_l", pick="score"

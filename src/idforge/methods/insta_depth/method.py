@@ -81,4 +81,5 @@ METHOD = Method(
     previews=("faces", "keypoints", "depth"),
     from_recipe=from_recipe,
     recipe_methods=("insta_depth",),
+    workflow="idforge.methods.insta_depth.workflow",
 )

@@ -101,4 +101,5 @@ METHOD = Method(
     batch_key=batch_key,
     previews=("faces", "keypoints"),
     from_recipe=from_recipe,
+    workflow="idforge.methods.instantid.workflow",
 )

@@ -56,4 +56,5 @@ METHOD = Method(
     check=check,
     previews=("faces",),
     from_recipe=from_recipe,
+    workflow="idforge.methods.pulid.workflow",
 )

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from idforge.comfy.widgets import CORE_WIDGETS, Widget, widget_inputs
 from idforge.errors import ParameterError
-from idforge.workflow.widgets import widget_inputs
+
+Widgets = Mapping[str, Sequence[Widget]]  # class_type -> its widget order
 
 MUTED, BYPASSED = 2, 4
 MODE_NAMES = {"always": 0, "never": MUTED, "mute": MUTED, "muted": MUTED, "bypass": BYPASSED}
@@ -55,30 +57,33 @@ def is_link(value: Any) -> bool:
     )
 
 
-def load_workflow(source: str | Path | bytes | Mapping[str, Any], name: str | None = None) -> Workflow:
-    """A workflow from a file path, the bytes of a JSON or PNG file, or a parsed JSON object."""
+def load_workflow(
+    source: str | Path | bytes | Mapping[str, Any], name: str | None = None, widgets: Widgets = CORE_WIDGETS
+) -> Workflow:
+    """A workflow from a file path, the bytes of a JSON or PNG file, or a parsed JSON object; `widgets` names the
+    UI format's widget values (the catalog's table: ComfyUI's classes and every method's)."""
     if isinstance(source, Mapping):
-        return from_json(source, name or "workflow")
+        return from_json(source, name or "workflow", widgets)
     if isinstance(source, str | Path):
         path = Path(source)
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise ParameterError("workflow", f"cannot read {path}: {exc.strerror or exc}") from None
-        return load_workflow(data, name or path.name)
+        return load_workflow(data, name or path.name, widgets)
     data = bytes(source)
     if data.startswith(b"\x89PNG"):
-        return from_png(data, name or "workflow.png")
+        return from_png(data, name or "workflow.png", widgets)
     try:
         parsed = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ParameterError("workflow", f"not a ComfyUI workflow (neither JSON nor PNG): {exc}") from None
     if not isinstance(parsed, Mapping):
         raise ParameterError("workflow", "not a ComfyUI workflow: the JSON is not an object")
-    return from_json(parsed, name or "workflow")
+    return from_json(parsed, name or "workflow", widgets)
 
 
-def from_png(data: bytes, name: str) -> Workflow:
+def from_png(data: bytes, name: str, widgets: Widgets = CORE_WIDGETS) -> Workflow:
     """The workflow ComfyUI saved in a PNG: its "prompt" text chunk (API format), else "workflow" (UI format)."""
     from PIL import Image
 
@@ -96,7 +101,7 @@ def from_png(data: bytes, name: str) -> Workflow:
                 raise ParameterError(
                     "workflow", f"{name}: its {chunk!r} text chunk is not JSON ({exc})"
                 ) from None
-            workflow = from_json(parsed, name)
+            workflow = from_json(parsed, name, widgets)
             workflow.format = "png:" + workflow.format
             return workflow
     raise ParameterError(
@@ -104,11 +109,11 @@ def from_png(data: bytes, name: str) -> Workflow:
     )
 
 
-def from_json(data: Mapping[str, Any], name: str) -> Workflow:
+def from_json(data: Mapping[str, Any], name: str, widgets: Widgets = CORE_WIDGETS) -> Workflow:
     if "nodes" in data and isinstance(data.get("nodes"), list):
-        return from_ui(data, name)
+        return from_ui(data, name, widgets)
     if isinstance(data.get("prompt"), Mapping):  # {"prompt": {...}} as POSTed to ComfyUI's /prompt
-        return from_json(data["prompt"], name)
+        return from_json(data["prompt"], name, widgets)
     graph: dict[str, dict[str, Any]] = {}
     for node_id, node in data.items():
         if not isinstance(node, Mapping) or "class_type" not in node:
@@ -140,7 +145,7 @@ def _links(data: Mapping[str, Any]) -> dict[int, tuple[str, int]]:
     return links
 
 
-def from_ui(data: Mapping[str, Any], name: str) -> Workflow:
+def from_ui(data: Mapping[str, Any], name: str, widgets: Widgets = CORE_WIDGETS) -> Workflow:
     """UI format -> API graph (modes kept in _meta.mode, see `resolve_modes`)."""
     if (data.get("definitions") or {}).get("subgraphs"):
         raise ParameterError(
@@ -175,7 +180,7 @@ def from_ui(data: Mapping[str, Any], name: str) -> Workflow:
         kind = str(node.get("type", ""))
         if kind in SKIPPED_CLASSES:
             continue
-        inputs = widget_inputs(kind, node.get("widgets_values"))
+        inputs = widget_inputs(kind, node.get("widgets_values"), widgets)
         input_types: dict[str, str] = {}
         for slot in node.get("inputs") or []:
             input_types[slot["name"]] = str(slot.get("type", ""))
@@ -229,8 +234,9 @@ def _node_order(node_id: str) -> tuple[int, str]:
     return (int(node_id), "") if node_id.isdigit() else (1 << 30, node_id)
 
 
-def sorted_ids(graph: Mapping[str, Any]) -> list[str]:
-    return sorted(graph, key=_node_order)
+def sorted_ids(ids: Iterable[str]) -> list[str]:
+    """Node ids in ComfyUI's order (numbers as numbers)."""
+    return sorted(ids, key=_node_order)
 
 
 def resolve_modes(workflow: Workflow) -> None:

@@ -1,6 +1,5 @@
 """PuLID's ComfyUI nodes (cubiq's PuLID_ComfyUI): PulidModelLoader, PulidEvaClipLoader, PulidInsightFaceLoader,
-ApplyPulid and ApplyPulidAdvanced, mapped onto the `pulid` method like the built-in nodes (registered through
-`nodes.register`, `widgets.register_widgets` and `plan.register_method_rule`).
+ApplyPulid and ApplyPulidAdvanced, and the rule mapping them onto the `pulid` method.
 
 ApplyPulid's `method` becomes the body's `method` (fidelity / style / neutral); ApplyPulidAdvanced's `projection`
 and `fidelity` (zero tokens) become the body's `projection` and `fidelity`, its `noise` the body's `noise`. One
@@ -11,25 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import PurePath
-from typing import Any
+from typing import Any, ClassVar
 
-from idforge.workflow import nodes as N
-from idforge.workflow.plan import (
+from idforge.comfy.catalog import ComfySupport, MethodRule
+from idforge.comfy.core_nodes import insightface_loader
+from idforge.comfy.generation import (
     PlannedGeneration,
-    PlannedPerson,
+    PlannedModel,
     SamplerInputs,
-    mask_png,
+    add_person,
     node_error,
-    register_method_rule,
     set_references,
 )
-from idforge.workflow.widgets import Widget, register_widgets
+from idforge.comfy.nodes import NodeContext, NodeTable
+from idforge.comfy.values import FaceAnalysis, IdentityPatch, Mask, Model, ModelFile
+from idforge.comfy.widgets import Widget
 
 
 @dataclass(frozen=True)
-class PulidModel:
-    node: str
-    file: str
+class PulidModel(ModelFile):
+    """PulidModelLoader's PuLID file."""
 
 
 @dataclass(frozen=True)
@@ -38,61 +38,37 @@ class EvaClip:
 
 
 @dataclass(frozen=True)
-class PulidPatch(N.IdentityPatch):
-    class_type: str
+class PulidPatch(IdentityPatch):
+    kind: ClassVar[str] = "PuLID"
+
     model: PulidModel
-    faces: tuple[N.ImageRef, ...]
-    mask: N.Mask | None
     values: tuple[
         tuple[str, Any], ...
     ]  # body parameters as the node says (method or projection/fidelity, ...)
 
 
-register_widgets("PulidModelLoader", (Widget("pulid_file"),))
-register_widgets("PulidEvaClipLoader", ())
-register_widgets("PulidInsightFaceLoader", (Widget("provider", "CPU"),))
-register_widgets(
-    "ApplyPulid",
-    (Widget("method", "fidelity"), Widget("weight", 1.0), Widget("start_at", 0.0), Widget("end_at", 1.0)),
-)
-register_widgets(
-    "ApplyPulidAdvanced",
-    (
-        Widget("weight", 1.0),
-        Widget("projection", "ortho_v2"),
-        Widget("fidelity", 8),
-        Widget("noise", 0.0),
-        Widget("start_at", 0.0),
-        Widget("end_at", 1.0),
-    ),
-)
+NODES = NodeTable()
 
 
-@N.register("PulidModelLoader")
-def _model_loader(ctx: N.NodeContext) -> tuple[Any, ...]:
+@NODES.node("PulidModelLoader", widgets=(Widget("pulid_file"),))
+def _model_loader(ctx: NodeContext) -> tuple[Any, ...]:
     return (PulidModel(ctx.node_id, ctx.text("pulid_file")),)
 
 
-@N.register("PulidEvaClipLoader")
-def _eva_loader(ctx: N.NodeContext) -> tuple[Any, ...]:
+@NODES.node("PulidEvaClipLoader", widgets=())
+def _eva_loader(ctx: NodeContext) -> tuple[Any, ...]:
     ctx.note("(class)", "EVA02-CLIP-L-14-336 from the models store (models/clip)", "EVA02-CLIP-L-14-336")
     return (EvaClip(ctx.node_id),)
 
 
-@N.register("PulidInsightFaceLoader")
-def _insightface(ctx: N.NodeContext) -> tuple[Any, ...]:
-    provider = ctx.text("provider", "CPU")
-    ctx.note(
-        "provider", "ignored: idforge runs face analysis on the engine's device (pack antelopev2)", provider
-    )
-    return (N.FaceAnalysis(ctx.node_id, provider),)
+NODES.add("PulidInsightFaceLoader", insightface_loader("antelopev2"), (Widget("provider", "CPU"),))
 
 
-def _apply(ctx: N.NodeContext, advanced: bool) -> tuple[Any, ...]:
+def _apply(ctx: NodeContext, advanced: bool) -> tuple[Any, ...]:
     loader = ctx.get("pulid", PulidModel)
     ctx.get("eva_clip", EvaClip)
-    ctx.get("face_analysis", N.FaceAnalysis)
-    model = ctx.get("model", N.Model)
+    ctx.get("face_analysis", FaceAnalysis)
+    model = ctx.get("model", Model)
     values: dict[str, Any] = {"weight": ctx.number("weight", 1.0)}
     if advanced:
         values["projection"] = ctx.text("projection", "ortho_v2")
@@ -106,15 +82,30 @@ def _apply(ctx: N.NodeContext, advanced: bool) -> tuple[Any, ...]:
         node=ctx.node_id,
         class_type=ctx.class_type,
         model=loader,
-        faces=N.faces_of(ctx.get("image", (N.ImageRef, N.ImageList))),
-        mask=ctx.get("attn_mask", N.Mask, optional=True),
+        faces=ctx.images("image"),
+        mask=ctx.get("attn_mask", Mask, optional=True),
         values=tuple(values.items()),
     )
     return (replace(model, patches=(*model.patches, patch)),)
 
 
-N.register("ApplyPulid", lambda ctx: _apply(ctx, advanced=False))
-N.register("ApplyPulidAdvanced", lambda ctx: _apply(ctx, advanced=True))
+NODES.add(
+    "ApplyPulid",
+    lambda ctx: _apply(ctx, advanced=False),
+    (Widget("method", "fidelity"), Widget("weight", 1.0), Widget("start_at", 0.0), Widget("end_at", 1.0)),
+)
+NODES.add(
+    "ApplyPulidAdvanced",
+    lambda ctx: _apply(ctx, advanced=True),
+    (
+        Widget("weight", 1.0),
+        Widget("projection", "ortho_v2"),
+        Widget("fidelity", 8),
+        Widget("noise", 0.0),
+        Widget("start_at", 0.0),
+        Widget("end_at", 1.0),
+    ),
+)
 
 
 def model_name(file_name: str) -> str | None:
@@ -129,21 +120,9 @@ def model_name(file_name: str) -> str | None:
     return None
 
 
-def pulid_rule(inputs: SamplerInputs, gen: PlannedGeneration) -> bool:
-    patches = inputs.patches()
-    pulid = [p for p in patches if isinstance(p, PulidPatch)]
-    if not pulid:
-        return False
-    if len(pulid) != len(patches):
-        other = next(p for p in patches if not isinstance(p, PulidPatch))
-        raise node_error(other.node, "model", "idforge runs PuLID without other identity nodes on one image")
-    if inputs.positive.controls:
-        raise node_error(
-            inputs.positive.controls[0].node, "control_net", "idforge's PuLID takes no ControlNet"
-        )
+def apply_pulid(inputs: SamplerInputs, gen: PlannedGeneration, pulid: list[PulidPatch]) -> None:
     first = pulid[0]
-    gen.method = "pulid"
-    gen.models["pulid"] = (first.model.node, first.model.file)
+    gen.models["pulid"] = PlannedModel(first.model.node, "pulid_file", first.model.file, "pulid", "model")
     inputs.say(first.model.node, "pulid_file", "PuLID model (models folder: pulid/)", first.model.file)
     named = model_name(first.model.file)
     if named is not None:
@@ -160,30 +139,16 @@ def pulid_rule(inputs: SamplerInputs, gen: PlannedGeneration) -> bool:
     if len(pulid) == 1:
         for name in ("weight", "start_at", "end_at"):
             inputs.set(name, dict(first.values)[name], first.node, name)
-        set_references(inputs, gen, first.node, first.faces, first.mask, "attn_mask")
-        return True
-    for index, patch in enumerate(pulid):
+        set_references(inputs, gen, first, "attn_mask")
+        return
+    for patch in pulid:
         if patch.mask is None:
             raise node_error(
                 patch.node, "attn_mask", "several ApplyPulid nodes in one image need an attn_mask each"
             )
         values = dict(patch.values)
-        gen.persons.append(
-            PlannedPerson(
-                faces=list(patch.faces),
-                mask_png=mask_png(patch.mask),
-                values={
-                    "ip_weight": values["weight"],
-                    "start_at": values["start_at"],
-                    "end_at": values["end_at"],
-                },
-                node=patch.node,
-            )
-        )
-        inputs.say(
-            patch.node, "image/attn_mask/weight", f"persons[{index}]", [f.filename for f in patch.faces]
-        )
-    return True
+        person = {"ip_weight": values["weight"], "start_at": values["start_at"], "end_at": values["end_at"]}
+        add_person(inputs, gen, patch, patch.mask, person, "image/attn_mask/weight")
 
 
-register_method_rule(pulid_rule)
+COMFY = ComfySupport(MethodRule(PulidPatch, apply_pulid), NODES)

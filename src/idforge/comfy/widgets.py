@@ -5,6 +5,9 @@ followed by one more value the front end adds, `control_after_generate` ("fixed"
 "randomize"), that is no input of the node; LoadImage's file widget is followed by its "upload" button value.
 Files saved by older front ends may lack trailing widgets: those take the node's default. A class not in the table
 keeps its values under `widget_0`, `widget_1`, ... (it is refused later anyway, unless a handler knows it).
+
+The table here is ComfyUI's own classes (`CORE_WIDGETS`); a method's classes declare their order with their handlers
+(`NodeTable.add(..., widgets=...)`), and the catalog hands `widget_inputs` the whole table.
 """
 
 from __future__ import annotations
@@ -35,17 +38,7 @@ _SAMPLER = (
     Widget("denoise", 1.0),
 )
 
-_FACEID = (
-    Widget("weight", 1.0),
-    Widget("weight_faceidv2", 1.0),
-    Widget("weight_type", "linear"),
-    Widget("combine_embeds", "concat"),
-    Widget("start_at", 0.0),
-    Widget("end_at", 1.0),
-    Widget("embeds_scaling", "V only"),
-)
-
-WIDGETS: dict[str, tuple[Widget, ...]] = {
+CORE_WIDGETS: dict[str, tuple[Widget, ...]] = {
     "CheckpointLoaderSimple": (Widget("ckpt_name"),),
     "CLIPTextEncode": (Widget("text", ""),),
     "EmptyLatentImage": (Widget("width", 512), Widget("height", 512), Widget("batch_size", 1)),
@@ -73,26 +66,6 @@ WIDGETS: dict[str, tuple[Widget, ...]] = {
         Widget("start_percent", 0.0),
         Widget("end_percent", 1.0),
     ),
-    "InstantIDModelLoader": (Widget("instantid_file"),),
-    "InstantIDFaceAnalysis": (Widget("provider", "CPU"),),
-    "ApplyInstantID": (Widget("weight", 0.8), Widget("start_at", 0.0), Widget("end_at", 1.0)),
-    "ApplyInstantIDAdvanced": (
-        Widget("ip_weight", 0.8),
-        Widget("cn_strength", 0.8),
-        Widget("start_at", 0.0),
-        Widget("end_at", 1.0),
-        Widget("noise", 0.0),
-        Widget("combine_embeds", "average"),
-    ),
-    "IPAdapterUnifiedLoaderFaceID": (
-        Widget("preset", "FACEID PLUS V2"),
-        Widget("lora_strength", 0.6),
-        Widget("provider", "CPU"),
-    ),
-    "IPAdapterModelLoader": (Widget("ipadapter_file"),),
-    "IPAdapterInsightFaceLoader": (Widget("provider", "CPU"), Widget("model_name", "buffalo_l")),
-    "IPAdapterFaceID": _FACEID,
-    "IPAAdapterFaceIDBatch": _FACEID,
     "SolidMask": (Widget("value", 1.0), Widget("width", 512), Widget("height", 512)),
     "MaskComposite": (Widget("x", 0), Widget("y", 0), Widget("operation", "multiply")),
     "InvertMask": (),
@@ -106,17 +79,16 @@ WIDGETS: dict[str, tuple[Widget, ...]] = {
 }
 
 
-def register_widgets(class_type: str, widgets: Sequence[Widget]) -> None:
-    """Declare the widget order of a node class (a method adding its nodes, see nodes.register)."""
-    WIDGETS[class_type] = tuple(widgets)
-
-
-def widget_inputs(class_type: str, values: Sequence[Any] | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The inputs a node's `widgets_values` stand for (see the module doc)."""
+def widget_inputs(
+    class_type: str,
+    values: Sequence[Any] | Mapping[str, Any] | None,
+    widgets: Mapping[str, Sequence[Widget]] = CORE_WIDGETS,
+) -> dict[str, Any]:
+    """The inputs a node's `widgets_values` stand for (see the module doc), by the widget orders `widgets`."""
     if isinstance(values, Mapping):  # some custom nodes save a dict already
         return dict(values)
     values = list(values or [])
-    table = WIDGETS.get(class_type)
+    table = widgets.get(class_type)
     if table is None:
         return {f"widget_{i}": value for i, value in enumerate(values)}
     inputs: dict[str, Any] = {}
