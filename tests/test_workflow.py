@@ -280,6 +280,61 @@ def test_parity_with_the_instantid_command(tiny_kit, faces, tmp_path):
     assert recipe["params"]["ip_weight"] == 0.7 and recipe["params"]["steps"] == 4
 
 
+LIGHTNING = DATA / "instantid_lightning_api.json"
+
+
+def test_a_lightning_lora_workflow_runs_as_the_few_step_preset(tiny_kit, faces, tmp_path):
+    """SDXL-Lightning 2-step as ComfyUI users set it (LoraLoader, 2 steps, euler + sgm_uniform, cfg 1) is
+    `idforge instantid --preset lightning-2`: the preset's LoRA, trailing Euler, steps and guidance, pixel for
+    pixel, although 2 steps is below the bodies' range."""
+    flow_out, cli_out = tmp_path / "flow.png", tmp_path / "cli.png"
+    common = ["--models", str(tiny_kit), "--device", "cpu", "--dtype", "float32", "--quiet"]
+    argv = ["workflow", "run", str(LIGHTNING), "--set", f"8.image={faces['a']}", "-o", str(flow_out), *common]
+    assert main(argv) == 0
+    argv = ["instantid", "--face", str(faces["a"]), "--prompt", "a portrait photo of a person in a red coat"]
+    argv += ["--negative-prompt", "blurry, lowres", "--preset", "lightning-2", "--seed", "7"]
+    argv += ["--width", "64", "--height", "64", "--ip-weight", "0.7", "--cn-strength", "0.9"]
+    argv += ["--base", "tiny-sdxl.safetensors", "-o", str(cli_out), *common]
+    assert main(argv) == 0
+    flow = np.asarray(Image.open(flow_out).convert("RGB"))
+    assert np.array_equal(flow, np.asarray(Image.open(cli_out).convert("RGB")))
+    recipe = read_recipe(flow_out)
+    assert recipe["params"]["preset"] == "lightning-2" and recipe["params"]["steps"] == 2
+    assert recipe["runtime"]["scheduler"]["config"]["timestep_spacing"] == "trailing"
+
+    plan = open_workflow(LIGHTNING)
+    [gen] = plan.generations
+    assert gen.loras == [] and gen.scheduler is None  # the preset loads the LoRA and picks the scheduler
+    assert "num_inference_steps" not in gen.params and "guidance_scale" not in gen.params
+    assert "preset (few-step lightning-2)" in plan.explain_text()
+
+
+@pytest.mark.parametrize(
+    ("sets", "check"),
+    [
+        ({"10.steps": 6}, lambda gen: gen.params["num_inference_steps"] == 6),  # off the card: explicit
+        ({"10.cfg": 2.0}, lambda gen: gen.params["guidance_scale"] == 2.0),
+        (
+            {"10.sampler_name": "dpmpp_2m", "10.scheduler": "karras"},
+            lambda gen: gen.scheduler == "dpmpp_2m_karras",
+        ),
+        (
+            {"17.strength_model": 0.5, "10.scheduler": "normal"},
+            lambda gen: "preset" not in gen.params and len(gen.loras) == 1,
+        ),
+    ],
+)
+def test_values_off_the_few_step_card_stay_the_workflows(sets, check):
+    [gen] = open_workflow(LIGHTNING, sets).generations
+    assert check(gen)
+
+
+def test_a_lightning_lora_off_its_step_count_below_four_is_still_refused(store, faces):
+    with pytest.raises(ParameterError) as caught:
+        prepare(open_workflow(LIGHTNING, {"10.steps": 3}), {"8": faces["a"]}, store)
+    assert caught.value.field == "10.steps" and "greater than or equal to 4" in str(caught.value)
+
+
 def test_faceid_batch_workflow_writes_one_image_per_reference(tiny_kit, faces, tmp_path):
     out = tmp_path / "faceid.png"
     argv = [

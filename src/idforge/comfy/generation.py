@@ -67,7 +67,7 @@ class PlannedGeneration:
     persons: list[PlannedPerson] = field(default_factory=list)
     models: dict[str, PlannedModel] = field(default_factory=dict)  # recipe name ("base", ...) -> the file
     loras: list[Lora] = field(default_factory=list)  # merged LoRAs (a rule takes out one its method loads)
-    scheduler: str = "euler"
+    scheduler: str | None = "euler"  # None: the few-step preset's (comfy/few_step.py)
     # once the model files are found, what depends on them (FaceID's preset: the base model's family)
     on_models: ModelsHook | None = None
 

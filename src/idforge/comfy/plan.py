@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from idforge.comfy.catalog import Catalog
+from idforge.comfy.few_step import few_step_lora, use_preset
 from idforge.comfy.formats import Workflow, is_link, sorted_ids
 from idforge.comfy.generation import (
     ExplainLine,
@@ -281,12 +282,20 @@ def plan_workflow(workflow: Workflow, catalog: Catalog) -> Plan:
             sampler=sampler, method="", params={}, images={}, sources={}, outputs=saved, nodes=[]
         )
         _common(inputs)
-        gen.scheduler = _scheduler(inputs)
         model = inputs.model
+        gen.loras = list(model.loras)
+        few_step = few_step_lora(model.loras)
+        if (
+            few_step is not None
+        ):  # the preset loads its LoRA and runs its card's scheduler, steps and guidance
+            preset, lora = few_step
+            gen.loras.remove(lora)
+            gen.scheduler = None if use_preset(inputs, preset, lora) else _scheduler(inputs)
+        else:
+            gen.scheduler = _scheduler(inputs)
         gen.models["base"] = PlannedModel(
             model.checkpoint_node, "ckpt_name", model.checkpoint, "base", "base"
         )
-        gen.loras = list(model.loras)
         gen.method, rule, patches = catalog.rule_for(inputs)
         rule.apply(inputs, gen, patches)
         for lora in gen.loras:
