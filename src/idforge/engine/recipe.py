@@ -37,7 +37,7 @@ from idforge.engine.device import device_name
 from idforge.engine.fastpath import FastPath
 from idforge.engine.fewstep import few_step_models
 from idforge.engine.hashing import model_hash
-from idforge.engine.inputs import ImageSource, NamedImage, load_named
+from idforge.engine.inputs import ImageSource, NamedImage, image_name, load_named
 from idforge.engine.params import GenerationParams, params_to_dict
 from idforge.engine.schedulers import make_scheduler
 from idforge.engine.session import Engine, image_digest
@@ -87,6 +87,16 @@ def input_digests(**sources: ImageSource | NamedImage | None) -> dict[str, str]:
     """{role: pixels_sha256} of the single-image inputs that were given (faces carry theirs in their entries)."""
     digests = {role: pixels_digest(source) for role, source in sources.items()}
     return {role: digest for role, digest in digests.items() if digest is not None}
+
+
+def recorded_images(**sources: ImageSource | NamedImage | None) -> dict[str, Any]:
+    """A recipe's record of single input images: each role's name (as given; "<image>" for one given in memory;
+    None when not given) and, under `pixels_sha256`, each given one's digest: what a reproduction finds and
+    checks them by (methods/reproduce.py)."""
+    names = {
+        role: None if source is None else image_name(source, "<image>") for role, source in sources.items()
+    }
+    return names | {"pixels_sha256": input_digests(**sources)}
 
 
 @dataclass

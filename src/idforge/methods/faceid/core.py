@@ -31,7 +31,7 @@ from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.params import GenerationParams
-from idforge.engine.recipe import PassLayout, Recipe, build_recipe, input_digests
+from idforge.engine.recipe import PassLayout, Recipe, build_recipe, recorded_images
 from idforge.engine.scoring import reference_advice
 from idforge.engine.session import Engine, image_digest
 from idforge.errors import (
@@ -488,13 +488,7 @@ def faceid_recipe(
         inputs={
             "faces": prepared.faces_info,
             "batch_references": prepared.batch_references,
-            "negative_image": None
-            if request.negative_image is None
-            else image_name(request.negative_image, "<image>"),
-            "attn_mask": None if request.attn_mask is None else image_name(request.attn_mask, "<image>"),
-            "pixels_sha256": input_digests(
-                negative_image=request.negative_image, attn_mask=request.attn_mask
-            ),
+            **recorded_images(negative_image=request.negative_image, attn_mask=request.attn_mask),
         },
         sections={"adapter_kind": models.adapter.kind},
     )

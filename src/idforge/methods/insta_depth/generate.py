@@ -20,9 +20,9 @@ from PIL import Image
 
 from idforge.control.depth import engine_depth_estimator
 from idforge.engine.hashing import model_hash
-from idforge.engine.inputs import image_name, load_named
+from idforge.engine.inputs import load_named
 from idforge.engine.params import GenerationParams
-from idforge.engine.recipe import input_digests
+from idforge.engine.recipe import recorded_images
 from idforge.engine.result import GenerationResult
 from idforge.engine.scoring import attach_identity
 from idforge.engine.session import Engine
@@ -181,11 +181,8 @@ def generate_insta_depth(
             ),
         },
         inputs={
-            "face": image_name(request.face, "<image>"),
-            "pose": image_name(request.pose, "<image>"),
             "kps_source": kps_source,
-            "depth_map": image_name(request.depth_map, "<image>") if request.depth_map is not None else None,
-            "pixels_sha256": input_digests(face=face, pose=pose, depth_map=request.depth_map),
+            **recorded_images(face=request.face, pose=request.pose, depth_map=request.depth_map),
         },
     )
     result = GenerationResult(

@@ -25,7 +25,7 @@ from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.loop import ControlUnit
 from idforge.engine.params import GenerationParams
-from idforge.engine.recipe import PassLayout, Recipe, build_recipe, input_digests
+from idforge.engine.recipe import PassLayout, Recipe, build_recipe, recorded_images
 from idforge.engine.sampling import sample_and_decode
 from idforge.engine.scoring import reference_advice
 from idforge.engine.seeds import image_seeds, resolve_seed
@@ -456,8 +456,5 @@ def instantid_inputs(request: InstantIDRequest, prepared: PreparedInstantID) -> 
     """The recipe's inputs: reference faces (name, box, score, pixels_sha256), pose, keypoint image and mask."""
     return {
         "faces": prepared.faces_info,
-        "pose": image_name(request.pose, "<image>") if request.pose is not None else None,
-        "kps_image": image_name(request.kps_image, "<image>") if request.kps_image is not None else None,
-        "mask": image_name(request.mask, "<image>") if request.mask is not None else None,
-        "pixels_sha256": input_digests(pose=request.pose, kps_image=request.kps_image, mask=request.mask),
+        **recorded_images(pose=request.pose, kps_image=request.kps_image, mask=request.mask),
     }

@@ -31,7 +31,7 @@ from idforge.engine.base import BaseModel
 from idforge.engine.hashing import model_hash
 from idforge.engine.inputs import ImageInput, ImageSource, image_name, load_named
 from idforge.engine.params import GenerationParams
-from idforge.engine.recipe import PassLayout, Recipe, build_recipe, input_digests
+from idforge.engine.recipe import PassLayout, Recipe, build_recipe, recorded_images
 from idforge.engine.scoring import reference_advice
 from idforge.engine.session import Engine, image_digest
 from idforge.errors import (
@@ -346,8 +346,7 @@ def pulid_recipe(
         models=pulid_model_entries(engine, request, models),
         inputs={
             "faces": prepared.faces_info,
-            "attn_mask": None if request.attn_mask is None else image_name(request.attn_mask, "<image>"),
-            "pixels_sha256": input_digests(attn_mask=request.attn_mask),
+            **recorded_images(attn_mask=request.attn_mask),
         },
         sections={"pulid_version": models.checkpoint.version, "pulid_layout": models.checkpoint.layout},
     )
