@@ -806,7 +806,8 @@ def test_a_registered_method_appears_in_the_form_with_its_fields(browser, consol
 WORKFLOWS = Path(__file__).parent / "data" / "workflows"
 
 
-def test_a_dropped_comfyui_workflow_is_planned_for_free_and_runs_with_a_face(page, studio):
+def test_a_dropped_comfyui_workflow_is_planned_for_free_and_runs_with_a_face(page, studio, console):
+    console.allow(400)  # Run before the face is given
     key = studio.key(20)
     enter_key(page, key)
     before = credits(page)
@@ -820,6 +821,10 @@ def test_a_dropped_comfyui_workflow_is_planned_for_free_and_runs_with_a_face(pag
     assert page.inner_text("#workflow-price") == "Costs 1 credit"
     assert not page.locator("#generate").is_visible()  # the panel takes the method form's place
     assert credits(page) == before  # planning is free
+    page.click("#workflow-run")
+    page.wait_for_selector("#workflow-error:not([hidden])", timeout=30_000)
+    assert "images.8" in page.inner_text("#workflow-error")
+    assert page.get_attribute("#workflow-zone-8", "aria-invalid") == "true"
     drop_file(page, (studio.files / "face.png").read_bytes(), "face.png", "#workflow-zone-8")
     page.wait_for_selector("#workflow-zone-8 .thumbs img")
     studio.shot(page, "studio-workflow")
