@@ -63,5 +63,5 @@ def test_every_operation_conforms_and_never_5xx(live):
                 assert mode is GenerationMode.NEGATIVE
             except Exception as exc:  # collect every operation's failure, then report them all
                 failures.append(f"{operation.label} [{mode.value}]: {str(exc)[:1500]}")
-    assert tried >= 14 + 6  # every operation with valid input; the six with a body also with invalid input
+    assert tried >= 15 + 7  # every operation with valid input; the seven with a body also with invalid input
     assert not failures, "\n\n".join(failures)

@@ -801,3 +801,65 @@ def test_a_registered_method_appears_in_the_form_with_its_fields(browser, consol
     finally:
         unregister("dummy")
     assert console.errors == []
+
+
+WORKFLOWS = Path(__file__).parent / "data" / "workflows"
+
+
+def test_a_dropped_comfyui_workflow_is_planned_for_free_and_runs_with_a_face(page, studio, console):
+    console.allow(400)  # Run before the face is given
+    key = studio.key(20)
+    enter_key(page, key)
+    before = credits(page)
+    drop_file(page, (WORKFLOWS / "instantid_advanced_ui04.json").read_bytes(), "advanced.json")
+    page.wait_for_selector("#workflow-zone-8", timeout=30_000)
+    panel = page.inner_text("#workflow-panel")
+    assert "advanced.json (ui-0.4)" in panel and "KSampler 10" in panel and "InstantID" in panel
+    assert "Node 8:" in page.inner_text("#workflow-zone-8 label") and "instantid.face_image" in panel
+    assert page.locator("#workflow-zones .zone").count() == 1  # node 8 alone
+    assert "9.ip_weight" in panel  # each parameter names the node input it came from
+    assert page.inner_text("#workflow-price") == "Costs 1 credit"
+    assert not page.locator("#generate").is_visible()  # the panel takes the method form's place
+    assert credits(page) == before  # planning is free
+    page.click("#workflow-run")
+    page.wait_for_selector("#workflow-error:not([hidden])", timeout=30_000)
+    assert "images.8" in page.inner_text("#workflow-error")
+    assert page.get_attribute("#workflow-zone-8", "aria-invalid") == "true"
+    drop_file(page, (studio.files / "face.png").read_bytes(), "face.png", "#workflow-zone-8")
+    page.wait_for_selector("#workflow-zone-8 .thumbs img")
+    studio.shot(page, "studio-workflow")
+    gallery = gallery_count(page)
+    page.click("#workflow-run")
+    page.wait_for_function(f"document.querySelectorAll('#gallery > li').length > {gallery}", timeout=180_000)
+    card = page.locator("#gallery > li").first
+    assert "12 (" in card.locator(".meta-node").inner_text()
+    assert card.locator(".meta-method").inner_text() == "ComfyUI workflow"
+    assert card.locator("button.again").count() == 0
+    assert "Done: 1 image(s) from advanced.json" in page.inner_text("#job-status")
+    page.wait_for_function(f"document.querySelector('#credits').textContent === 'Credits: {before - 1}'")
+    studio.shot(page, "workflow-result")
+
+
+def test_a_workflow_png_with_an_unsupported_node_says_which(page, studio, console):
+    from PIL.PngImagePlugin import PngInfo
+
+    console.allow(400)
+    enter_key(page, studio.key(5))
+    graph = json.loads((WORKFLOWS / "instantid_lightning_api.json").read_text())
+    graph["30"] = {
+        "class_type": "UpscaleModelLoader",
+        "inputs": {"model_name": "x4.pth"},
+        "_meta": {"title": "Upscaler"},
+    }
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(graph))
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    drop_file(page, buffer.getvalue(), "ComfyUI_00001_.png")
+    page.wait_for_selector("#workflow-error:not([hidden])", timeout=30_000)
+    message = page.inner_text("#workflow-error")
+    studio.shot(page, "workflow-error")
+    assert "30.class_type" in message and "node 30 'Upscaler' (UpscaleModelLoader)" in message
+    assert page.locator("#workflow-run").count() == 0
+    page.click("#workflow-panel button:has-text('Close workflow')")
+    assert page.locator("#generate").is_visible() and not page.locator("#workflow-panel").is_visible()

@@ -420,3 +420,30 @@ def test_v2_workflow_is_a_priced_job_with_results_per_output_node(tiny_kit, face
                 assert client.get(canceled.json()["status_url"]).json()["status"] == "CANCELED"
     finally:
         receiver.close()
+
+
+def test_the_plan_endpoint_is_free_and_names_what_the_workflow_needs(tiny_kit, tmp_path):
+    ui = json.loads(UI04.read_text())
+    with running_server(tmp_path / "plan.db", None, models_dirs=[str(tiny_kit)], warm_up=()) as (url, keys):
+        record, token = keys.create_key(5)
+        with httpx.Client(base_url=url, headers={"x-api-key": token}, timeout=60) as client:
+            plan = client.post("/v1/workflow/plan", json={"workflow": ui, "name": "mine.json"})
+            assert plan.status_code == 200, plan.text
+            body = plan.json()
+            assert body["price"] == 1 and body["name"] == "mine.json" and body["format"] == "ui-0.4"
+            assert [i["node"] for i in body["images"]] == ["8"]
+            assert body["images"][0]["feeds"] == ["instantid.face_image"]
+            (generation,) = body["generations"]
+            assert generation["method"] == "instantid" and generation["params"]["ip_weight"] == 0.7
+            assert generation["sources"]["ip_weight"] == "9.ip_weight" and generation["price"] == 1
+            assert body["outputs"] == [{"node": "12", "title": body["outputs"][0]["title"]}]
+            assert body["explain"].startswith("workflow mine.json (ui-0.4)")
+            changed = client.post("/v1/workflow/plan", json={"workflow": ui, "set": {"10.steps": 25}})
+            assert changed.json()["price"] == 3  # one credit per started block of ten steps
+            bad = client.post("/v1/workflow/plan", json={"workflow": ui, "set": {"9.ip_weight": 5}})
+            assert bad.status_code == 400 and bad.json()["field"] == "9.ip_weight", bad.text
+            zoe = client.post("/v1/workflow/plan", json={"workflow": json.loads(DEPTH.read_text())})
+            assert zoe.status_code == 400 and "Zoe-DepthMapPreprocessor" in zoe.json()["error"]
+            assert client.get("/v1/account").json()["credits"] == 5  # free
+        refused = httpx.post(url + "/v1/workflow/plan", json={"workflow": ui}, timeout=60)
+        assert refused.status_code == 401

@@ -10,6 +10,7 @@ from typing import Any
 
 from PIL import Image
 
+from idforge.comfy.values import ImageRef
 from idforge.errors import IdforgeError, ModelFormatError, ModelNotFoundError, ParameterError
 from idforge.server.images import ImagePolicy, image_bytes
 from idforge.server.jobs import JobError, JobOutput, JobSpec, ProgressCallback
@@ -39,27 +40,91 @@ def decode_images(plan: Any, given: Mapping[str, str], policy: ImagePolicy) -> d
     return images
 
 
-def build_workflow_spec(body: Any, config: Any) -> tuple[JobSpec, int]:
-    """(the job, its price) of a POST /v2/workflow body; ParameterError / InputImageError name the field."""
+def price_workflow(plan: Any, images: Mapping[str, Any], config: Any) -> tuple[list[Any], list[int]]:
+    """(the prepared generations, each one's price): one path for /v2/workflow and its free plan, so both
+    agree; the job costs the sum."""
     from idforge.models.store import ModelStore
-    from idforge.workflow.run import open_workflow, prepare
+    from idforge.workflow.run import prepare
 
-    plan = open_workflow(body.workflow, body.set, body.name)
-    images = decode_images(plan, body.images, config.images)
     store = ModelStore(list(config.models_dirs), offline=True)
     prepared = prepare(plan, images, store)
-    cost = sum(
+    prices = [
         config.pricing.price(
             item.method.name, item.call.generation.steps, item.method.output_count(item.body)
         )
         for item in prepared
-    )
+    ]
+    return prepared, prices
+
+
+def build_workflow_spec(body: Any, config: Any) -> tuple[JobSpec, int]:
+    """(the job, its price) of a POST /v2/workflow body; ParameterError / InputImageError name the field."""
+    from idforge.workflow.run import open_workflow
+
+    plan = open_workflow(body.workflow, body.set, body.name)
+    images = decode_images(plan, body.images, config.images)
+    _, prices = price_workflow(plan, images, config)
     params = {
         "workflow": plan.workflow.graph,
         "name": plan.workflow.name,
         "format": plan.workflow.format,
     }
-    return JobSpec(method=WORKFLOW_METHOD, params=params, images=dict(images)), cost
+    return JobSpec(method=WORKFLOW_METHOD, params=params, images=dict(images)), sum(prices)
+
+
+def image_feeds(gen: Any) -> dict[str, list[str]]:
+    """LoadImage node id -> the body fields its image fills in one generation ("persons[0].face_image" too)."""
+    feeds: dict[str, list[str]] = {}
+    for field_name, value in gen.images.items():
+        for index, ref in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(ref, ImageRef):
+                name = f"{field_name}[{index}]" if isinstance(value, list) else field_name
+                feeds.setdefault(ref.node, []).append(name)
+    for number, person in enumerate(gen.persons):
+        for index, ref in enumerate(person.faces):
+            name = "face_image" if index == 0 else f"extra_face_images[{index - 1}]"
+            feeds.setdefault(ref.node, []).append(f"persons[{number}].{name}")
+    return feeds
+
+
+def plan_workflow_body(body: Any, config: Any) -> dict[str, Any]:
+    """What a POST /v2/workflow body would run and cost, without its images and without loading a model: the
+    studio shows it before anything is spent. Errors are the ones /v2/workflow gives (node.input named)."""
+    from idforge.workflow.run import PLACEHOLDER, open_workflow
+
+    plan = open_workflow(body.workflow, body.set, body.name)
+    needed = plan.image_nodes()
+    prepared, prices = price_workflow(plan, dict.fromkeys(needed, PLACEHOLDER), config)
+    images: dict[str, dict[str, Any]] = {}
+    generations = []
+    for item, price in zip(prepared, prices, strict=True):
+        gen = item.generation
+        for node, fields in image_feeds(gen).items():
+            entry = images.setdefault(
+                node,
+                {"node": node, "title": plan.workflow.title(node), "filename": needed[node], "feeds": []},
+            )
+            entry["feeds"].extend(f"{gen.method}.{name}" for name in fields)
+        generations.append(
+            {
+                "sampler": gen.sampler,
+                "method": gen.method,
+                "params": dict(gen.params),
+                "sources": dict(gen.sources),
+                "outputs": list(gen.outputs),
+                "price": price,
+            }
+        )
+    outputs = [node for gen in plan.generations for node in gen.outputs]
+    return {
+        "name": plan.workflow.name,
+        "format": plan.workflow.format,
+        "generations": generations,
+        "images": list(images.values()),
+        "outputs": [{"node": node, "title": plan.workflow.title(node)} for node in outputs],
+        "price": sum(prices),
+        "explain": plan.explain_text(),
+    }
 
 
 def generate_workflow(engine: Any, spec: JobSpec, progress: ProgressCallback) -> JobOutput:

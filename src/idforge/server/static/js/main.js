@@ -1,12 +1,14 @@
 // idforge studio: wires the page together. Top to bottom: state, the key and credits, the method and its
 // schema-driven form, input images, free previews, generation as a v2 job (queue, progress, cancel), the gallery
-// (history in IndexedDB, PNG download with the recipe, seed again / vary, compare) and restoring from a PNG.
+// (history in IndexedDB, PNG download with the recipe, seed again / vary, compare), restoring from a PNG and
+// ComfyUI workflows (a dropped workflow's free plan, one image zone per LoadImage node, run as a /v2/workflow job).
 
 import { Api, ApiError } from "./api.js";
 import { fieldsFor, loadSchema, readControl, renderField, writeControl } from "./schema.js";
 import { asciiJson, readText, toPng, withText } from "./png.js";
 import { imageRecipe, recipeToForm, summaryLine } from "./recipe.js";
 import { history } from "./history.js";
+import { workflowFromJson, workflowFromPng, workflowImages } from "./workflow.js";
 
 const $ = (selector) => document.querySelector(selector);
 // slug -> title and slug -> {title, previews, recipe_methods}: the server's method registry (the x-idforge-method
@@ -21,6 +23,7 @@ const ZONES = [
   { field: "negative_image", label: "Negative image", help: "What the CLIP branch should move away from.", advanced: true },
 ];
 const POLL_MS = 250;
+const WORKFLOW = "workflow"; // the gallery's slug of a workflow job's images (not a method of the form)
 
 const state = {
   schema: null,
@@ -33,6 +36,7 @@ const state = {
   compare: [],
   styles: [],
   version: "",
+  workflow: null, // the dropped ComfyUI workflow: {workflow, name, plan, images: {node id: image}}
 };
 
 const api = new Api((credits) => {
@@ -170,6 +174,7 @@ function renderMethodChoices() {
     fieldset.append(label);
   }
   if (!METHOD_NAMES[state.slug]) state.slug = Object.keys(METHOD_NAMES)[0];
+  METHOD_NAMES[WORKFLOW] = "ComfyUI workflow"; // the gallery's name for a workflow's images
   setupMethods();
 }
 
@@ -307,40 +312,50 @@ function zoneElement(zone, maxRefs) {
     <input type="file" id="${inputId}" accept="image/*" ${multiple ? "multiple" : ""} aria-describedby="error-${zone.field}">
     <ul class="thumbs"></ul>
     <p class="field-error" id="error-${zone.field}" role="alert"></p>`;
-  const input = wrap.querySelector("input");
-  input.addEventListener("change", () => addImages(zone, [...input.files], maxRefs));
+  acceptImages(wrap, (files) => addImages(zone, files, maxRefs));
+  const list = wrap.querySelector(".thumbs");
+  const items = zone.multiple ? state.images[zone.field] : state.images[zone.field] ? [state.images[zone.field]] : [];
+  items.forEach((item, index) => {
+    const caption = zone.multiple && index === 0 ? `${item.name} (main)` : item.name;
+    list.append(thumb(item, `${zone.label} ${index + 1}: ${item.name}`, caption, () => {
+      if (zone.multiple) state.images[zone.field].splice(index, 1);
+      else state.images[zone.field] = null;
+      renderZones();
+      schedulePreview();
+    }));
+  });
+  return wrap;
+}
+
+// A zone's file input and drops (a drop on a zone is an input image, not a recipe or workflow for the page).
+function acceptImages(wrap, onFiles) {
+  const input = wrap.querySelector("input[type=file]");
+  input.addEventListener("change", () => onFiles([...input.files]));
   wrap.addEventListener("dragover", (event) => { event.preventDefault(); wrap.classList.add("over"); });
   wrap.addEventListener("dragleave", () => wrap.classList.remove("over"));
   wrap.addEventListener("drop", (event) => {
     event.preventDefault();
     event.stopPropagation();
     wrap.classList.remove("over");
-    addImages(zone, [...event.dataTransfer.files].filter((f) => f.type.startsWith("image/")), maxRefs);
+    onFiles([...event.dataTransfer.files].filter((f) => f.type.startsWith("image/")));
   });
-  const list = wrap.querySelector(".thumbs");
-  const items = zone.multiple ? state.images[zone.field] : state.images[zone.field] ? [state.images[zone.field]] : [];
-  items.forEach((item, index) => {
-    const li = document.createElement("li");
-    const img = document.createElement("img");
-    img.src = item.url;
-    img.alt = `${zone.label} ${index + 1}: ${item.name}`;
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "quiet small";
-    remove.textContent = "Remove";
-    remove.setAttribute("aria-label", `Remove ${item.name}`);
-    remove.addEventListener("click", () => {
-      if (zone.multiple) state.images[zone.field].splice(index, 1);
-      else state.images[zone.field] = null;
-      renderZones();
-      schedulePreview();
-    });
-    const caption = document.createElement("span");
-    caption.textContent = zone.multiple && index === 0 ? `${item.name} (main)` : item.name;
-    li.append(img, caption, remove);
-    list.append(li);
-  });
-  return wrap;
+}
+
+function thumb(item, alt, caption, onRemove) {
+  const li = document.createElement("li");
+  const img = document.createElement("img");
+  img.src = item.url;
+  img.alt = alt;
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "quiet small";
+  remove.textContent = "Remove";
+  remove.setAttribute("aria-label", `Remove ${item.name}`);
+  remove.addEventListener("click", onRemove);
+  const text = document.createElement("span");
+  text.textContent = caption;
+  li.append(img, text, remove);
+  return li;
 }
 
 async function addImages(zone, files, maxRefs) {
@@ -459,9 +474,12 @@ async function runPreview() {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function setBusy(busy) {
-  $("#generate").disabled = busy;
-  $("#generate").setAttribute("aria-busy", String(busy));
-  $("#cancel").hidden = !busy;
+  for (const [run, stop] of [["#generate", "#cancel"], ["#workflow-run", "#workflow-cancel"]]) {
+    if (!$(run)) continue;
+    $(run).disabled = busy;
+    $(run).setAttribute("aria-busy", String(busy));
+    $(stop).hidden = !busy;
+  }
   if (!busy) $("#job-progress").hidden = true;
 }
 
@@ -489,11 +507,20 @@ async function generate(overrides = null) {
   const { body, recipeBody } = buildBody();
   if (!api.key) { showError("Enter your API key at the top first."); $("#api-key").focus(); return; }
   const slug = state.slug;
+  const result = await runJob(`v2/${slug}`, body, reportError);
+  if (!result) return;
+  await addResult(slug, recipeBody, result);
+  setJobStatus(`Done: ${result.output.images.length} image(s), seed ${result.seed}.`);
+}
+
+// Submit a v2 job and follow it (queue position, progress) to its end: the result body when it completed, else
+// null, its error given to `report` (the form's fields, or the workflow panel).
+async function runJob(path, body, report) {
   setBusy(true);
   setJobStatus("Submitting…");
   try {
-    const job = await api.post(`v2/${slug}`, body);
-    state.job = { ...job, slug, canceled: false };
+    const job = await api.post(path, body);
+    state.job = { ...job, canceled: false };
     showProgress(job);
     let status = job;
     while (true) {
@@ -502,23 +529,21 @@ async function generate(overrides = null) {
       showProgress(status);
       if (["COMPLETED", "FAILED", "CANCELED"].includes(status.status)) break;
     }
-    if (status.status === "COMPLETED") {
-      const result = await api.get(job.response_url);
-      await addResult(slug, recipeBody, { ...result, request_id: job.request_id });
-      setJobStatus(`Done: ${result.output.images.length} image(s), seed ${result.seed}.`);
-    } else if (status.status === "CANCELED") {
+    if (status.status === "COMPLETED") return { ...(await api.get(job.response_url)), request_id: job.request_id };
+    if (status.status === "CANCELED") {
       setJobStatus(`Canceled. ${status.error && status.error !== "canceled" ? status.error : "No credits were charged."}`);
     } else {
       setJobStatus("Failed.");
-      reportError(new ApiError(status.error_status || 400, status.error || "the job failed", status.field));
+      report(new ApiError(status.error_status || 400, status.error || "the job failed", status.field));
     }
   } catch (err) {
     setJobStatus("");
-    reportError(err);
+    report(err);
   } finally {
     state.job = null;
     setBusy(false);
   }
+  return null;
 }
 
 async function cancel() {
@@ -547,22 +572,26 @@ async function addResult(slug, recipeBody, result) {
   const created = Date.now();
   for (let index = 0; index < images.length; index++) {
     const recipe = imageRecipe({ slug, request: recipeBody, result, index, version: state.version, methods: METHOD_INFO });
-    const identity = recipe.identity && recipe.identity.images ? recipe.identity.images[0] : null;
-    const item = {
-      id: `${result.request_id || created}-${index}`,
-      created: created + index,
-      slug,
-      seed: recipe.seed,
-      image: b64ToBlob(images[index], result.output.mime_type || "image/jpeg"),
-      metrics: result.metrics || {},
-      identity,
-      warnings: result.warnings || [],
-      recipe,
-    };
-    await history.put(item);
-    state.gallery.push(item);
+    await keepImage(slug, result, images[index], recipe, { id: `${result.request_id || created}-${index}`, created: created + index });
   }
   renderGallery();
+}
+
+// One gallery image, kept in the history (IndexedDB) too; `extra`: its id, time and, for a workflow, its node.
+async function keepImage(slug, result, b64, recipe, extra) {
+  const identity = recipe.identity && recipe.identity.images ? recipe.identity.images[0] : null;
+  const item = {
+    slug,
+    seed: recipe.seed,
+    image: b64ToBlob(b64, result.output.mime_type || "image/jpeg"),
+    metrics: result.metrics || {},
+    identity,
+    warnings: result.warnings || [],
+    recipe,
+    ...extra,
+  };
+  await history.put(item);
+  state.gallery.push(item);
 }
 
 function timingText(metrics) {
@@ -597,7 +626,7 @@ function galleryCard(item) {
   img.src = url;
   img.alt = `${METHOD_NAMES[item.slug]} result, seed ${item.seed}: ${prompt}`;
   const meta = document.createElement("dl");
-  const rows = [["Method", METHOD_NAMES[item.slug]], ["Seed", String(item.seed)], ["Time", timingText(item.metrics)]];
+  const rows = [["Method", METHOD_NAMES[item.slug]], ["Node", item.node ? `${item.node} (${item.nodeTitle})` : ""], ["Seed", String(item.seed)], ["Time", timingText(item.metrics)]];
   const identity = identityText(item.identity);
   if (identity) rows.push(["Score", identity]);
   for (const [k, v] of rows) {
@@ -625,8 +654,10 @@ function galleryCard(item) {
     return button;
   };
   action("Download PNG", "Download PNG with recipe", () => downloadPng(item), "download");
-  action("Again", "Again with this seed", () => generate(formFromItem(item, true)), "again");
-  action("Vary seed", "Same parameters, new random seed", () => generate(formFromItem(item, false)), "vary");
+  if (item.slug !== WORKFLOW) { // a workflow runs again from its panel, with its images
+    action("Again", "Again with this seed", () => generate(formFromItem(item, true)), "again");
+    action("Vary seed", "Same parameters, new random seed", () => generate(formFromItem(item, false)), "vary");
+  }
   const compare = action("Compare", "Select for side-by-side compare", () => toggleCompare(item.id), "compare-toggle");
   compare.setAttribute("aria-pressed", String(state.compare.includes(item.id)));
   action("Delete", "Delete from history", () => removeItem(item.id), "quiet");
@@ -736,17 +767,179 @@ function renderCompare() {
   }
 }
 
+// -- ComfyUI workflows -----------------------------------------------------------------------------------------
+// A dropped workflow is planned for free (POST v1/workflow/plan: methods, parameters, the LoadImage nodes that
+// need an image, outputs, price); the panel takes one image per LoadImage node and runs it as a /v2/workflow job.
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+async function openWorkflow(workflow, name) {
+  state.workflow = { workflow, name, plan: null, images: {} };
+  $(".inputs").classList.add("workflow-open");
+  setPreviewStatus("The previews follow the method form; the workflow panel shows what the workflow will do.");
+  renderWorkflow(`Planning ${name}…`);
+  try {
+    state.workflow.plan = await api.post("v1/workflow/plan", { workflow, name });
+    renderWorkflow();
+  } catch (err) {
+    renderWorkflow();
+    workflowError(err);
+  }
+}
+
+function closeWorkflow() {
+  state.workflow = null;
+  $(".inputs").classList.remove("workflow-open");
+  $("#workflow-panel").hidden = true;
+  schedulePreview();
+}
+
+function renderWorkflow(status = "") {
+  const { name, plan } = state.workflow;
+  const panel = $("#workflow-panel");
+  panel.hidden = false;
+  const head = element("div", "workflow-head");
+  const title = element("h2", "", "ComfyUI workflow ");
+  title.id = "workflow-title";
+  title.append(element("span", "muted", plan ? `${name} (${plan.format})` : name));
+  const close = element("button", "quiet", "Close workflow");
+  close.type = "button";
+  close.addEventListener("click", closeWorkflow);
+  head.append(title, close);
+  const error = element("div", "error-box");
+  error.id = "workflow-error";
+  error.setAttribute("role", "alert");
+  error.hidden = true;
+  panel.replaceChildren(head, ...(plan ? workflowPlan(plan) : [element("p", "muted", status)]), error);
+}
+
+// What the user does first (the images, Run with its price), then what the workflow will do.
+function workflowPlan(plan) {
+  const runs = plan.generations.map((g) => `KSampler ${g.sampler} → ${methodTitle(g.method)}`).join("; ");
+  const outputs = plan.outputs.map((o) => `${o.node} (${o.title})`).join(", ");
+  const parts = [element("p", "hint", `Runs as ${runs}; results: output node ${outputs}.`)];
+  const zones = element("div", "zones");
+  zones.id = "workflow-zones";
+  zones.append(...plan.images.map(workflowZone));
+  if (plan.images.length) parts.push(element("h3", "", "Images to give"), zones);
+  const explain = element("details", "advanced");
+  explain.append(element("summary", "", "What each node does (--explain)"), element("pre", "explain", plan.explain));
+  const actions = element("div", "actions");
+  const run = element("button", "primary", "Run workflow");
+  run.type = "button";
+  run.id = "workflow-run";
+  run.addEventListener("click", runWorkflow);
+  const cancelButton = element("button", "", "Cancel");
+  cancelButton.type = "button";
+  cancelButton.id = "workflow-cancel";
+  cancelButton.hidden = true;
+  cancelButton.addEventListener("click", cancel);
+  const price = element("span", "workflow-price", `Costs ${plan.price} credit${plan.price === 1 ? "" : "s"}`);
+  price.id = "workflow-price";
+  actions.append(run, cancelButton, price);
+  parts.push(actions, ...plan.generations.map(generationBlock), explain);
+  return parts;
+}
+
+// The studio's name of a method a workflow runs as ("insta_depth" is the form's "insta-depth").
+function methodTitle(method) {
+  return METHOD_NAMES[method.replace(/_/g, "-")] || method;
+}
+
+// One generation: the method it runs as and its parameters, each with the node input it came from (for `set`).
+function generationBlock(gen) {
+  const block = element("div", "workflow-generation");
+  block.append(element("h3", "", `KSampler ${gen.sampler} → ${methodTitle(gen.method)}: parameters`));
+  const table = element("table", "diff params-table");
+  table.innerHTML = "<thead><tr><th scope=\"col\">Parameter</th><th scope=\"col\">Value</th><th scope=\"col\">From node</th></tr></thead>";
+  const body = element("tbody");
+  for (const [param, value] of Object.entries(gen.params)) {
+    const row = element("tr");
+    const name = element("th", "", param);
+    name.scope = "row";
+    row.append(name, element("td", "", typeof value === "string" ? value : JSON.stringify(value)), element("td", "muted", gen.sources[param] || ""));
+    body.append(row);
+  }
+  table.append(body);
+  block.append(table);
+  return block;
+}
+
+// The drop zone of one LoadImage node: its image goes to /v2/workflow as images[node id].
+function workflowZone(image) {
+  const wrap = element("div", "zone");
+  wrap.id = `workflow-zone-${image.node}`;
+  wrap.tabIndex = -1;
+  const inputId = `workflow-file-${image.node}`;
+  const head = element("div", "zone-head");
+  const label = element("label", "zone-label", `Node ${image.node}: ${image.title}`);
+  label.htmlFor = inputId;
+  head.append(label, element("span", "hint", `Feeds ${image.feeds.join(", ")} (the workflow names ${image.filename}). Drop a file here or choose.`));
+  const input = element("input");
+  input.type = "file";
+  input.id = inputId;
+  input.accept = "image/*";
+  const list = element("ul", "thumbs");
+  const given = state.workflow.images[image.node];
+  if (given) {
+    list.append(thumb(given, `Node ${image.node}: ${given.name}`, given.name, () => {
+      delete state.workflow.images[image.node];
+      renderWorkflow();
+    }));
+  }
+  wrap.append(head, input, list);
+  acceptImages(wrap, async (files) => {
+    if (!files.length) return;
+    state.workflow.images[image.node] = await readFile(files[0]);
+    renderWorkflow();
+  });
+  return wrap;
+}
+
+// A 400 at the panel, in plain words (it names node.input, or images.<node> for a missing image).
+function workflowError(err) {
+  const box = $("#workflow-error");
+  box.textContent = err.field ? `${err.field}: ${withoutField(err.message)}` : err.message;
+  box.hidden = false;
+  const node = err.field && err.field.match(/^images\.(\d+)$|^(\d+)\.image$/);
+  const zone = node && document.getElementById(`workflow-zone-${node[1] || node[2]}`);
+  if (zone) zone.setAttribute("aria-invalid", "true");
+}
+
+async function runWorkflow() {
+  const { workflow, name, images } = state.workflow;
+  if (!api.key) { workflowError(new Error("Enter your API key at the top first.")); $("#api-key").focus(); return; }
+  $("#workflow-error").hidden = true;
+  const body = { workflow, name, images: Object.fromEntries(Object.entries(images).map(([node, image]) => [node, image.data])) };
+  const result = await runJob("v2/workflow", body, workflowError);
+  if (!result) return;
+  const titles = Object.fromEntries(state.workflow.plan.outputs.map((o) => [o.node, o.title]));
+  const entries = workflowImages(result);
+  for (const entry of entries) {
+    await keepImage(WORKFLOW, result, entry.image, entry.recipe, { id: `${result.request_id}-${entry.node}-${entry.index}`, created: Date.now() + entry.index, node: entry.node, nodeTitle: titles[entry.node] || "" });
+  }
+  renderGallery();
+  setJobStatus(`Done: ${entries.length} image(s) from ${name}.`);
+}
+
 // -- restore from a dropped PNG --------------------------------------------------------------------------------
 async function restoreFrom(file) {
   showError("");
   const bytes = new Uint8Array(await file.arrayBuffer());
   const texts = await readText(bytes);
-  if (!texts) { showError(`${file.name}: not a PNG; only PNGs made by idforge carry their parameters.`); return; }
-  if (!texts.idforge) { showError(`${file.name}: this PNG has no idforge recipe (no "idforge" text chunk).`); return; }
+  const workflow = texts ? (texts.idforge ? null : workflowFromPng(texts)) : workflowFromJson(bytes);
+  if (workflow) { await openWorkflow(workflow, file.name); return; }
+  if (!texts) { showError(`${file.name}: neither a PNG made by idforge nor a ComfyUI workflow (.json or PNG).`); return; }
+  if (!texts.idforge) { showError(`${file.name}: this PNG has no idforge recipe (no "idforge" text chunk) and no ComfyUI workflow.`); return; }
   let recipe;
   try { recipe = JSON.parse(texts.idforge); } catch { showError(`${file.name}: its idforge recipe is not valid JSON.`); return; }
   try {
     const { slug, values, ignored, notes } = recipeToForm(recipe, (s) => fieldsFor(state.schema, s).all, METHOD_INFO);
+    if (state.workflow) closeWorkflow(); // the form again, with the recipe's values
     applyValues(slug, values);
     const restored = Object.keys(values).length;
     const extra = ignored.length ? ` Not used by ${METHOD_NAMES[slug]}: ${ignored.join(", ")}.` : "";
