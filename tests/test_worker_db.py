@@ -164,7 +164,7 @@ def test_postgres_restart_under_a_running_worker(postgres):
         postgres.start_again()
         queue_job(store, record.id, "req_after")
         wait_for(
-            lambda: store.job("req_after")["status"] == "COMPLETED", timeout=30, what="job after restart"
+            lambda: store.job("req_after")["status"] == "COMPLETED", timeout=90, what="job after restart"
         )
         assert store.get(record.id).spent == 2 and store.audit() == []
     finally:
